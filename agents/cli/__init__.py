@@ -1,0 +1,47 @@
+"""The ``cellgym`` command line: one console script with subcommands in the RL-Zoo tradition.
+
+Each subcommand is a module ``_<name>.py`` with ``add_parser(subparsers)`` and ``run(args) -> int``.
+Errors a user can cause (``CellgymError``) print as one line and exit 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cellgym.predictors.base.errors import CellgymError
+
+# subcommand -> module (in the order `cellgym --help` lists them)
+COMMANDS: dict[str, str] = {
+    "list": "cellgym.agents.cli._list",
+    "evaluate": "cellgym.agents.cli._evaluate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog="cellgym", description="Gymnasium and PettingZoo worlds for virtual cells, with an agent zoo."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cellgym`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CellgymError as exc:
+        print(f"cellgym {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"cellgym {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The built-in predictors, reward models and agents: one line each, resolved only when made."""
+
+from __future__ import annotations
+
+from ._registry import register
+
+# --- predictors -----------------------------------------------------------------------------------------
+register("predictors", "baseline.nochange", "cellgym.predictors.baselines:NoChangeBaseline",
+         "No change: every perturbed cell keeps its control expression (control mean).")
+register("predictors", "baseline.mean", "cellgym.predictors.baselines:MeanBaseline",
+         "Control plus the mean effect of all training perturbations, per context.")
+register("predictors", "baseline.additive", "cellgym.predictors.baselines:AdditiveBaseline",
+         "Control plus the sum of the single-perturbation effects (for combinations).")
+register("predictors", "baseline.linear", "cellgym.predictors.baselines:LinearBaseline",
+         "Linear model of Ahlmann-Eltze, Huber & Anders 2025: PCA gene embedding, ridge on both sides.")
+register("predictors", "grn.boolean", "cellgym.predictors.grn:BooleanPredictor",
+         "Ground-truth Boolean gene-network simulator (default: Krumsiek 2011 myeloid model), Boolean or BoolODE dynamics.")
+register("predictors", "grn.sergio", "cellgym.predictors.grn:SergioPredictor",
+         "Ground-truth SERGIO-style stochastic gene-network simulator with technical noise (counts).")
+register("predictors", "gem1.bulk", "cellgym.predictors.gem1:Gem1Bulk",
+         "GEM-1 metadata-conditioned VAE for log-CPM (bulk-like) data, Gaussian or multinomial decoder.")
+register("predictors", "gem1.nb", "cellgym.predictors.gem1:Gem1NB",
+         "GEM-1 metadata-conditioned VAE with a negative-binomial decoder (counts).")
+register("predictors", "gem1.sc", "cellgym.predictors.gem1:Gem1SC",
+         "GEM-1 single-cell VAE: per-cell library size, NB training, multinomial sampling.")
+
+# --- reward models --------------------------------------------------------------------------------------
+register("rewards", "target.energy", "cellgym.predictors.rewards:EnergyDistanceReward",
+         "Energy distance between the population and target cells.")
+register("rewards", "target.centroid", "cellgym.predictors.rewards:CentroidReward",
+         "Euclidean or cosine distance between the population centroid and the target centroid.")
+register("rewards", "target.classifier", "cellgym.predictors.rewards:ClassifierReward",
+         "1 - mean probability of the target label under a classifier fitted on labelled cells.")
+register("rewards", "gem1.classifier", "cellgym.predictors.gem1:Gem1ClassifierReward",
+         "1 - mean probability of the goal label under a GEM-1 model's biological latent classifier.")
+
+# --- agents ---------------------------------------------------------------------------------------------
+register("agents", "random", "cellgym.agents.planning:RandomAgent",
+         "Uniform random valid action (non-learning baseline).")
+register("agents", "greedy", "cellgym.agents.planning:GreedyAgent",
+         "One-step lookahead through the transition: the action that most reduces the distance.")
+register("agents", "bfs", "cellgym.agents.planning:BFSAgent",
+         "Exact shortest perturbation sequence by breadth-first search (small deterministic worlds).")

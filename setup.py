@@ -1,0 +1,17 @@
+"""Map the four top-level folders onto the ``cellgym`` namespace (``registry/`` -> ``cellgym.registry``, ...).
+
+Subpackages are found automatically, so adding ``predictors/<family>/`` needs no change here.
+"""
+
+from setuptools import find_packages, setup
+
+ROOTS = ("registry", "predictors", "envs", "agents")
+
+packages: list[str] = []
+package_dir: dict[str, str] = {}
+for root in ROOTS:
+    package_dir[f"cellgym.{root}"] = root
+    packages.append(f"cellgym.{root}")
+    packages += [f"cellgym.{root}.{sub}" for sub in find_packages(root)]
+
+setup(packages=packages, package_dir=package_dir)

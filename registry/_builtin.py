@@ -41,3 +41,16 @@ register("agents", "greedy", "cellgym.agents.planning:GreedyAgent",
          "One-step lookahead through the transition: the action that most reduces the distance.")
 register("agents", "bfs", "cellgym.agents.planning:BFSAgent",
          "Exact shortest perturbation sequence by breadth-first search (small deterministic worlds).")
+register("agents", "ppo", "cellgym.agents.zoo:SB3Agent",
+         "PPO (stable-baselines3), hyperparameters per task in agents/hyperparams/ppo.yml.", algo="ppo")
+register("agents", "a2c", "cellgym.agents.zoo:SB3Agent",
+         "A2C (stable-baselines3), hyperparameters per task in agents/hyperparams/a2c.yml.", algo="a2c")
+register("agents", "dqn", "cellgym.agents.zoo:SB3Agent",
+         "DQN (stable-baselines3), discrete actions; agents/hyperparams/dqn.yml.", algo="dqn")
+register("agents", "sac", "cellgym.agents.zoo:SB3Agent",
+         "SAC (stable-baselines3), continuous actions; agents/hyperparams/sac.yml.", algo="sac")
+register("agents", "td3", "cellgym.agents.zoo:SB3Agent",
+         "TD3 (stable-baselines3), continuous actions; agents/hyperparams/td3.yml.", algo="td3")
+register("agents", "maskable_ppo", "cellgym.agents.zoo:SB3Agent",
+         "MaskablePPO (sb3-contrib): PPO that never picks a masked action (uses action_masks()).",
+         algo="maskable_ppo")

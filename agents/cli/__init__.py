@@ -16,6 +16,11 @@ from cellgym.predictors.base.errors import CellgymError
 COMMANDS: dict[str, str] = {
     "list": "cellgym.agents.cli._list",
     "evaluate": "cellgym.agents.cli._evaluate",
+    "train": "cellgym.agents.cli._train",
+    "enjoy": "cellgym.agents.cli._enjoy",
+    "benchmark": "cellgym.agents.cli._benchmark",
+    "fit": "cellgym.agents.cli._fit",
+    "predict": "cellgym.agents.cli._predict",
 }
 
 

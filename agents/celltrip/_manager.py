@@ -1,0 +1,270 @@
+"""The manager API of a trained CellTRIP model: simulate, impute, perturb, prioritise, recover stages.
+
+After Sun et al., CellTRIP (bioRxiv 2025, doi:10.1101/2025.11.21.689815): a trained policy is run to a
+steady state; decoders from positions impute modalities; clamping features of the cells' inputs and
+re-simulating shows how cells move (in-silico perturbation); developmental stages are matched by optimal
+transport between stage pseudocells and the intermediate states read off a simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from cellgym.envs.trip import TripConfigError, TripObs
+
+from ._ppo import self_pairs
+
+if TYPE_CHECKING:
+    from cellgym.envs.trip import TripParallelEnv
+
+    from ._agent import CellTripAgent
+
+Clamping = Literal["pre", "post", "action"]
+
+
+@dataclass
+class PerturbationResult:
+    """Positions (N, d) before, after an unperturbed and after a perturbed continuation; displacement (N,)."""
+
+    before: np.ndarray
+    control: np.ndarray
+    perturbed: np.ndarray
+    displacement: np.ndarray
+
+
+class TripManager:
+    """Simulate a trained CellTRIP policy on a world's cells and query the result.
+
+    Parameters
+    ----------
+    agent
+        A :class:`~cellgym.agents.celltrip.CellTripAgent` with a network.
+    env
+        The world; an episode is started over ``cells`` (data rows; all of ``max_cells`` random rows if None).
+    seed
+        Seeds the starting positions (and the view samples).
+    """
+
+    def __init__(self, agent: CellTripAgent, env: TripParallelEnv, *, cells: np.ndarray | None = None,
+                 seed: int | None = None) -> None:
+        self.agent, self.env = agent, env
+        options = {"cells": cells} if cells is not None else {"n_cells": env.max_cells}
+        self.obs: TripObs = env.reset_batch(seed=seed, options=options)
+        self._base_inputs = env.inputs.clone()
+        self._perturbations: list[tuple[int, torch.Tensor, torch.Tensor, Clamping]] = []
+        self._action_delta: torch.Tensor | None = None  # input change applied through the action's gradient
+
+    # ------------------------------------------------------------------------------------- simulation
+    @property
+    def positions(self) -> np.ndarray:
+        """Current positions (N, d)."""
+        return self.env.positions.numpy().copy()
+
+    def _step(self) -> tuple[torch.Tensor, bool]:
+        model = self.agent.model
+        with torch.no_grad():
+            action = model.act(self.obs, deterministic=True)[0]
+        if self._action_delta is not None:
+            # 'action' clamping: first-order change of the force, J_action(inputs) @ delta (a JVP).
+            view = self.obs.view
+            exclude = self_pairs(view)
+            tangent = torch.zeros_like(self.obs.states)
+            tangent[:, 2 * self.env.dim:] = self._action_delta
+            _, jvp = torch.func.jvp(lambda s: model(s, s[view], exclude)[0], (self.obs.states,), (tangent,))
+            action = action + jvp.detach()
+        self.obs, reward, _, truncated = self.env.step_batch(action)
+        return reward, truncated
+
+    def simulate(self, time: int, record_every: int = 0) -> np.ndarray:
+        """Run the deterministic policy for ``time`` steps (episode horizons are ignored).
+
+        Returns
+        -------
+        array of shape (R, N, d)
+            Positions at step 0 and every ``record_every`` steps (R = 0 when ``record_every`` is 0).
+        """
+        record = [self.positions] if record_every else []
+        for t in range(1, int(time) + 1):
+            self._step()
+            if record_every and t % record_every == 0:
+                record.append(self.positions)
+        return np.stack(record) if record else np.zeros((0, *self.env.positions.shape), np.float32)
+
+    def run_episode(self, record_every: int = 5) -> dict[str, object]:
+        """Run until the episode's horizon; returns the trajectory and mean reward and speed per cell."""
+        record, rewards, speeds = [self.positions], [], []
+        truncated, t = False, 0
+        while not truncated:
+            reward, truncated = self._step()
+            rewards.append(float(reward.mean()))
+            speeds.append(float(self.env.velocities.norm(dim=1).mean()))
+            t += 1
+            if t % record_every == 0 or truncated:
+                record.append(self.positions)
+        return {"trajectory": np.stack(record), "steps": t, "reward_per_cell": float(np.mean(rewards)),
+                "velocity": float(np.mean(speeds))}
+
+    def save_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the world's state (positions, velocities, inputs, step, view and random state)."""
+        env = self.env
+        return {"positions": env.positions.clone(), "velocities": env.velocities.clone(),
+                "inputs": env.inputs.clone(), "steps": torch.tensor(env.steps), "view": env.view.clone(),
+                "rng": env._torch_gen.get_state()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`save_state` (same cells)."""
+        env = self.env
+        if state["positions"].shape != env.positions.shape:
+            raise TripConfigError(f"state has {tuple(state['positions'].shape)} positions; the world has "
+                                  f"{tuple(env.positions.shape)}. Load states of the same cells.")
+        env.positions, env.velocities = state["positions"].clone(), state["velocities"].clone()
+        env.inputs, env.steps = state["inputs"].clone(), int(state["steps"])
+        env._torch_gen.set_state(state["rng"])
+        env.view = state["view"].clone()
+        env._prepare_view()
+        env._phi_dist = env._distance_potential(env.positions)
+        env._phi_pin = env._pinning_potential(env.positions)
+        self.obs = env._obs()
+
+    # ------------------------------------------------------------------------------------- imputation
+    def fit_decoders(self, known: np.ndarray | None = None, *, seed: int = 0) -> dict[int, float]:
+        """Fit a decoder from current (steady-state) positions to each target modality on ``known`` cells.
+
+        The space is only defined up to rotation and translation per simulation, so decoders are fitted on
+        the cells of this simulation whose targets are known and applied to the others (transductive).
+
+        Returns
+        -------
+        dict
+            Target modality index -> mean squared error on the known cells (processed units).
+        """
+        from ._agent import PositionDecoder
+
+        x = self.env.positions
+        known_t = torch.ones(len(x), dtype=torch.bool) if known is None else torch.as_tensor(known, dtype=torch.bool)
+        gen = torch.Generator().manual_seed(seed)
+        errors = {}
+        for k, _, y in self.env.targets:
+            decoder = PositionDecoder(x.shape[1], y.shape[1], generator=gen)
+            opt = torch.optim.Adam(decoder.parameters(), lr=3e-3, weight_decay=1e-4)
+            xs, ys = x[known_t], y[known_t]
+            decoder.mean.copy_(xs.mean(0))
+            decoder.std.copy_(xs.std(0).clamp_min(1e-6))
+            for _ in range(self.agent.config.decoder_steps):
+                loss = (decoder(xs) - ys).pow(2).sum(1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.agent.decoders[k] = decoder
+            errors[k] = float(loss.detach())
+        return errors
+
+    def impute(self, modality: int) -> np.ndarray:
+        """Decoded target modality (N, F_raw) in normalised feature units (log1p expression, coordinates)."""
+        if modality not in self.agent.decoders:
+            raise TripConfigError(f"no decoder for modality {modality}; call fit_decoders() after simulate().")
+        with torch.no_grad():
+            y = self.agent.decoders[modality](self.env.positions)
+        return self.env.modalities[modality].inverse(y).numpy()
+
+    def get_state(self, impute: bool = True) -> dict[str, np.ndarray]:
+        """Positions and each modality in normalised feature units; decoded from positions when ``impute``."""
+        env = self.env
+        out: dict[str, np.ndarray] = {"positions": self.positions}
+        idx = torch.from_numpy(env.cell_index)
+        for k, mod in enumerate(env.modalities):
+            if impute and k in self.agent.decoders:
+                out[mod.name] = self.impute(k)
+            elif env.raw[k] is not None:
+                out[mod.name] = mod.normalise(torch.from_numpy(env.raw[k])[idx]).numpy()
+        return out
+
+    # ----------------------------------------------------------------------------------- perturbation
+    def add_perturbation(self, features: Sequence[int], targets: float | Sequence[float], modality: int = 0,
+                         clamping: Clamping = "pre") -> None:
+        """Clamp ``features`` of input ``modality`` to ``targets`` in every cell.
+
+        ``pre``: raw values (e.g. counts) before preprocessing; ``post``: normalised values (log1p
+        expression) before standardisation and PCA; ``action``: like ``post`` but the cells' inputs stay
+        unchanged and the force changes by the policy's first-order response (a Jacobian-vector product).
+        """
+        env = self.env
+        if modality not in env.input_modalities:
+            raise TripConfigError(f"modality {modality} is not an input of this world "
+                                  f"(inputs: {env.input_modalities}); only inputs can be clamped.")
+        if clamping not in ("pre", "post", "action"):
+            raise TripConfigError(f"clamping must be 'pre', 'post' or 'action'; got {clamping!r}.")
+        feats = torch.as_tensor(np.atleast_1d(features), dtype=torch.long)
+        n_raw = env.modalities[modality].n_raw
+        if feats.numel() == 0 or feats.min() < 0 or feats.max() >= n_raw:
+            raise TripConfigError(f"features must be indices in [0, {n_raw}) of modality {modality}; "
+                                  f"got {feats.tolist()}.")
+        values = torch.as_tensor(np.broadcast_to(np.asarray(targets, dtype=np.float32), feats.shape).copy())
+        self._perturbations.append((modality, feats, values, clamping))
+        self._apply()
+
+    def clear_perturbations(self) -> None:
+        """Remove every clamp: inputs return to the cells' own features."""
+        self._perturbations.clear()
+        self._apply()
+
+    def _apply(self) -> None:
+        env = self.env
+        inputs, delta = self._base_inputs.clone(), torch.zeros_like(self._base_inputs)
+        idx = torch.from_numpy(env.cell_index)
+        slices = env.input_slices()
+        for k in {p[0] for p in self._perturbations}:
+            mod = env.modalities[k]
+            raw = torch.from_numpy(env.raw[k])[idx].clone()
+            for _, feats, values, clamping in (p for p in self._perturbations if p[0] == k and p[3] == "pre"):
+                raw[:, feats] = values
+            z = mod.normalise(raw)
+            z_action = z.clone()
+            for _, feats, values, clamping in (p for p in self._perturbations if p[0] == k and p[3] != "pre"):
+                (z if clamping == "post" else z_action)[:, feats] = values
+            inputs[:, slices[k]] = mod.from_normalised(z)
+            delta[:, slices[k]] = mod.from_normalised(z_action) - mod.from_normalised(z)
+        env.set_inputs(inputs)
+        self._action_delta = delta if delta.abs().sum() > 0 else None
+        self.obs = env._obs()
+
+    def simulate_perturbation(self, time: int) -> PerturbationResult:
+        """Continue ``time`` steps with and without the current clamps from the same state; compare.
+
+        The manager ends in the perturbed state. ``displacement`` is the per-cell distance between the
+        perturbed and the unperturbed continuation.
+        """
+        start = self.save_state()
+        perturbations = list(self._perturbations)
+        self.clear_perturbations()
+        self.simulate(time)
+        control = self.positions
+        self.load_state(start)
+        self._perturbations = perturbations
+        self._apply()
+        self.simulate(time)
+        perturbed = self.positions
+        return PerturbationResult(start["positions"].numpy(), control, perturbed,
+                                  np.linalg.norm(perturbed - control, axis=1))
+
+    def prioritise(self, features: Sequence[int], targets: float | Sequence[float], *, modality: int = 0,
+                   clamping: Clamping = "pre", time: int = 50) -> list[tuple[int, float]]:
+        """Rank features by the mean cell movement that clamping each one (alone) causes, largest first."""
+        start = self.save_state()
+        kept = list(self._perturbations)
+        values = np.broadcast_to(np.asarray(targets, dtype=np.float32), (len(features),))
+        scores = []
+        for f, v in zip(features, values):
+            self.load_state(start)
+            self._perturbations = []
+            self.add_perturbation([int(f)], float(v), modality, clamping)
+            scores.append((int(f), float(self.simulate_perturbation(time).displacement.mean())))
+        self.load_state(start)
+        self._perturbations = kept
+        self._apply()
+        return sorted(scores, key=lambda s: -s[1])

@@ -1,0 +1,394 @@
+"""CellTRIP's learner: entity self-attention actor-critic trained with PPO, one file in reading order.
+
+Sun et al., "CellTRIP: multi-agent reinforcement learning of virtual cell environments", bioRxiv 2025,
+doi:10.1101/2025.11.21.689815. PPO: Schulman et al. 2017 (arXiv:1707.06347); GAE: Schulman et al. 2016
+(arXiv:1506.02438); PopArt: van Hasselt et al. 2016, "Learning values across many orders of magnitude"
+(arXiv:1602.07714).
+
+Reading order: config -> networks -> collect_rollout -> update -> train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from cellgym.envs.trip import TripObs, TripParallelEnv
+
+
+# ============================================================================================== config
+@dataclass
+class CellTripConfig:
+    """Hyperparameters of CellTRIP's attention PPO (names follow SB3 where the meaning matches)."""
+
+    learning_rate: float = 1.0e-3
+    """Adam step size."""
+    n_steps: int = 100
+    """Environment steps (each moves every cell) per rollout."""
+    n_epochs: int = 4
+    """Passes over each rollout."""
+    batch_steps: int = 10
+    """Environment steps per minibatch (every cell of those steps is in it)."""
+    gamma: float = 0.95
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (Schulman et al. 2016)."""
+    clip_range: float = 0.2
+    """PPO ratio clipping epsilon."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value loss weight (on PopArt-normalised targets)."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    hidden_dim: int = 64
+    """Width of the embeddings and the trunk."""
+    n_heads: int = 1
+    """Attention heads (hidden_dim must be divisible by it); 1 is ~4x faster than 4 at large N on CPU."""
+    log_std_init: float = -0.5
+    """Initial log standard deviation of the Gaussian policy."""
+    popart_beta: float = 0.1
+    """Step size of PopArt's running return moments, applied once per rollout."""
+    decoder_steps: int = 300
+    """Adam steps when fitting a position -> modality decoder."""
+    steady_state_steps: int = 200
+    """Simulation length used to reach a steady state before fitting decoders."""
+    device: str = "cpu"
+    """Torch device of the networks ("cuda" when a GPU is given)."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: per-rollout means and the totals."""
+
+    env_steps: int
+    agent_steps: int
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+# ============================================================================================ networks
+class RunningStandardiser(nn.Module):
+    """Running mean and std of inputs; the layers it feeds are corrected so their outputs are preserved.
+
+    Adaptive input rescaling: when the statistics move from (mu, sigma) to (mu', sigma'), a first layer
+    ``W (x - mu) / sigma + b`` becomes ``W' (x - mu') / sigma' + b'`` with ``W' = W sigma' / sigma`` and
+    ``b' = b + W (mu' - mu) / sigma``, so the network computes the same function of the raw input.
+    """
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("var", torch.ones(n_features))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise x (..., F)."""
+        return (x - self.mean) / self.std
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Standard deviation, floored so constant inputs do not blow up."""
+        return self.var.sqrt().clamp_min(1e-2)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, layers: list[nn.Linear]) -> None:
+        """Merge the moments of x (B, F) (Chan et al. parallel update) and correct ``layers``."""
+        old_mean, old_std = self.mean.clone(), self.std.clone()
+        n = x.shape[0]
+        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total) / total)
+        self.count.copy_(total)
+        new_std = self.std
+        for layer in layers:
+            layer.bias += layer.weight @ ((self.mean - old_mean) / old_std)
+            layer.weight *= (new_std / old_std)[None, :]
+
+
+class PopArtHead(nn.Module):
+    """Value head with PopArt normalisation (van Hasselt et al. 2016, Alg. 1, "ART" + "POP").
+
+    The linear layer predicts normalised values; ``V = sigma * n(s) + mu``. When (mu, sigma) move, the
+    layer is rescaled (``w' = w sigma / sigma'``, ``b' = (sigma b + mu - mu') / sigma'``) so the
+    unnormalised predictions are preserved.
+    """
+
+    def __init__(self, n_in: int, beta: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, 1)
+        self.beta = beta
+        self.register_buffer("mu", torch.zeros(()))
+        self.register_buffer("nu", torch.ones(()))  # second moment
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Scale of the returns."""
+        return (self.nu - self.mu.pow(2)).clamp_min(1e-8).sqrt()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Normalised value n(s), (N,)."""
+        return self.linear(h).squeeze(-1)
+
+    def unnormalise(self, n: torch.Tensor) -> torch.Tensor:
+        """V(s) from n(s)."""
+        return n * self.sigma + self.mu
+
+    def normalise(self, v: torch.Tensor) -> torch.Tensor:
+        """Targets in the head's normalised scale."""
+        return (v - self.mu) / self.sigma
+
+    @torch.no_grad()
+    def update(self, returns: torch.Tensor) -> None:
+        """Move the return moments toward this rollout's and preserve the outputs."""
+        old_mu, old_sigma = self.mu.clone(), self.sigma.clone()
+        self.mu.lerp_(returns.mean(), self.beta)
+        self.nu.lerp_(returns.pow(2).mean(), self.beta)
+        new_sigma = self.sigma
+        self.linear.weight *= old_sigma / new_sigma
+        self.linear.bias.copy_((old_sigma * self.linear.bias + old_mu - self.mu) / new_sigma)
+
+
+class EntityAttentionActorCritic(nn.Module):
+    """Each cell is a query over the embeddings of the cells it sees; a shared trunk feeds actor and critic.
+
+    Parameters
+    ----------
+    state_size
+        S: position, velocity and input features of one cell.
+    action_dim
+        d: the force's dimension.
+    """
+
+    def __init__(self, state_size: int, action_dim: int, hidden_dim: int = 64, n_heads: int = 1,
+                 log_std_init: float = -0.5, popart_beta: float = 0.1) -> None:
+        super().__init__()
+        if hidden_dim % n_heads:
+            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by n_heads ({n_heads}).")
+        self.n_heads = n_heads
+        self.standardiser = RunningStandardiser(state_size)
+        self.self_embed = nn.Sequential(nn.Linear(state_size, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim))
+        self.other_embed = nn.Sequential(nn.Linear(state_size, hidden_dim), nn.ReLU(),
+                                         nn.Linear(hidden_dim, hidden_dim))
+        self.query = nn.Linear(hidden_dim, hidden_dim)
+        self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)
+        self.trunk = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
+                                   nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+        self.actor = nn.Linear(hidden_dim, action_dim)
+        self.critic = PopArtHead(hidden_dim, popart_beta)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+        nn.init.orthogonal_(self.actor.weight, 0.01)
+        nn.init.zeros_(self.actor.bias)
+
+    def first_layers(self) -> list[nn.Linear]:
+        """The layers fed by the standardised input (corrected by adaptive input rescaling)."""
+        return [self.self_embed[0], self.other_embed[0]]
+
+    def forward(self, states: torch.Tensor, others: torch.Tensor,
+                exclude: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action means and normalised values.
+
+        Parameters
+        ----------
+        states : Tensor of shape (N, S)
+            The querying cells.
+        others : Tensor of shape (K, S)
+            The cells in view (one view shared by every cell, as the world provides).
+        exclude : (rows, cols) LongTensors
+            Pairs (cell i, row k of ``others``) not attended to: row k is cell i itself.
+
+        Returns
+        -------
+        mean : Tensor of shape (N, d)
+        value : Tensor of shape (N,), PopArt-normalised
+        """
+        h_self = self.self_embed(self.standardiser(states))
+        q = self.query(h_self)
+        k, v = self.key_value(self.other_embed(self.standardiser(others))).chunk(2, dim=-1)
+        n, hd = q.shape
+        head = hd // self.n_heads
+        qh = q.view(n, self.n_heads, head).transpose(0, 1)  # (H, N, h)
+        kh = k.view(-1, self.n_heads, head).transpose(0, 1)  # (H, K, h)
+        vh = v.view(-1, self.n_heads, head).transpose(0, 1)
+        scores = (qh / math.sqrt(head)) @ kh.transpose(1, 2)  # (H, N, K)
+        # Writing -inf at the <= K self pairs is far cheaper than a dense (N, K) mask pass.
+        scores[:, exclude[0], exclude[1]] = float("-inf")
+        attn = torch.softmax(scores, dim=-1)
+        pooled = (attn @ vh).transpose(0, 1).reshape(n, hd)
+        z = self.trunk(torch.cat([h_self, pooled], dim=-1))
+        return self.actor(z), self.critic(z)
+
+    def act(self, obs: TripObs, *, deterministic: bool = False, generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions, their log-probabilities and unnormalised values for a batched observation."""
+        mean, value_n = self(obs.states, obs.states[obs.view], self_pairs(obs.view))
+        if deterministic:
+            action = mean
+        else:
+            action = mean + self.log_std.exp() * torch.randn(mean.shape, generator=generator)
+        return action, gaussian_log_prob(action, mean, self.log_std), self.critic.unnormalise(value_n)
+
+
+def self_pairs(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cell, column) pairs where the view's column k is the querying cell itself: (view[k], k)."""
+    return view, torch.arange(len(view))
+
+
+def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Log density of a diagonal Gaussian, summed over action dimensions, (N,)."""
+    return (-0.5 * ((action - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+# ====================================================================================== collect_rollout
+@dataclass
+class Rollout:
+    """One rollout: lists over environment steps (the number of cells may change between episodes)."""
+
+    obs: list[TripObs] = field(default_factory=list)
+    actions: list[torch.Tensor] = field(default_factory=list)
+    log_probs: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    rewards: list[torch.Tensor] = field(default_factory=list)
+    next_values: list[torch.Tensor] = field(default_factory=list)
+    episode_ends: list[bool] = field(default_factory=list)
+    advantages: list[torch.Tensor] = field(default_factory=list)
+    returns: list[torch.Tensor] = field(default_factory=list)
+
+
+@torch.no_grad()
+def collect_rollout(model: EntityAttentionActorCritic, env: TripParallelEnv, obs: TripObs, n_steps: int,
+                    gamma: float, gae_lambda: float, generator: torch.Generator) -> tuple[Rollout, TripObs, dict[str, float]]:
+    """Run the stochastic policy for ``n_steps`` environment steps (resetting at each episode end).
+
+    Truncated reward bootstrapping: every episode end is a truncation, so the step's target bootstraps
+    from the critic's value of the final observation instead of 0.
+    """
+    ro = Rollout()
+    speeds, episodes = [], 0
+    for _ in range(n_steps):
+        action, log_prob, value = model.act(obs, generator=generator)
+        next_obs, reward, terminated, truncated = env.step_batch(action)
+        ro.obs.append(obs)
+        ro.actions.append(action)
+        ro.log_probs.append(log_prob)
+        ro.values.append(value)
+        ro.rewards.append(reward)
+        ro.episode_ends.append(terminated or truncated)
+        speeds.append(float(env.velocities.norm(dim=1).mean()))
+        if terminated or truncated:
+            # the final observation's value is the bootstrap; terminated would mean 0, but never happens here
+            _, _, final_value = model.act(next_obs, deterministic=True)
+            ro.next_values.append(torch.zeros_like(final_value) if terminated else final_value)
+            next_obs = env.reset_batch()
+            episodes += 1
+        else:
+            ro.next_values.append(torch.empty(0))  # filled from the next step's value below
+        obs = next_obs
+    _, _, last_value = model.act(obs, deterministic=True)
+    for t in range(n_steps):
+        if not ro.episode_ends[t]:
+            ro.next_values[t] = ro.values[t + 1] if t + 1 < n_steps else last_value
+    # GAE, per cell, cut at episode ends (the bootstrap above already carries the tail)
+    gae = torch.zeros(0)
+    ro.advantages = [torch.empty(0)] * n_steps
+    for t in reversed(range(n_steps)):
+        delta = ro.rewards[t] + gamma * ro.next_values[t] - ro.values[t]
+        if ro.episode_ends[t] or t == n_steps - 1:
+            gae = delta
+        else:
+            gae = delta + gamma * gae_lambda * gae
+        ro.advantages[t] = gae
+    ro.returns = [a + v for a, v in zip(ro.advantages, ro.values)]
+    stats = {"rollout/reward_per_cell": float(torch.cat(ro.rewards).mean()),
+             "rollout/velocity": float(np.mean(speeds)), "rollout/episodes": float(episodes)}
+    return ro, obs, stats
+
+
+# ============================================================================================== update
+def update(model: EntityAttentionActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
+           cfg: CellTripConfig, generator: torch.Generator) -> dict[str, float]:
+    """PPO-clip on the rollout, minibatches of ``cfg.batch_steps`` environment steps."""
+    returns = torch.cat(ro.returns)
+    model.critic.update(returns)  # PopArt: targets are normalised with the updated statistics
+    all_adv = torch.cat(ro.advantages)
+    adv_mean, adv_std = all_adv.mean(), all_adv.std().clamp_min(1e-8)
+    n_steps = len(ro.obs)
+    logs: dict[str, list[float]] = {"train/policy_loss": [], "train/value_loss": [], "train/approx_kl": [],
+                                    "train/clip_fraction": []}
+    for _ in range(cfg.n_epochs):
+        order = torch.randperm(n_steps, generator=generator)
+        for start in range(0, n_steps, cfg.batch_steps):
+            steps = order[start:start + cfg.batch_steps].tolist()
+            policy_loss = value_loss = entropy = 0.0
+            kl, clipped, count = 0.0, 0.0, 0
+            for t in steps:
+                obs = ro.obs[t]
+                mean, value_n = model(obs.states, obs.states[obs.view], self_pairs(obs.view))
+                new_log_prob = gaussian_log_prob(ro.actions[t], mean, model.log_std)
+                log_ratio = new_log_prob - ro.log_probs[t]
+                ratio = log_ratio.exp()
+                advantages = (ro.advantages[t] - adv_mean) / adv_std
+                pg = torch.max(-advantages * ratio,
+                               -advantages * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+                policy_loss = policy_loss + pg.sum()
+                value_loss = value_loss + (value_n - model.critic.normalise(ro.returns[t])).pow(2).sum()
+                entropy = entropy + (model.log_std.sum() + 0.5 * mean.shape[1] * (1 + math.log(2 * math.pi))) * len(mean)
+                with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+                    kl += float(((ratio - 1) - log_ratio).sum())
+                    clipped += float(((ratio - 1).abs() > cfg.clip_range).float().sum())
+                count += len(mean)
+            loss = (policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy) / count
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            logs["train/policy_loss"].append(float(policy_loss) / count)
+            logs["train/value_loss"].append(float(value_loss) / count)
+            logs["train/approx_kl"].append(kl / count)
+            logs["train/clip_fraction"].append(clipped / count)
+    return {k: float(np.mean(v)) for k, v in logs.items()}
+
+
+# =============================================================================================== train
+Logger = Callable[[str, float, int], None]
+
+
+def train(cfg: CellTripConfig, env: TripParallelEnv, model: EntityAttentionActorCritic, total_timesteps: int,
+          *, seed: int | None = None, logger: Logger | None = None,
+          progress: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``env`` for ``total_timesteps`` environment steps (each moves every cell).
+
+    Adaptive input rescaling runs on each rollout's states before the update; PopArt inside it.
+    """
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    obs = env.reset_batch(seed=seed)
+    model.standardiser.update(obs.states, model.first_layers())
+    history: dict[str, list[float]] = {}
+    env_steps = agent_steps = 0
+    start = time.perf_counter()
+    while env_steps < total_timesteps:
+        n = min(cfg.n_steps, total_timesteps - env_steps)
+        ro, obs, stats = collect_rollout(model, env, obs, n, cfg.gamma, cfg.gae_lambda, generator)
+        model.standardiser.update(torch.cat([o.states for o in ro.obs]), model.first_layers())
+        stats.update(update(model, optimizer, ro, cfg, generator))
+        env_steps += n
+        agent_steps += sum(len(o.states) for o in ro.obs)
+        stats["time/agent_steps_per_s"] = agent_steps / (time.perf_counter() - start)
+        for key, value in stats.items():
+            history.setdefault(key, []).append(value)
+            if logger is not None:
+                logger(key, value, env_steps)
+        if progress is not None:
+            progress(n)
+    return TrainResult(env_steps, agent_steps, time.perf_counter() - start, history)

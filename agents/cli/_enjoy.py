@@ -1,0 +1,132 @@
+"""``cellgym enjoy``: run a trained agent (or a baseline) and print what it did, episode by episode.
+
+With ``--truth PREDICTOR`` the chosen perturbations are replayed, open-loop and from the same starting
+population, in the same task whose transition is ``PREDICTOR`` (e.g. ``grn.boolean``, the true world of
+an agent trained in a learned one): the sim-to-real check.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from cellgym.predictors.base.errors import CellgymError
+
+from ._train import parse_kv
+
+__all__ = ["add_parser", "find_run", "load_agent", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``enjoy`` subcommand."""
+    p = sub.add_parser("enjoy", help="run a trained agent or a baseline and show what it did",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", required=True, help="task id")
+    p.add_argument("--algo", required=True, help="agent name (trained: ppo, ...; baselines: random, greedy, bfs)")
+    p.add_argument("-f", "--folder", default="runs", help="runs folder (default: runs)")
+    p.add_argument("--exp-id", type=int, default=0, help="run number k of <task>_<k> (default 0: the latest)")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="episode k starts from seed + k")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write source, target and paths to PNG")
+    p.add_argument("--truth", default=None, metavar="PREDICTOR",
+                   help="replay the chosen perturbations in the world whose transition is PREDICTOR")
+    p.add_argument("--truth-kwargs", nargs="*", default=[], metavar="KEY:VALUE",
+                   help="constructor kwargs of the --truth predictor, e.g. n_steps:6")
+    p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE",
+                   help="gymnasium.make kwargs (default: those of the run)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(run=run)
+
+
+def find_run(folder: str | Path, algo: str, task: str, exp_id: int = 0) -> Path:
+    """The run folder ``folder/algo/task_<exp_id>`` (``exp_id`` 0: the highest k)."""
+    root = Path(folder) / algo
+    runs = {int(p.name.rsplit("_", 1)[1]): p for p in root.glob(f"{task}_*")
+            if p.name.rsplit("_", 1)[1].isdigit() and (p / "model").is_dir()}
+    if not runs:
+        raise CellgymError(f"no trained {algo} run for {task} under {root}/ (looked for {task}_<k>/model). "
+                           f"Train one: cellgym train --env {task} --algo {algo} -f {folder}.")
+    if exp_id and exp_id not in runs:
+        raise CellgymError(f"--exp-id {exp_id}: no run {root}/{task}_{exp_id}; runs with a model: {sorted(runs)}.")
+    return runs[exp_id or max(runs)]
+
+
+def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
+    """A baseline by name, or the agent saved in ``run_dir/model`` (rebuilt from that folder alone)."""
+    from cellgym.registry import get, make_agent
+
+    spec = get("agents", algo)
+    if not getattr(spec.load(), "learns", False):
+        return make_agent(algo)
+    if run_dir is None:
+        raise CellgymError(f"agent {algo!r} learns: it needs a trained run (cellgym train --algo {algo}).")
+    cls = spec.load()
+    if algo in ("ppo", "a2c", "dqn", "sac", "td3", "maskable_ppo") or cls.__name__ == "SB3Agent":
+        return cls.load(run_dir / "model", env=env)
+    return cls.load(run_dir / "model")
+
+
+def _truth(args: argparse.Namespace) -> Any:
+    """The ``--truth`` predictor: a saved predictor folder, or a registered name made with ``--truth-kwargs``."""
+    from cellgym.predictors.base import Predictor
+    from cellgym.registry import make_predictor
+
+    if Path(args.truth).is_dir():
+        return Predictor.load(args.truth)
+    return make_predictor(args.truth, **parse_kv(args.truth_kwargs, "--truth-kwargs"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Play, print, plot."""
+    import gymnasium
+    from cellgym.agents.zoo._rollout import replay, run_episodes
+    from cellgym.registry import get, is_parallel_task, make_agent
+
+    get("tasks", args.env)
+    if args.episodes < 1:
+        raise CellgymError(f"enjoy --episodes: expected >= 1, got {args.episodes}.")
+    learns = getattr(get("agents", args.algo).load(), "learns", False)
+    run_dir = find_run(args.folder, args.algo, args.env, args.exp_id) if learns else None
+    config = yaml.safe_load((run_dir / "config.yml").read_text()) if run_dir else {}
+    env_kwargs = config.get("hyperparams", {}).get("env_kwargs", {}) | parse_kv(args.env_kwargs, "--env-kwargs")
+
+    if is_parallel_task(args.env):
+        from cellgym.registry import make
+
+        env = make(args.env, **env_kwargs)
+        agent = get("agents", args.algo).load().load(run_dir / "model") if run_dir else make_agent(args.algo)
+        print(agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed))
+        return 0
+
+    env = gymnasium.make(args.env, **env_kwargs)
+    agent = load_agent(args.algo, args.env, run_dir, env)
+    episodes = run_episodes(agent, env, args.episodes, seed=args.seed, deterministic=args.deterministic)
+    truth = None
+    if args.truth:
+        truth_env = gymnasium.make(args.env, **{**env_kwargs, "predictor": _truth(args)})
+        truth = [replay(ep, truth_env) for ep in episodes]
+    if run_dir:
+        print(f"agent: {args.algo} from {run_dir}")
+    for k, ep in enumerate(episodes):
+        path = " -> ".join(f"{n} ({d:.3f})" for n, d in zip(ep.names, ep.distances, strict=True))
+        print(f"episode {k + 1} (seed {ep.seed}): start ({ep.start_distance:.3f}) -> {path}")
+        line = f"  {'success' if ep.success else 'failure'}, return {ep.ret:.3f}, {ep.steps} steps"
+        if truth is not None:
+            t = truth[k]
+            line += (f" | in {args.truth}: {'success' if t.success else 'failure'}, distance "
+                     f"{t.distances[-1] if t.distances else float('nan'):.3f}")
+        print(line)
+    print(f"success rate {np.mean([e.success for e in episodes]):.0%}, mean return "
+          f"{np.mean([e.ret for e in episodes]):.3f}, mean steps {np.mean([e.steps for e in episodes]):.2f}"
+          + (f" | in {args.truth}: success rate {np.mean([t.success for t in truth]):.0%}" if truth else ""))
+    if args.plot:
+        from cellgym.envs.reprogram._render import plot_episodes
+
+        plot_episodes(env.unwrapped, episodes, args.plot, title=f"{args.algo} on {args.env}")
+        print(f"plot: {args.plot}")
+    env.close()
+    return 0
+

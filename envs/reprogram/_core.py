@@ -1,0 +1,167 @@
+"""The one batched reprogramming step over B populations, shared by the single and the vector env."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ._worlds import World
+
+__all__ = ["PopulationState", "ReprogramDynamics", "StepOutcome"]
+
+
+@dataclass(frozen=True)
+class PopulationState:
+    """B populations in flight; every field has the batch dimension first.
+
+    Attributes
+    ----------
+    cells
+        Tensor (B, N, G) float32, the current cells.
+    source
+        Tensor (B, N, G) float32, the episode's starting cells (response models predict from these).
+    applied
+        Tensor (B, P) bool, the perturbations in force (they accumulate).
+    distance
+        Tensor (B,) float32, the reward model's distance of ``cells`` to the goal.
+    """
+
+    cells: torch.Tensor
+    source: torch.Tensor
+    applied: torch.Tensor
+    distance: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.cells.shape[0]
+
+    def take(self, index: torch.Tensor | np.ndarray | list[int]) -> PopulationState:
+        """The populations at ``index`` (a copy of the rows, in that order)."""
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return PopulationState(self.cells[idx], self.source[idx], self.applied[idx], self.distance[idx])
+
+    def put(self, index: torch.Tensor | np.ndarray | list[int], other: PopulationState) -> PopulationState:
+        """A copy with rows ``index`` replaced by ``other``'s rows."""
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        out = [t.clone() for t in (self.cells, self.source, self.applied, self.distance)]
+        for t, o in zip(out, (other.cells, other.source, other.applied, other.distance), strict=True):
+            t[idx] = o
+        return PopulationState(*out)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one batched step returns: the next state and per-population reward terms (all (B,))."""
+
+    state: PopulationState
+    reward: np.ndarray  # float64
+    success: np.ndarray  # bool
+    stopped: np.ndarray  # bool
+    n_new: np.ndarray  # int64, perturbations newly applied this step
+
+
+class ReprogramDynamics:
+    """Transition, reward and observation of a reprogramming world, for B populations at once.
+
+    Parameters
+    ----------
+    world
+        The task: transition, reward model, action vocabulary, starting populations, goal.
+    n_components
+        Size k of the fixed PCA embedding (fitted once on the world's reference cells).
+    cost
+        Reward cost per newly applied perturbation.
+    success_bonus
+        Reward added on the step that reaches the goal.
+    threshold
+        Success when the distance is at most this (default: the world's).
+    """
+
+    def __init__(self, world: World, *, n_components: int, cost: float, success_bonus: float, threshold: float | None) -> None:
+        self.world = world
+        self.cost = float(cost)
+        self.success_bonus = float(success_bonus)
+        self.threshold = float(world.threshold if threshold is None else threshold)
+        self.n_perturbations = len(world.perturbations)
+        # (P, P_predictor) map from the task's vocabulary to the predictor's multi-hot columns
+        vocab = {p: i for i, p in enumerate(world.transition.perturbations)}
+        self._to_predictor = torch.zeros(self.n_perturbations, len(vocab))
+        for i, name in enumerate(world.perturbations):
+            for single in name.split("+"):
+                self._to_predictor[i, vocab[single]] = 1.0
+        ref = world.reference.float()
+        self.mean = ref.mean(0)
+        _, _, vh = torch.linalg.svd(ref - self.mean, full_matrices=False)
+        k = min(n_components, vh.shape[0])
+        comps = torch.zeros(ref.shape[1], n_components)
+        comps[:, :k] = vh[:k].T
+        self.components = comps  # (G, k): unused columns stay zero so the observation size is fixed
+        self.n_components = n_components
+        goal = self.embed(world.target.float()[None])
+        self.goal_summary = goal[0]
+        self.obs_size = 4 * n_components + self.n_perturbations + 1
+        # finite bounds: PCA parts within 10x the farthest reference cell (clipped there), the rest in [0, 1]
+        bound = 10.0 * float(torch.linalg.vector_norm(ref - self.mean, dim=1).max()) + 1.0
+        self.obs_high = np.full(self.obs_size, bound, dtype=np.float32)
+        self.obs_high[4 * n_components :] = 1.0
+        self.obs_low = np.zeros(self.obs_size, dtype=np.float32)
+        self.obs_low[: 4 * n_components] = -bound
+
+    # ----------------------------------------------------------------------------------- observation
+    def embed(self, cells: torch.Tensor) -> torch.Tensor:
+        """Mean and std (B, 2k) of the populations ``cells`` (B, N, G) in the fixed PCA embedding."""
+        z = (cells - self.mean) @ self.components
+        return torch.cat([z.mean(1), z.std(1, unbiased=False)], dim=1)
+
+    def observe(self, state: PopulationState, budget_left: np.ndarray) -> np.ndarray:
+        """Observations (B, 4k + P + 1) float32: population summary, goal summary, applied, budget left."""
+        b = len(state)
+        obs = torch.cat(
+            [
+                self.embed(state.cells),
+                self.goal_summary.expand(b, -1),
+                state.applied.float(),
+                torch.as_tensor(budget_left, dtype=torch.float32).reshape(b, 1),
+            ],
+            dim=1,
+        )
+        return np.clip(obs.numpy(), self.obs_low, self.obs_high).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------------------------------ state
+    def initial(self, source: torch.Tensor) -> PopulationState:
+        """States (B) of starting populations ``source`` (B, N, G): nothing applied yet."""
+        applied = torch.zeros(source.shape[0], self.n_perturbations, dtype=torch.bool)
+        return PopulationState(source, source, applied, self.world.reward.distance(source).float())
+
+    def step(self, state: PopulationState, chosen: torch.Tensor, stop: torch.Tensor) -> StepOutcome:
+        """One step of every population: apply ``chosen`` (B, P) bool unless ``stop`` (B,) bool.
+
+        Perturbations accumulate; the populations that did not stop go through ONE batched
+        transition call under everything in force, then the reward model scores them.
+        Reward: ``distance_before - distance_after - cost * n_new + success_bonus * success``.
+        """
+        new = chosen & ~state.applied & ~stop[:, None]
+        applied = state.applied | new
+        go = torch.nonzero(~stop).flatten()
+        cells, distance = state.cells, state.distance
+        if go.numel():
+            pert = applied[go].float() @ self._to_predictor
+            moved = self.world.transition(state.cells[go], pert.clamp_max(1.0), state.source[go])
+            cells = cells.clone()
+            cells[go] = moved.float()
+            distance = distance.clone()
+            distance[go] = self.world.reward.distance(cells[go]).float()
+        n_new = new.sum(1).numpy().astype(np.int64)
+        success = ((distance <= self.threshold) & ~stop).numpy()
+        reward = (state.distance - distance).double().numpy() - self.cost * n_new + self.success_bonus * success
+        nxt = replace(state, cells=cells, applied=applied, distance=distance)
+        return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new)
+
+    def masks(self, state: PopulationState) -> np.ndarray:
+        """Valid actions (B, P + 1) bool: perturbations not yet applied, and stop (always valid)."""
+        m = np.ones((len(state), self.n_perturbations + 1), dtype=bool)
+        m[:, :-1] = ~state.applied.numpy()
+        return m

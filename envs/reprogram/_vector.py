@@ -1,0 +1,166 @@
+"""Native vector env: all sub-environments' populations go through one batched transition call per step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from cellgym.envs.errors import InvalidActionError
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from ._env import ActionMode, WorldName, action_space_for, decode_actions, make_dynamics
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anndata import AnnData
+    from cellgym.predictors.base import DataSpec, Predictor, RewardModel
+
+    from ._core import PopulationState
+
+__all__ = ["ReprogramVectorEnv"]
+
+
+class ReprogramVectorEnv(VectorEnv):
+    """``num_envs`` reprogramming episodes stepped together (see :class:`ReprogramEnv` for the task).
+
+    The world (predictor, reward model, embedding) is built once; each step is ONE call of the shared
+    batched dynamics over all populations. Sub-env i is seeded with ``seed + i`` and draws its starting
+    populations from its own generator, as in :class:`gymnasium.vector.SyncVectorEnv`, so the two give
+    identical rollouts. Episodes that end are reset on the next step (``AutoresetMode.NEXT_STEP``); the
+    step budget ``max_episode_steps`` truncates here (there is no TimeLimit wrapper around a vector env).
+    Arguments are those of :class:`ReprogramEnv` plus ``num_envs``.
+    """
+
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}  # noqa: RUF012
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        world: WorldName = "hsc",
+        *,
+        fate: str = "erythrocyte",
+        adata: AnnData | None = None,
+        spec: DataSpec | None = None,
+        source: object = None,
+        target: object = None,
+        predictor: str | Path | Predictor | None = None,
+        reward: str | RewardModel = "target.energy",
+        context: str | None = None,
+        n_cells: int = 32,
+        action_mode: ActionMode = "single",
+        cost: float = 0.1,
+        success_bonus: float = 1.0,
+        threshold: float | None = None,
+        n_components: int = 8,
+        budget: int | None = None,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+        if render_mode is not None:
+            raise ValueError(f"render_mode: this env does not render, got {render_mode!r}; pass None.")
+        self.dynamics = make_dynamics(
+            world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor, reward=reward,
+            context=context, n_cells=n_cells, n_components=n_components, cost=cost, success_bonus=success_bonus,
+            threshold=threshold,
+        )
+        self.num_envs = num_envs
+        self.action_mode: ActionMode = action_mode
+        self.perturbations = list(self.dynamics.world.perturbations)
+        self.n_perturbations = len(self.perturbations)
+        self.single_action_space = action_space_for(self.n_perturbations, action_mode)
+        self.single_observation_space = spaces.Box(self.dynamics.obs_low, self.dynamics.obs_high, dtype=np.float32)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps
+        self.budget = budget if budget is not None else max_episode_steps
+        self._rngs: list[np.random.Generator] = [seeding.np_random()[0] for _ in range(num_envs)]
+        self.state: PopulationState | None = None
+        self.steps = np.zeros(num_envs, dtype=np.int64)
+        self.costs = np.zeros(num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every sub-env (one batched transition); ended ones are reset instead (next-step autoreset)."""
+        if self.state is None:
+            raise RuntimeError("call reset() before step().")
+        actions = np.asarray(actions)
+        if not self.action_space.contains(actions):
+            raise InvalidActionError(
+                f"actions {actions!r} (dtype {actions.dtype}, shape {actions.shape}) are not in the batched "
+                f"action space {self.action_space}. Pass one action per sub-env."
+            )
+        chosen, stop = decode_actions(actions, self.n_perturbations, self.action_mode)
+        resetting = self._autoreset.copy()
+        stop = stop | torch.from_numpy(resetting)  # rows being reset do not move (their result is replaced)
+        out = self.dynamics.step(self.state, chosen, stop)
+        self.state = out.state
+        self.steps += 1
+        self.costs += self.dynamics.cost * out.n_new
+        terminated = out.success | out.stopped
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        if self.max_episode_steps is not None:
+            truncated = self.steps >= self.max_episode_steps
+        reward = out.reward.copy()
+        success = out.success.copy()
+        if resetting.any():
+            self._reset_rows(np.flatnonzero(resetting))
+            reward[resetting] = 0.0
+            terminated[resetting] = truncated[resetting] = success[resetting] = False
+        self._autoreset = terminated | truncated
+        return self._obs(), reward, terminated, truncated, self._infos(success)
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset all sub-envs; an int ``seed`` seeds sub-env i with ``seed + i``."""
+        super().reset(seed=seed)
+        if seed is not None:
+            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed: expected an int or {self.num_envs} seeds, got {len(seeds)}.")
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        sources = np.stack([self.dynamics.world.sampler(rng) for rng in self._rngs])
+        self.state = self.dynamics.initial(torch.from_numpy(sources))
+        self.steps[:] = 0
+        self.costs[:] = 0.0
+        self._autoreset[:] = False
+        return self._obs(), self._infos(np.zeros(self.num_envs, dtype=bool))
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions (num_envs, P + 1) bool: perturbations not applied yet, and stop."""
+        return self.dynamics.masks(self.state)
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        sources = np.stack([self.dynamics.world.sampler(self._rngs[i]) for i in rows])
+        self.state = self.state.put(rows, self.dynamics.initial(torch.from_numpy(sources)))
+        self.steps[rows] = 0
+        self.costs[rows] = 0.0
+
+    def _obs(self) -> np.ndarray:
+        budget = np.ones(self.num_envs)
+        if self.budget:
+            budget = np.clip(1.0 - self.steps / self.budget, 0.0, None)
+        return self.dynamics.observe(self.state, budget)
+
+    def _infos(self, success: np.ndarray) -> dict[str, Any]:
+        applied = self.state.applied.numpy()
+        names = np.empty(self.num_envs, dtype=object)
+        for i in range(self.num_envs):  # names only; the numbers below are arrays
+            names[i] = [self.perturbations[j] for j in np.flatnonzero(applied[i])]
+        every = np.ones(self.num_envs, dtype=bool)
+        return {
+            "perturbations": names,
+            "distance": self.state.distance.double().numpy(),
+            "success": success,
+            "n_perturbations": applied.sum(1).astype(np.int64),
+            "cost": self.costs.copy(),
+            "_perturbations": every, "_distance": every, "_success": every, "_n_perturbations": every, "_cost": every,
+        }

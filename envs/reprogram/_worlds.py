@@ -1,0 +1,310 @@
+"""The task setups behind ``CellEnv-Reprogram-*``: HSC (Boolean Krumsiek), SERGIO, and any data set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from cellgym.predictors.base import (
+    CellgymError,
+    DataSpec,
+    DataSpecError,
+    Predictor,
+    RewardModel,
+    Transition,
+    expression,
+)
+from cellgym.registry import get, make_predictor, make_reward
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HSC_FATES", "HSC_VOCABULARY", "CellPoolSampler", "ProgenitorSampler", "World", "build_world", "resolve_predictor"]
+
+# Krumsiek et al. 2011 (PLoS ONE 6:e22649), Fig. 2: the four stable myeloid fates as the genes that are ON.
+HSC_FATES: dict[str, tuple[str, ...]] = {
+    "erythrocyte": ("Gata1", "Fog1", "Eklf", "Scl"),
+    "megakaryocyte": ("Gata1", "Fog1", "Fli1", "Scl"),
+    "monocyte": ("Pu1", "cJun", "EgrNab"),
+    "granulocyte": ("Cebpa", "Pu1", "Gfi1"),
+}
+# Genes whose knockout and overexpression the HSC task offers (16 perturbations): the lineage
+# regulators of the model; Fog1, cJun and EgrNab are left out as pure downstream targets.
+HSC_VOCABULARY: tuple[str, ...] = ("Gata2", "Gata1", "Fli1", "Eklf", "Scl", "Cebpa", "Pu1", "Gfi1")
+HSC_PRIMED: tuple[str, ...] = ("Cebpa", "Gata1", "Fli1", "Scl")
+
+
+@dataclass
+class World:
+    """Everything a reprogramming task needs; built once per env (or vector env).
+
+    Attributes
+    ----------
+    transition
+        The transition over B populations (a predictor or simulator).
+    reward
+        The reward model; its distance is 0 at the goal.
+    perturbations
+        The action vocabulary (P names, each a predictor perturbation or ``"A+B"`` combination).
+    sampler
+        Draws one starting population (N, G) float32 from a ``numpy.random.Generator``.
+    reference
+        Cells (M, G) the observation's PCA is fitted on (sources and targets).
+    target
+        Goal cells (T, G); their embedded mean and std are the goal summary.
+    threshold
+        Default success threshold on the distance.
+    """
+
+    transition: Transition
+    reward: RewardModel
+    perturbations: list[str]
+    sampler: Any
+    reference: torch.Tensor
+    target: torch.Tensor
+    threshold: float
+
+
+class ProgenitorSampler:
+    """Progenitor-like Boolean states of the Krumsiek model, varied per episode.
+
+    Every cell has Gata2 on with probability 0.9 and Pu1 with probability ``0.5 + 0.5 u0``; each gene of
+    ``HSC_PRIMED`` is on with probability ``u_j``, where the ``u ~ U(0, 1)`` are drawn once per
+    population, so populations differ in how they are primed towards each lineage.
+    """
+
+    def __init__(self, genes: list[str], n_cells: int) -> None:
+        self.n_cells = n_cells
+        self.n_genes = len(genes)
+        self.gata2 = genes.index("Gata2")
+        self.pu1 = genes.index("Pu1")
+        self.primed = [genes.index(g) for g in HSC_PRIMED]
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        """One population (N, G) float32 of 0/1 states."""
+        u = rng.uniform(size=1 + len(self.primed))
+        p = np.zeros(self.n_genes)
+        p[self.gata2] = 0.9
+        p[self.pu1] = 0.5 + 0.5 * u[0]
+        p[self.primed] = u[1:]
+        return (rng.uniform(size=(self.n_cells, self.n_genes)) < p).astype(np.float32)
+
+
+class CellPoolSampler:
+    """``n_cells`` cells drawn with replacement from a pool (M, G)."""
+
+    def __init__(self, pool: np.ndarray, n_cells: int) -> None:
+        self.pool = np.ascontiguousarray(pool, dtype=np.float32)
+        self.n_cells = n_cells
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        """One population (N, G) float32."""
+        return self.pool[rng.integers(0, self.pool.shape[0], size=self.n_cells)]
+
+
+def _check_dynamic(predictor: Predictor, world: str) -> None:
+    if not isinstance(predictor, Predictor) or predictor.module is None:
+        raise DataSpecError(f"{world} world: expected a ready Predictor, got {type(predictor).__name__}.")
+
+
+def hsc_world(*, fate: str, n_cells: int, predictor: Predictor | None) -> World:
+    """Krumsiek 2011 myeloid Boolean network (synchronous updates, 6 per action) to fate ``fate``."""
+    if fate not in HSC_FATES:
+        raise DataSpecError(f"HSC fate {fate!r}: expected one of {sorted(HSC_FATES)}.")
+    predictor = predictor or make_predictor("grn.boolean", model="krumsiek11", dynamics="sync", n_steps=6)
+    _check_dynamic(predictor, "HSC")
+    genes = list(predictor.genes)
+    target = torch.zeros(1, len(genes))
+    target[0, [genes.index(g) for g in HSC_FATES[fate]]] = 1.0
+    vocabulary = [f"{g}_{kind}" for g in HSC_VOCABULARY for kind in ("KO", "OE")]
+    sampler = ProgenitorSampler(genes, n_cells)
+    rng = np.random.default_rng(0)
+    fates = torch.zeros(len(HSC_FATES), len(genes))
+    for i, on in enumerate(HSC_FATES.values()):
+        fates[i, [genes.index(g) for g in on]] = 1.0
+    reference = torch.cat([torch.from_numpy(np.concatenate([sampler(rng) for _ in range(32)])), fates.repeat(64, 1)])
+    return World(
+        transition=Transition(predictor),
+        reward=make_reward("target.centroid", target=target, metric="euclidean"),
+        perturbations=vocabulary,
+        sampler=sampler,
+        reference=reference,
+        target=target,
+        threshold=0.3,
+    )
+
+
+def sergio_world(*, source: str | None, target: str | None, n_cells: int, predictor: Predictor | None) -> World:
+    """SERGIO DS1 network (Dibaeinia & Sinha 2020): cells of type ``source`` towards cells of type ``target``.
+
+    The transition keeps the source type's master-regulator production rates (the cells' identity);
+    the vocabulary is the knockout and overexpression of every master regulator. Starting and target
+    cells are steady-state cells of their type after one noisy run (fixed seed), so populations vary.
+    """
+    predictor = predictor or make_predictor("grn.sergio")
+    _check_dynamic(predictor, "SERGIO")
+    types = list(predictor.contexts)
+    source = source if source is not None else types[0]
+    target = target if target is not None else types[1]
+    for what, t in (("source", source), ("target", target)):
+        if t not in types:
+            raise DataSpecError(f"SERGIO {what} cell type {t!r}: expected one of {types}.")
+    generator = torch.Generator().manual_seed(0)
+    pool = {}
+    for t in (source, target):
+        ctx = predictor.encode_contexts([t] * 512)
+        pool[t] = predictor.initial_states(512, ctx, generator=generator).float()
+    network = getattr(predictor, "network", None)
+    masters = [predictor.genes[i] for i in getattr(network, "master", range(len(predictor.genes)))]
+    vocabulary = [f"{g}_{kind}" for g in masters for kind in ("KO", "OE")]
+    target_cells = pool[target]
+    reward = make_reward("target.centroid", target=target_cells[:256])
+    src = pool[source]
+    floor = float(reward.distance(target_cells[256 : 256 + n_cells][None]))
+    start = float(reward.distance(src[None, :n_cells]))
+    return World(
+        transition=Transition(predictor, context=source),
+        reward=reward,
+        perturbations=vocabulary,
+        sampler=CellPoolSampler(src.numpy(), n_cells),
+        reference=torch.cat([src, target_cells]),
+        target=target_cells[:256],
+        threshold=floor + 0.25 * (start - floor),
+    )
+
+
+# ---------------------------------------------------------------------------------------- generic data
+def _select(adata: AnnData, spec: DataSpec, which: object, what: str) -> np.ndarray:
+    """Boolean mask over cells: a perturbation label, ``"column=value"``, or a boolean array."""
+    if isinstance(which, str):
+        key, _, value = which.partition("=") if "=" in which else (spec.perturbation_key, "", which)
+        if key not in adata.obs:
+            raise DataSpecError(f"{what}={which!r}: adata.obs has no column {key!r}; columns are {list(adata.obs)}.")
+        mask = (adata.obs[key].astype(str) == value).to_numpy()
+    else:
+        mask = np.asarray(which, dtype=bool)
+        if mask.shape != (adata.n_obs,):
+            raise DataSpecError(f"{what}: expected a boolean mask of shape ({adata.n_obs},), got {mask.shape}.")
+    if not mask.any():
+        raise DataSpecError(f"{what}={which!r} selects no cells; pass a perturbation label, 'column=value' or a mask.")
+    return mask
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("CELLGYM_CACHE") or Path.home() / ".cache" / "cellgym")
+
+
+def data_hash(adata: AnnData, spec: DataSpec, name: str, config: dict[str, Any]) -> str:
+    """SHA-256 (first 16 hex digits) of the expression, labels, genes, spec, predictor name and config."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"name": name, "config": config, "spec": spec.to_dict()}, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(expression(adata, spec)).tobytes())
+    for col in [spec.perturbation_key, spec.context_key]:
+        if col is not None and col in adata.obs:
+            h.update("\0".join(adata.obs[col].astype(str)).encode())
+    h.update("\0".join(map(str, adata.var_names)).encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, spec: DataSpec) -> Predictor:
+    """A ready predictor from an instance, a saved folder, or a registered name (fitted on ``adata``, cached).
+
+    A registered name is fitted once on ``adata`` (seed 0) and saved under
+    ``$CELLGYM_CACHE/predictors/<name>-<hash>`` (default cache ``~/.cache/cellgym``), the hash covering
+    data, spec and config, so the next env on the same data loads it instead of refitting.
+    """
+    if isinstance(predictor, Predictor):
+        if predictor.module is None:
+            raise DataSpecError(f"predictor {predictor!r} is not fitted; fit it or pass its registered name.")
+        return predictor
+    path = Path(predictor)
+    if path.is_dir() and (path / "config.yaml").exists():
+        return Predictor.load(path)
+    name = str(predictor)
+    get("predictors", name)  # unknown names fail here, with close matches
+    if adata is None:
+        raise DataSpecError(f"predictor {name!r} must be fitted, so the task needs adata=...; or pass a fitted instance.")
+    model = make_predictor(name)
+    folder = _cache_dir() / "predictors" / f"{name}-{data_hash(adata, spec, name, model.config)}"
+    if (folder / "config.yaml").exists():
+        try:
+            return Predictor.load(folder)
+        except CellgymError:
+            log.warning("cached predictor %s is unreadable; refitting", folder)
+    model.fit(adata, spec, seed=0)
+    model.save(folder)
+    return model
+
+
+def data_world(
+    *,
+    adata: AnnData,
+    spec: DataSpec | None,
+    source: object,
+    target: object,
+    predictor: str | Path | Predictor,
+    reward: str | RewardModel,
+    n_cells: int,
+    context: str | None,
+) -> World:
+    """Any AnnData: cells selected by ``source`` towards cells selected by ``target``."""
+    spec = spec or DataSpec()
+    model = resolve_predictor(predictor, adata, spec)
+    x = expression(adata, spec)
+    if list(map(str, adata.var_names)) != list(model.genes):
+        from cellgym.predictors.base import check_genes
+
+        check_genes(model.genes, adata.var_names)
+        x = x[:, [list(map(str, adata.var_names)).index(g) for g in model.genes]]
+    src = x[_select(adata, spec, "control" if source is None else source, "source")]
+    tgt = x[_select(adata, spec, target, "target")]
+    rng = np.random.default_rng(0)
+    tgt_ref = tgt[rng.permutation(tgt.shape[0])[:512]]
+    if isinstance(reward, RewardModel):
+        reward_model = reward
+    elif reward == "target.classifier":
+        cells = np.concatenate([src, tgt])
+        labels = ["source"] * src.shape[0] + ["target"] * tgt.shape[0]
+        reward_model = make_reward(reward, cells=cells, labels=labels, target="target")
+    else:
+        reward_model = make_reward(reward, target=tgt_ref)
+    if context is None and spec.context_key is not None and spec.context_key in adata.obs:
+        context = str(adata.obs[spec.context_key][_select(adata, spec, source or "control", "source")].iloc[0])
+    sampler = CellPoolSampler(src, n_cells)
+    floor = float(reward_model.distance(torch.from_numpy(tgt[rng.integers(0, tgt.shape[0], n_cells)])[None]))
+    start = float(reward_model.distance(torch.from_numpy(sampler(rng))[None]))
+    reference = np.concatenate([src[rng.permutation(src.shape[0])[:1024]], tgt_ref])
+    return World(
+        transition=Transition(model, context=context),
+        reward=reward_model,
+        perturbations=list(model.perturbations),
+        sampler=sampler,
+        reference=torch.from_numpy(reference),
+        target=torch.from_numpy(tgt_ref),
+        threshold=floor + 0.25 * max(start - floor, 0.0),
+    )
+
+
+def build_world(world: str, **kw: Any) -> World:
+    """Dispatch to the ``hsc``, ``sergio`` or ``data`` builder."""
+    if world == "hsc":
+        return hsc_world(fate=kw["fate"], n_cells=kw["n_cells"], predictor=kw["predictor"])
+    if world == "sergio":
+        return sergio_world(source=kw["source"], target=kw["target"], n_cells=kw["n_cells"], predictor=kw["predictor"])
+    if world == "data":
+        if kw["adata"] is None or kw["target"] is None or kw["predictor"] is None:
+            raise DataSpecError("world='data' needs adata=..., target=... and predictor=... (source defaults to 'control').")
+        return data_world(
+            adata=kw["adata"], spec=kw["spec"], source=kw["source"], target=kw["target"], predictor=kw["predictor"],
+            reward=kw["reward"], n_cells=kw["n_cells"], context=kw["context"],
+        )
+    raise DataSpecError(f"world {world!r}: expected 'hsc', 'sergio' or 'data'.")

@@ -1,0 +1,491 @@
+"""CellTRIP's multi-agent world: every cell is an agent moving in a shared space that should reproduce its modalities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from pettingzoo import ParallelEnv
+
+from cellgym.predictors.base.errors import CellgymError, DataSpecError
+
+from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
+
+
+DENSE_DISTANCE_MAX_CELLS = 8192
+"""Up to this many cells the (N, N) modality distances are computed once per episode (N^2 floats)."""
+
+
+class TripConfigError(CellgymError, ValueError):
+    """An invalid argument to the CellTRIP world (sizes, modality indices, weights, actions)."""
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Weights of the reward terms (defaults documented in :class:`TripParallelEnv`)."""
+
+    distance: float = 1.0
+    """Distance matching: |env distance - modality distance| between a cell and the cells it sees."""
+    pinning: float = 1.0
+    """Pinning: squared error of a decoder from positions to each target modality (refitted every step)."""
+    origin: float = 0.1
+    """Distance of the cell from the origin (keeps the population centred)."""
+    velocity: float = 0.01
+    """Per-step cost on the squared speed."""
+    action: float = 0.001
+    """Per-step cost on the squared force."""
+
+
+class TripObs(NamedTuple):
+    """The batched observation of all N cells.
+
+    states : Tensor of shape (N, S), float32
+        Row i: position (d), velocity (d) and input-modality features (F_in) of cell i.
+    view : Tensor of shape (K,), int64
+        Indices of the cells every cell sees this step (a cell never attends to itself; readers mask
+        ``view == i`` for row i). All cells when N <= ``view_size``, a random sample otherwise.
+    """
+
+    states: torch.Tensor
+    view: torch.Tensor
+
+
+class TripParallelEnv(ParallelEnv):
+    """CellTRIP's world of cells as agents (PettingZoo ``ParallelEnv`` with a batched tensor interface).
+
+    ## Description
+    Each cell is an agent with a position and a velocity in a ``dim``-dimensional space. It sees its own
+    input-modality features and those of other cells, pushes itself with a continuous force, and is
+    rewarded when the arrangement of the population reproduces the target modalities: distances between
+    cells match their distances in each target modality, and a decoder from position recovers each
+    target modality ("pinning"). With input = target modalities the world integrates modalities; with a
+    target that is not an input (e.g. spatial position from expression) it imputes. After CellTRIP
+    (Sun et al., bioRxiv 2025, doi:10.1101/2025.11.21.689815).
+
+    ## Action Space
+    ``Box(-1.0, 1.0, (dim,), float32)`` per cell: the force it applies (scaled by ``force``).
+
+    ## Observation Space
+    ``Dict(self=Box(-inf, inf, (S,)), others=Box(-inf, inf, (K, S)), others_mask=MultiBinary(K))`` per
+    cell, with S = 2 * dim + F_in and K = min(max_cells, view_size).
+
+    | Component | Shape | Meaning |
+    |---|---|---|
+    | self | (S,) | own position (dim), velocity (dim), processed input features (F_in) |
+    | others | (K, S) | rows of the cells in view (shared by every cell this step; zero padding) |
+    | others_mask | (K,) int8 | 1 where the row is a real cell other than this one |
+
+    The batched interface returns :class:`TripObs` (all rows once, and the view's indices).
+
+    ## Transition
+    ``v <- clip(v + dt * force * a, -max_velocity, max_velocity)``; ``v <- (1 - friction) v``;
+    ``x <- x + dt * v``; with ``bounds`` set, x is clipped to ``[-bounds, bounds]`` and the velocity
+    along a clipped axis zeroed. Deterministic.
+
+    ## Rewards
+    ``r_i = Phi_i(s') - Phi_i(s) - w_velocity |v'_i|^2 - w_action |a_i|^2`` with potential
+    ``Phi_i = -(w_distance * mean_j (|x_i - x_j| - D_ij)^2 + w_pinning * |f(x_i) - y_i|^2 + w_origin |x_i|)``
+    summed over target modalities: D is the modality's distance (mean pairwise distance scaled to 1), j runs
+    over the cells in view, and f is the least-squares linear decoder from positions (for ``spatial``
+    modalities: the best rotation + translation, Procrustes) fitted to the current positions. Default
+    weights: distance 1.0, pinning 1.0, origin 0.1, velocity 0.01, action 0.001 (:class:`RewardWeights`).
+
+    ## Starting State
+    ``n_cells`` cells drawn without replacement from the data (``options={"n_cells": k}`` or
+    ``options={"cells": indices}``; else uniform in ``[min_cells, max_cells]``), positions
+    ``N(0, init_scale^2)``, velocities 0.
+
+    ## Episode End
+    1. Termination: never (the world has no absorbing state).
+    2. Truncation: every cell at a random horizon drawn uniformly from ``episode_length`` at reset, so
+       a learner must bootstrap from its critic at every episode end (truncated reward bootstrapping).
+
+    ## Info
+    Empty per cell; ``env.cell_index`` holds the data rows of the current cells.
+
+    ## Arguments
+    | Parameter | Type | Default | Description |
+    |---|---|---|---|
+    | modalities | list of arrays/AnnData (N, F_k) | | paired modalities of the same N cells |
+    | kinds | list of str | inferred | ``counts``, ``log1p``, ``features`` or ``spatial`` per modality |
+    | input_modalities | list of int | all | modalities cells observe |
+    | target_modalities | list of int | all | modalities the space must reproduce |
+    | dim | int | 32 | dimension of the space |
+    | n_pcs | int | 64 | PCA width of expression-like modalities |
+    | view_size | int | 256 | cells seen per step: all when N <= view_size, else a random sample |
+    | max_cells / min_cells | int | N / max_cells | range of cells per episode |
+    | dt, force, friction, max_velocity | float | 0.1, 1.0, 0.1, 1.0 | dynamics |
+    | bounds | float or None | None | box that positions are clipped to |
+    | reward_weights | dict | see Rewards | :class:`RewardWeights` fields |
+    | episode_length | (int, int) | (100, 200) | range of the random horizon |
+
+    ``cellgym.registry.make("CellEnv-Trip-Integration-v0")`` builds the default integration world.
+
+    ## Vectorized environment
+    None: the world is already batched over cells (``step_batch``).
+
+    ## Version History
+    - v0: first version.
+    """
+
+    metadata = {"render_modes": [], "name": "celltrip_v0"}
+
+    def __init__(
+        self,
+        modalities: Sequence[Any],
+        *,
+        kinds: Sequence[ModalityKind] | None = None,
+        names: Sequence[str] | None = None,
+        input_modalities: Sequence[int] | None = None,
+        target_modalities: Sequence[int] | None = None,
+        dim: int = 32,
+        n_pcs: int = 64,
+        view_size: int = 256,
+        max_cells: int | None = None,
+        min_cells: int | None = None,
+        dt: float = 0.1,
+        force: float = 1.0,
+        friction: float = 0.1,
+        max_velocity: float = 1.0,
+        bounds: float | None = None,
+        init_scale: float = 1.0,
+        reward_weights: dict[str, float] | None = None,
+        episode_length: tuple[int, int] = (100, 200),
+        preprocessing: Sequence[Modality] | None = None,
+    ) -> None:
+        raw = [_as_array(m, k) if m is not None else None for k, m in enumerate(modalities)]
+        if not raw:
+            raise TripConfigError("the CellTRIP world needs at least one modality; got none.")
+        sizes = {len(m) for m in raw if m is not None}
+        if len(sizes) != 1:
+            raise DataSpecError(f"modalities must hold the same cells (paired rows); got row counts "
+                                f"{[None if m is None else len(m) for m in raw]}.")
+        self.n_total = sizes.pop()
+        n_mod = len(raw)
+        self.input_modalities = _indices(input_modalities, n_mod, "input_modalities")
+        self.target_modalities = _indices(target_modalities, n_mod, "target_modalities")
+        for k in self.input_modalities:
+            if raw[k] is None:
+                raise DataSpecError(f"input modality {k} is None; every input modality needs data.")
+        if preprocessing is None:
+            if any(m is None for m in raw):
+                raise DataSpecError("a modality is None; that is only allowed with fitted `preprocessing`.")
+            kinds = list(kinds) if kinds is not None else [infer_kind(m) for m in raw]
+            names = list(names) if names is not None else [f"modality_{k}" for k in range(n_mod)]
+            if len(kinds) != n_mod or len(names) != n_mod:
+                raise TripConfigError(f"kinds/names must have one entry per modality ({n_mod}); got "
+                                      f"{len(kinds)} kinds and {len(names)} names.")
+            preprocessing = [fit_modality(m, kd, name=nm, n_pcs=n_pcs) for m, kd, nm in zip(raw, kinds, names)]
+        if len(preprocessing) != n_mod:
+            raise TripConfigError(f"preprocessing has {len(preprocessing)} entries for {n_mod} modalities.")
+        for mod, m in zip(preprocessing, raw):
+            if m is not None and m.shape[1] != mod.n_raw:
+                raise DataSpecError(f"modality {mod.name!r} has {m.shape[1]} features; its preprocessing "
+                                    f"was fitted on {mod.n_raw}. Pass the same features in the same order.")
+        for name, value in (("dim", dim), ("view_size", view_size)):
+            if int(value) < 1:
+                raise TripConfigError(f"{name} must be >= 1; got {value}.")
+        max_cells = self.n_total if max_cells is None else int(max_cells)
+        min_cells = max_cells if min_cells is None else int(min_cells)
+        if not 2 <= min_cells <= max_cells <= self.n_total:
+            raise TripConfigError(f"need 2 <= min_cells <= max_cells <= n_cells in the data ({self.n_total}); "
+                                  f"got min_cells={min_cells}, max_cells={max_cells}.")
+        lo, hi = (int(episode_length[0]), int(episode_length[1]))
+        if not 1 <= lo <= hi:
+            raise TripConfigError(f"episode_length must be (min, max) with 1 <= min <= max; got {episode_length}.")
+        try:
+            self.reward_weights = RewardWeights(**(reward_weights or {}))
+        except TypeError:
+            raise TripConfigError(f"reward_weights keys must be among {[f.name for f in fields(RewardWeights)]}; "
+                                  f"got {sorted(reward_weights or {})}.") from None
+
+        self.modalities = list(preprocessing)
+        self.raw = raw
+        self.features = [None if m is None else mod.transform(torch.from_numpy(m))
+                         for mod, m in zip(self.modalities, raw)]
+        self.dim, self.view_size = int(dim), int(view_size)
+        self.max_cells, self.min_cells = max_cells, min_cells
+        self.dt, self.force, self.friction = float(dt), float(force), float(friction)
+        self.max_velocity, self.bounds, self.init_scale = float(max_velocity), bounds, float(init_scale)
+        self.episode_length = (lo, hi)
+        self.n_inputs = sum(self.features[k].shape[1] for k in self.input_modalities)
+        self.state_size = 2 * self.dim + self.n_inputs
+        self.n_view = min(self.max_cells, self.view_size)
+
+        self.possible_agents = [f"cell_{i}" for i in range(self.max_cells)]
+        self.agents: list[str] = []
+        self._observation_space = spaces.Dict({
+            "self": spaces.Box(-np.inf, np.inf, (self.state_size,), np.float32),
+            "others": spaces.Box(-np.inf, np.inf, (self.n_view, self.state_size), np.float32),
+            "others_mask": spaces.MultiBinary(self.n_view),
+        })
+        self._action_space = spaces.Box(-1.0, 1.0, (self.dim,), np.float32)
+        self.np_random, _ = seeding.np_random(None)
+        self._torch_gen = torch.Generator()
+        self.render_mode = None
+
+    # ------------------------------------------------------------------------------------------- spaces
+    def observation_space(self, agent: str) -> spaces.Dict:
+        """The one observation space shared by every cell (see the class docstring)."""
+        return self._observation_space
+
+    def action_space(self, agent: str) -> spaces.Box:
+        """The one action space shared by every cell: a force in ``[-1, 1]^dim``."""
+        return self._action_space
+
+    # --------------------------------------------------------------------------------------------- step
+    def step(self, actions: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict, dict]:
+        """PettingZoo step: a dict of actions per live cell -> the five per-cell dicts."""
+        if set(actions) != set(self.agents):
+            missing = sorted(set(self.agents) - set(actions))[:3]
+            extra = sorted(set(actions) - set(self.agents))[:3]
+            raise TripConfigError(f"actions must name every live cell exactly once; missing {missing}, "
+                                  f"unknown {extra}. Pass {{agent: action for agent in env.agents}}.")
+        batch = np.stack([actions[a] for a in self.agents]).astype(np.float32, copy=False)
+        obs, rewards, terminated, truncated = self.step_batch(torch.from_numpy(batch))
+        agents = self.agents
+        out_obs = self._obs_dict(obs)
+        reward_dict = dict(zip(agents, rewards.tolist()))
+        term = dict.fromkeys(agents, terminated)
+        trunc = dict.fromkeys(agents, truncated)
+        infos: dict[str, dict] = {a: {} for a in agents}
+        if terminated or truncated:
+            self.agents = []
+        return out_obs, reward_dict, term, trunc, infos
+
+    def step_batch(self, actions: torch.Tensor) -> tuple[TripObs, torch.Tensor, bool, bool]:
+        """Advance all N cells at once.
+
+        Parameters
+        ----------
+        actions : Tensor of shape (N, dim), float32
+            Forces, clipped to ``[-1, 1]``.
+
+        Returns
+        -------
+        obs : TripObs
+        rewards : Tensor of shape (N,), float32
+        terminated, truncated : bool
+            Episode end for every cell (cells end together).
+        """
+        n = len(self.positions)
+        actions = torch.as_tensor(actions, dtype=torch.float32)
+        if actions.shape != (n, self.dim):
+            raise TripConfigError(f"actions must have shape (n_cells, dim) = ({n}, {self.dim}); "
+                                  f"got {tuple(actions.shape)}.")
+        if not torch.isfinite(actions).all():
+            raise TripConfigError("actions contain NaN or inf; the policy produced non-finite forces.")
+        a = actions.clamp(-1.0, 1.0)
+        w = self.reward_weights
+        x_before = self.positions
+        v = (self.velocities + self.dt * self.force * a).clamp(-self.max_velocity, self.max_velocity)
+        v = v * (1.0 - self.friction)
+        x = x_before + self.dt * v
+        if self.bounds is not None:
+            clipped = x.abs() > self.bounds
+            x = x.clamp(-self.bounds, self.bounds)
+            v = v.masked_fill(clipped, 0.0)
+        self.positions, self.velocities = x, v
+        self.steps += 1
+
+        if not self._view_fixed:
+            self._draw_view()
+            phi_dist_before = self._distance_potential(x_before)
+        else:
+            phi_dist_before = self._phi_dist
+        self._phi_dist = self._distance_potential(x)
+        phi_pin_before, self._phi_pin = self._phi_pin, self._pinning_potential(x)
+        phi_before = w.distance * phi_dist_before + w.pinning * phi_pin_before - w.origin * x_before.norm(dim=1)
+        phi_after = w.distance * self._phi_dist + w.pinning * self._phi_pin - w.origin * x.norm(dim=1)
+        rewards = phi_after - phi_before - w.velocity * v.pow(2).sum(1) - w.action * a.pow(2).sum(1)
+        truncated = self.steps >= self.horizon
+        return self._obs(), rewards, False, bool(truncated)
+
+    # -------------------------------------------------------------------------------------------- reset
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """PettingZoo reset; ``options`` may hold ``n_cells`` (int) or ``cells`` (data row indices)."""
+        obs = self.reset_batch(seed=seed, options=options)
+        return self._obs_dict(obs), {a: {} for a in self.agents}
+
+    def reset_batch(self, seed: int | None = None, options: dict | None = None) -> TripObs:
+        """Start an episode and return the batched observation (see :meth:`reset`)."""
+        if seed is not None:
+            self.np_random, _ = seeding.np_random(seed)
+        self._torch_gen.manual_seed(int(self.np_random.integers(2**62)))
+        options = options or {}
+        if options.get("cells") is not None:
+            cells = np.asarray(options["cells"], dtype=np.int64)
+            if cells.ndim != 1 or not 2 <= len(cells) <= self.max_cells or cells.min() < 0 \
+                    or cells.max() >= self.n_total or len(np.unique(cells)) != len(cells):
+                raise TripConfigError(f"options['cells'] must be 2..{self.max_cells} distinct row indices "
+                                      f"in [0, {self.n_total}); got {len(cells)} indices.")
+        else:
+            n = options.get("n_cells")
+            n = int(self.np_random.integers(self.min_cells, self.max_cells + 1)) if n is None else int(n)
+            if not 2 <= n <= self.max_cells:
+                raise TripConfigError(f"options['n_cells'] must be in [2, {self.max_cells}]; got {n}.")
+            cells = np.sort(self.np_random.choice(self.n_total, n, replace=False))
+        self.cell_index = cells
+        n = len(cells)
+        idx = torch.from_numpy(cells)
+        self.inputs = torch.cat([self.features[k][idx] for k in self.input_modalities], 1) \
+            if self.input_modalities else torch.zeros(n, 0)
+        self.targets = [(k, self.modalities[k], self.features[k][idx]) for k in self.target_modalities
+                        if self.features[k] is not None]
+        self.positions = self.init_scale * torch.randn(n, self.dim, generator=self._torch_gen)
+        self.velocities = torch.zeros(n, self.dim)
+        self.steps = 0
+        self.horizon = int(self.np_random.integers(self.episode_length[0], self.episode_length[1] + 1))
+        self._view_fixed = n <= self.view_size
+        self._dense_dist = None
+        if not self._view_fixed and n <= DENSE_DISTANCE_MAX_CELLS and self.targets:
+            self._dense_dist = sum(_distances(y, y) for _, _, y in self.targets)
+        if self._view_fixed:
+            self.view = torch.arange(n)
+            self._prepare_view()
+        else:
+            self._draw_view()
+        self._phi_dist = self._distance_potential(self.positions)
+        self._phi_pin = self._pinning_potential(self.positions)
+        self.agents = self.possible_agents[:n]
+        return self._obs()
+
+    # ------------------------------------------------------------------------------ perturbation hooks
+    def set_inputs(self, inputs: torch.Tensor) -> None:
+        """Replace the current cells' processed input features (N, F_in), e.g. for in-silico clamping."""
+        if inputs.shape != self.inputs.shape:
+            raise TripConfigError(f"inputs must have shape {tuple(self.inputs.shape)}; got {tuple(inputs.shape)}.")
+        self.inputs = inputs.float()
+
+    def input_slices(self) -> dict[int, slice]:
+        """Column range of each input modality inside the processed input features."""
+        out, start = {}, 0
+        for k in self.input_modalities:
+            width = self.features[k].shape[1]
+            out[k] = slice(start, start + width)
+            start += width
+        return out
+
+    def for_cells(self, modalities: Sequence[Any], **overrides: Any) -> TripParallelEnv:
+        """A world over other cells with this world's fitted preprocessing and settings.
+
+        Target modalities may be None (unknown, e.g. held-out cells to impute); their reward terms are dropped.
+        """
+        kwargs = dict(
+            kinds=[m.kind for m in self.modalities], names=[m.name for m in self.modalities],
+            input_modalities=self.input_modalities, target_modalities=self.target_modalities, dim=self.dim,
+            view_size=self.view_size, dt=self.dt, force=self.force, friction=self.friction,
+            max_velocity=self.max_velocity, bounds=self.bounds, init_scale=self.init_scale,
+            reward_weights=asdict(self.reward_weights), episode_length=self.episode_length,
+            preprocessing=self.modalities)
+        kwargs.update(overrides)
+        return TripParallelEnv(modalities, **kwargs)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _draw_view(self) -> None:
+        n = len(self.positions)
+        self.view = torch.randperm(n, generator=self._torch_gen)[: self.view_size]
+        self._prepare_view()
+
+    def _prepare_view(self) -> None:
+        """Per-view constants of the distance potential: sums of modality distances and of their squares.
+
+        Up to ``DENSE_DISTANCE_MAX_CELLS`` cells, the (N, N) sum of modality distances is computed once
+        per episode and a new view only gathers its columns.
+        """
+        n, view = len(self.positions), self.view
+        self._n_others = len(view) - torch.zeros(n).index_fill_(0, view, 1.0)
+        if self._dense_dist is not None:
+            self._dist_sum = self._dense_dist[view]  # (K, N): rows of a symmetric matrix, a contiguous gather
+        else:
+            self._dist_sum = sum((_distances(y[view], y) for _, _, y in self.targets), torch.zeros(len(view), n))
+        # sum_j |y_i - y_j|^2 in closed form, per modality
+        self._dist_sq = sum((_sum_sq_distances(y, y[view]) for _, _, y in self.targets), torch.zeros(n))
+
+    def _distance_potential(self, x: torch.Tensor) -> torch.Tensor:
+        """Minus the mean squared mismatch between env and modality distances to the cells in view, (N,).
+
+        sum_k sum_j (e_ij - D^k_ij)^2 = M sum_j e_ij^2 - 2 sum_j e_ij sum_k D^k_ij + sum_k sum_j (D^k_ij)^2;
+        the first and last sums have closed forms, so one pass over the (N, K) env distances is needed.
+        A cell's distance to itself is 0 in every space, so it adds nothing.
+        """
+        if not self.targets:
+            return torch.zeros(len(x))
+        xv = x[self.view]
+        cross = _distances(xv, x).mul_(self._dist_sum).sum(0)  # (K, N) layout
+        err = len(self.targets) * _sum_sq_distances(x, xv) - 2 * cross + self._dist_sq
+        return -err.clamp_min(0.0) / self._n_others.clamp_min(1.0)
+
+    def _pinning_potential(self, x: torch.Tensor) -> torch.Tensor:
+        """Minus the squared error of the best decoder from positions to each target modality, (N,)."""
+        err = torch.zeros(len(x))
+        for _, mod, y in self.targets:
+            err += (fit_decoder(x, y, spatial=mod.kind == "spatial") - y).pow(2).sum(1)
+        return -err
+
+    def _obs(self) -> TripObs:
+        return TripObs(torch.cat([self.positions, self.velocities, self.inputs], 1), self.view)
+
+    def _obs_dict(self, obs: TripObs) -> dict[str, dict[str, np.ndarray]]:
+        states = obs.states.numpy()
+        view = obs.view.numpy()
+        others = np.zeros((self.n_view, self.state_size), np.float32)
+        others[: len(view)] = states[view]
+        mask = np.zeros((len(states), self.n_view), np.int8)
+        mask[:, : len(view)] = view[None, :] != np.arange(len(states))[:, None]
+        return {a: {"self": states[i], "others": others, "others_mask": mask[i]}
+                for i, a in enumerate(self.agents)}
+
+
+def fit_decoder(x: torch.Tensor, y: torch.Tensor, *, spatial: bool) -> torch.Tensor:
+    """Predictions of the best decoder from positions ``x`` (N, d) to ``y`` (N, F), fitted on these cells.
+
+    ``spatial``: rotation + translation only (orthogonal Procrustes, Schoenemann 1966; needs F <= d);
+    otherwise ordinary least squares with an intercept.
+    """
+    xm, ym = x.mean(0), y.mean(0)
+    xc, yc = x - xm, y - ym
+    if spatial:
+        u, _, vh = torch.linalg.svd(xc.T @ yc, full_matrices=False)
+        return xc @ (u @ vh) + ym
+    gram = xc.T @ xc + 1e-4 * torch.eye(x.shape[1])
+    return xc @ torch.linalg.solve(gram, xc.T @ yc) + ym
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (N, K) between rows, computed in place after one matmul (memory-bound part fused)."""
+    d = a @ b.T
+    d.mul_(-2.0).add_(a.pow(2).sum(1)[:, None]).add_(b.pow(2).sum(1)[None, :])
+    return d.clamp_min_(0.0).sqrt_()
+
+
+def _sum_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_j |a_i - b_j|^2 for every row i, (N,), in closed form (no (N, K) matrix)."""
+    sq = a.pow(2).sum(1)
+    return len(b) * sq - 2 * a @ b.sum(0) + b.pow(2).sum()
+
+
+def _indices(value: Sequence[int] | None, n_mod: int, name: str) -> list[int]:
+    out = list(range(n_mod)) if value is None else [int(k) for k in value]
+    bad = [k for k in out if not 0 <= k < n_mod]
+    if bad or len(set(out)) != len(out):
+        raise TripConfigError(f"{name} must be distinct indices in [0, {n_mod}); got {out}.")
+    return out
+
+
+def _as_array(m: Any, k: int) -> np.ndarray:
+    x = getattr(m, "X", m)  # AnnData -> its X
+    if hasattr(x, "toarray"):
+        x = x.toarray()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise DataSpecError(f"modality {k} must be 2-D (cells x features); got shape {x.shape}.")
+    return x

@@ -1,0 +1,287 @@
+"""The four baselines as :class:`~cellgym.predictors.Predictor` subclasses, fitted in closed form.
+
+Every baseline works per context (cell type / line): effects are deltas of a perturbation's pseudobulk
+(mean log1p expression) against the control pseudobulk *of the same context*. A context with control
+cells but no perturbed training cells (a held-out context of ``split(kind="contexts")``) borrows from
+the others, as stated in each class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..base import DataSpecError, FitData, FitReport, Predictor
+from ._module import AdditiveBaselineModule, LinearBaselineModule, MeanBaselineModule, NoChangeBaselineModule
+
+__all__ = ["AdditiveBaseline", "LinearBaseline", "MeanBaseline", "NoChangeBaseline"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pseudobulk:
+    """Per-context pseudobulks of a training set.
+
+    Attributes
+    ----------
+    control
+        (C, G) float64 control mean of each context (zeros where a context has no controls).
+    ctx
+        (n,) int64 context of each perturbed group.
+    labels
+        (n,) perturbation label of each group (``"A"`` or ``"A+B"``).
+    delta
+        (n, G) float64 group mean minus its context's control mean.
+    """
+
+    control: np.ndarray
+    ctx: np.ndarray
+    labels: np.ndarray
+    delta: np.ndarray
+
+    def mean_effect(self, n_contexts: int) -> np.ndarray:
+        """(C, G) mean delta over each context's groups; a context without groups gets the pooled mean."""
+        g = self.control.shape[1]
+        pooled = self.delta.mean(0) if len(self.labels) else np.zeros(g)
+        out = np.tile(pooled, (n_contexts, 1))
+        for c in np.unique(self.ctx):
+            out[c] = self.delta[self.ctx == c].mean(0)
+        return out
+
+
+def pseudobulk(data: FitData, n_contexts: int) -> Pseudobulk:
+    """Group means of ``data.x`` by (context, label), as deltas against each context's controls."""
+    labels = np.asarray(data.labels, dtype=str)
+    _, label_code = np.unique(labels, return_inverse=True)
+    key = data.ctx.astype(np.int64) * (label_code.max() + 1) + label_code
+    groups, inverse = np.unique(key, return_inverse=True)
+    indicator = sp.csr_matrix((np.ones(key.size), (inverse, np.arange(key.size))), shape=(groups.size, key.size))
+    sizes = np.asarray(indicator.sum(1)).ravel()
+    means = np.asarray(indicator @ data.x.astype(np.float64)) / sizes[:, None]
+    first = np.zeros(groups.size, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(key.size)[::-1]  # a representative cell of each group
+    g_ctx, g_label, g_ctrl = data.ctx[first].astype(np.int64), labels[first], data.is_control[first]
+    control = np.zeros((n_contexts, data.x.shape[1]))
+    control[g_ctx[g_ctrl]] = means[g_ctrl]
+    pert = ~g_ctrl
+    return Pseudobulk(control, g_ctx[pert], g_label[pert], means[pert] - control[g_ctx[pert]])
+
+
+class _Baseline(Predictor):
+    """Shared fitting: pseudobulks, then the vocabulary, then the module's buffers (no training loop).
+
+    ``extra_perturbations`` are single perturbations accepted beyond those in the training data (e.g.
+    the held-out ones an evaluation asks about; never their cells). Each subclass says what it predicts
+    for them. A name outside ``perturbations`` raises :class:`UnknownPerturbationError`.
+    """
+
+    def __init__(self, *, extra_perturbations: Sequence[str] = ()) -> None:
+        super().__init__(extra_perturbations=[str(p) for p in extra_perturbations])
+
+    def _fit(
+        self, data: FitData, *, epochs: int | None, batch_size: int, device: str, seed: int | None, logger: Any
+    ) -> FitReport:
+        start = time.perf_counter()
+        bulk = pseudobulk(data, len(self.contexts))
+        self.perturbations = sorted(set(self.perturbations) | set(self.config["extra_perturbations"]))
+        self._build_module()
+        with torch.no_grad():
+            for name, value in self._buffers_from(bulk).items():
+                getattr(self.module, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        self.module.to(device)
+        return FitReport(epochs=0, seconds=time.perf_counter() - start, n_obs=int(data.x.shape[0]))
+
+    def _buffers_from(self, bulk: Pseudobulk) -> dict[str, np.ndarray]:
+        """Values of the module's buffers, by name."""
+        return {}
+
+
+class NoChangeBaseline(_Baseline):
+    """``baseline.nochange``: every cell keeps its control expression (delta 0).
+
+    Predicting from a context's control cells, the predicted population is those controls, so its mean
+    is the control mean. Any known perturbation (training or ``extra_perturbations``) gets delta 0.
+    """
+
+    name: ClassVar[str] = "baseline.nochange"
+
+    def _build_module(self) -> None:
+        self.module = NoChangeBaselineModule()
+
+
+class MeanBaseline(_Baseline):
+    """``baseline.mean``: control plus the mean effect of the context's training perturbations.
+
+    The mean is over perturbations (each training label's delta weighs the same, combinations
+    included), per context; a context without perturbed training cells gets the mean over all
+    contexts' perturbations. Every perturbation, seen or not, gets the same delta.
+    """
+
+    name: ClassVar[str] = "baseline.mean"
+
+    def _build_module(self) -> None:
+        self.module = MeanBaselineModule(len(self.contexts), len(self.genes))
+
+    def _buffers_from(self, bulk: Pseudobulk) -> dict[str, np.ndarray]:
+        return {"mean_effect": bulk.mean_effect(len(self.contexts))}
+
+
+class AdditiveBaseline(_Baseline):
+    """``baseline.additive``: control plus the sum of the single-perturbation effects, per context.
+
+    A single's effect in a context is its measured delta there. Fallbacks, in order, when it was not
+    measured *alone* in that context (logged when fitting, listed in :attr:`fallbacks`):
+
+    1. measured alone in other contexts: the mean of its deltas there (predicting a held-out cell
+       line from the others);
+    2. never measured alone (only inside combinations, or only named in ``extra_perturbations``): the
+       context's mean perturbation effect (:class:`MeanBaseline`), so an unseen single adds what an
+       average perturbation does.
+
+    Names outside the vocabulary raise :class:`UnknownPerturbationError`.
+    """
+
+    name: ClassVar[str] = "baseline.additive"
+
+    def __init__(self, *, extra_perturbations: Sequence[str] = ()) -> None:
+        super().__init__(extra_perturbations=extra_perturbations)
+        self.fallbacks: dict[str, list[str]] = {}
+
+    def _build_module(self) -> None:
+        self.module = AdditiveBaselineModule(len(self.contexts), len(self.perturbations), len(self.genes))
+
+    def _buffers_from(self, bulk: Pseudobulk) -> dict[str, np.ndarray]:
+        n_ctx, g = len(self.contexts), len(self.genes)
+        mean_effect = bulk.mean_effect(n_ctx)
+        effects = np.zeros((n_ctx, len(self.perturbations), g))
+        single = np.array([len(self.spec.split_label(lab)) == 1 for lab in bulk.labels], dtype=bool)
+        from_others: list[str] = []
+        as_mean: list[str] = []
+        for p, name in enumerate(self.perturbations):
+            seen = single & (bulk.labels == name)
+            pooled = bulk.delta[seen].mean(0) if seen.any() else None
+            for c in range(n_ctx):
+                here = seen & (bulk.ctx == c)
+                if here.any():
+                    effects[c, p] = bulk.delta[here][0]
+                elif pooled is not None:
+                    effects[c, p] = pooled
+                    from_others.append(f"{name}@{self.contexts[c] or 'all'}")
+                else:
+                    effects[c, p] = mean_effect[c]
+                    as_mean.append(f"{name}@{self.contexts[c] or 'all'}")
+        self.fallbacks = {"from_other_contexts": from_others, "mean_effect": as_mean}
+        if from_others:
+            logger.info("baseline.additive: effects borrowed from other contexts for %s", from_others[:20])
+        never = sorted({f.rsplit("@", 1)[0] for f in as_mean})
+        if never:
+            logger.warning(
+                "baseline.additive: %d single(s) never measured alone (%s) are predicted with the mean "
+                "perturbation effect of each context.", len(never), never[:10],
+            )
+        return {"effects": effects}
+
+
+class LinearBaseline(_Baseline):
+    """``baseline.linear``: the linear model of Ahlmann-Eltze, Huber & Anders 2025 (Nat. Methods,
+    "Deep-learning-based gene perturbation effect prediction does not yet outperform simple linear
+    baselines").
+
+    With ``Y`` (G x n) the training deltas of the n perturbations of a context (pseudobulk minus the
+    control pseudobulk; singles and combinations), ``b`` its row means, ``G`` (G x K) the gene
+    embedding = the top-K principal components of the gene-centred pseudobulk (``U_K S_K`` of the SVD
+    of ``Y - b``; centring the pseudobulk or the deltas is the same thing) and ``P`` (n x K) the
+    perturbation embedding = the rows of ``G`` of each perturbation's target gene (summed over the
+    targets of a combination), the model is ``Y ≈ G W Pᵀ + b`` with the closed-form two-sided ridge
+    solution ``W = (GᵀG + λI)⁻¹ Gᵀ (Y - b) P (PᵀP + λI)⁻¹``; a perturbation p is predicted as
+    ``b + G W p``.
+
+    A target gene that is not among the measured genes has a zero embedding, so its prediction is
+    ``b``, the mean training effect (exactly :class:`MeanBaseline`). No per-perturbation embedding is
+    learned (that would not be the paper's model). Contexts are fitted separately; a context without
+    perturbed training cells gets the model fitted on all contexts' deltas pooled.
+
+    Parameters
+    ----------
+    n_pcs
+        K, the number of principal components (paper: 10). Fewer are used when a context has fewer
+        perturbations (the rest of the embedding is zero).
+    ridge
+        λ of both ridge penalties (paper: 0.1).
+    extra_perturbations
+        Single perturbations to accept beyond the training ones (predicted from their gene's row).
+    """
+
+    name: ClassVar[str] = "baseline.linear"
+
+    def __init__(self, *, n_pcs: int = 10, ridge: float = 0.1, extra_perturbations: Sequence[str] = ()) -> None:
+        if n_pcs < 1 or ridge < 0:
+            raise DataSpecError(f"LinearBaseline needs n_pcs >= 1 and ridge >= 0, got n_pcs={n_pcs}, ridge={ridge}.")
+        Predictor.__init__(
+            self, n_pcs=int(n_pcs), ridge=float(ridge), extra_perturbations=[str(p) for p in extra_perturbations]
+        )
+
+    def _build_module(self) -> None:
+        self.module = LinearBaselineModule(
+            len(self.contexts), len(self.perturbations), len(self.genes), self.config["n_pcs"]
+        )
+
+    def _embedding_rows(self, labels: Sequence[str]) -> np.ndarray:
+        """(n, G) 0/1 matrix: which measured genes each label targets."""
+        gene_index = {g: i for i, g in enumerate(self.genes)}
+        rows = np.zeros((len(labels), len(self.genes)))
+        for r, label in enumerate(labels):
+            for target in self.spec.split_label(label):
+                if target in gene_index:
+                    rows[r, gene_index[target]] = 1.0
+        return rows
+
+    def _fit_linear(self, delta: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(G, W, b)`` for deltas (n, G) whose target-gene indicator rows are ``targets`` (n, G)."""
+        k, lam = self.config["n_pcs"], self.config["ridge"]
+        n_genes = delta.shape[1]
+        y = delta.T  # (G, n), the paper's orientation
+        b = y.mean(1)
+        yc = y - b[:, None]
+        u, s, _ = np.linalg.svd(yc, full_matrices=False)
+        r = min(k, s.size)
+        gene_emb = np.zeros((n_genes, k))
+        gene_emb[:, :r] = u[:, :r] * s[:r]
+        p = targets @ gene_emb  # (n, K): rows of G of the targets, summed for combinations
+        eye = np.eye(k)
+        left = np.linalg.solve(gene_emb.T @ gene_emb + lam * eye, gene_emb.T @ yc)  # (K, n)
+        w = left @ p @ np.linalg.inv(p.T @ p + lam * eye)  # (K, K)
+        return gene_emb, w, b
+
+    def _buffers_from(self, bulk: Pseudobulk) -> dict[str, np.ndarray]:
+        n_ctx, n_genes, k = len(self.contexts), len(self.genes), self.config["n_pcs"]
+        out = {
+            "gene_embedding": np.zeros((n_ctx, n_genes, k)),
+            "pert_embedding": np.zeros((n_ctx, len(self.perturbations), k)),
+            "weights": np.zeros((n_ctx, k, k)),
+            "offset": np.zeros((n_ctx, n_genes)),
+        }
+        if len(bulk.labels) == 0:
+            return out
+        targets = self._embedding_rows(bulk.labels)
+        vocab_targets = self._embedding_rows(self.perturbations)
+        pooled = None
+        for c in range(n_ctx):
+            here = bulk.ctx == c
+            if here.any():
+                fitted = self._fit_linear(bulk.delta[here], targets[here])
+            else:
+                pooled = pooled or self._fit_linear(bulk.delta, targets)
+                fitted = pooled
+            gene_emb, w, b = fitted
+            out["gene_embedding"][c], out["weights"][c], out["offset"][c] = gene_emb, w, b
+            out["pert_embedding"][c] = vocab_targets @ gene_emb
+        return out

@@ -1,0 +1,243 @@
+"""The evaluation harness: fit predictors on a split's train part, predict its held-out perturbations.
+
+Every held-out (context, perturbation) group is predicted from the control cells of its context and
+compared with the real held-out cells by the metrics of :mod:`cellgym.predictors.metrics`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics as M
+from .base import DataSpec, Predictor, Split, expression, validate
+from .base.errors import DataSpecError, UnknownPerturbationError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["METRICS", "EvaluationResult", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+METRICS: tuple[str, ...] = (
+    "pearson_delta",
+    "mse",
+    "mae",
+    "mse_delta",
+    "mae_delta",
+    "r2",
+    "r2_de",
+    "de_overlap",
+    "direction_agreement",
+    "discrimination",
+    "energy_distance",
+)
+"""Metric columns, in order: see :mod:`cellgym.predictors.metrics` for the definitions."""
+
+CHUNK = 8192
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` returns.
+
+    Attributes
+    ----------
+    metrics
+        One row per predictor (index ``predictor``): the mean of each metric over the held-out
+        groups it could predict, ``coverage`` (fraction of groups predicted; a predictor that does not
+        know a perturbation raises :class:`UnknownPerturbationError`, and that group is skipped) and
+        ``n_groups``.
+    per_perturbation
+        One row per (predictor, context, perturbation): every metric, ``n_cells`` (real held-out
+        cells) and ``predicted`` (False where the predictor could not predict it; metrics NaN).
+    split
+        The split that was evaluated.
+    """
+
+    metrics: pd.DataFrame
+    per_perturbation: pd.DataFrame
+    split: Split
+
+
+def _make(entry: str | Predictor, extra: list[str]) -> Predictor:
+    """A predictor from a registry name; held-out singles go to ``extra_perturbations`` where accepted."""
+    if isinstance(entry, Predictor):
+        return entry
+    from cellgym.registry import get
+
+    spec = get("predictors", entry)
+    cls = spec.load()
+    kwargs = dict(spec.kwargs)
+    if extra and "extra_perturbations" in inspect.signature(cls.__init__).parameters:
+        kwargs["extra_perturbations"] = extra
+    return cls(**kwargs)
+
+
+def _predict(predictor: Predictor, x: np.ndarray, label: str, context: str) -> np.ndarray:
+    """(N, G) prediction for cells ``x`` under ``label`` in ``context`` (batched, no grad)."""
+    pert = predictor.encode_perturbations([label]).expand(x.shape[0], -1)
+    ctx_index = predictor.encode_contexts([context]) if predictor.spec.context_key is not None else torch.zeros(1, dtype=torch.long)
+    ctx = ctx_index.expand(x.shape[0])
+    out = [
+        predictor.predict_batch(torch.from_numpy(x[s : s + CHUNK]), pert[s : s + CHUNK], ctx[s : s + CHUNK])
+        for s in range(0, x.shape[0], CHUNK)
+    ]
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
+def evaluate(
+    adata: AnnData,
+    spec: DataSpec,
+    split: Split,
+    predictors: Sequence[str | Predictor],
+    *,
+    seed: int | None = 0,
+    de_k: int = 20,
+    max_cells: int = 500,
+    fit_kwargs: dict[str, dict[str, Any]] | None = None,
+) -> EvaluationResult:
+    """Fit each predictor on ``split.train`` and score its predictions of the held-out groups.
+
+    Parameters
+    ----------
+    adata
+        The whole data set (train and test cells), validated against ``spec`` first.
+    spec
+        Which columns mean what.
+    split
+        From :func:`cellgym.predictors.split`. Control cells are in its train part and are the input.
+    predictors
+        Registry names (made and fitted here) or :class:`Predictor` objects (fitted here unless already
+        fitted, in which case they are used as they are). Held-out single perturbations absent from
+        training are passed as ``extra_perturbations`` to predictors whose constructor accepts it
+        (names only, never cells), so that predictors that can predict an unseen perturbation do.
+    seed
+        Seed of fitting and of the cell subsampling of the energy distance.
+    de_k
+        k of the top-k DE genes (``r2_de``, ``de_overlap``, ``direction_agreement``).
+    max_cells
+        Cells per side of the energy distance (subsampled above this).
+    fit_kwargs
+        Extra ``fit`` keyword arguments per registry name (e.g. ``{"gem1.bulk": {"epochs": 5}}``).
+
+    Returns
+    -------
+    EvaluationResult
+    """
+    validate(adata, spec)
+    if de_k < 1:
+        raise DataSpecError(f"de_k must be >= 1, got {de_k}.")
+    fit_kwargs = fit_kwargs or {}
+    x = expression(adata, spec)
+    labels = adata.obs[spec.perturbation_key].astype(str).to_numpy()
+    contexts = adata.obs[spec.context_key].astype(str).to_numpy() if spec.context_key else np.full(adata.n_obs, "", object)
+    is_control = labels == spec.control
+    train_mask = np.zeros(adata.n_obs, dtype=bool)
+    train_mask[split.train] = True
+    test_mask = np.zeros(adata.n_obs, dtype=bool)
+    test_mask[split.test] = True
+    if not test_mask.any():
+        raise DataSpecError("the split holds out no cells; nothing to evaluate.")
+
+    # held-out groups and the real quantities they are compared with
+    test_df = pd.DataFrame({"context": contexts[test_mask], "perturbation": labels[test_mask]})
+    groups = sorted(set(map(tuple, test_df.drop_duplicates().to_numpy())))
+    train_singles = {s for lab in set(labels[train_mask]) for s in spec.split_label(lab)}
+    extra = sorted({s for _, lab in groups for s in spec.split_label(lab)} - train_singles)
+    controls: dict[str, np.ndarray] = {}
+    for ctx, _ in groups:
+        rows = is_control & train_mask & (contexts == ctx)
+        if not rows.any():
+            raise DataSpecError(
+                f"context {ctx!r} has held-out cells but no control cells in the train part; they are the input "
+                "to predict from. Keep its controls (split() does) or drop that context."
+            )
+        controls[ctx] = x[rows].astype(np.float64)
+    real: dict[tuple[str, str], np.ndarray] = {
+        g: x[test_mask & (contexts == g[0]) & (labels == g[1])].astype(np.float64) for g in groups
+    }
+    # discrimination candidates: the real delta of every perturbation of the context (train or test)
+    candidates: dict[str, tuple[list[str], np.ndarray]] = {}
+    for ctx in sorted({c for c, _ in groups}):
+        names = sorted(set(labels[(contexts == ctx) & ~is_control]))
+        deltas = np.stack([x[(contexts == ctx) & (labels == n)].mean(0) for n in names]) - controls[ctx].mean(0)
+        candidates[ctx] = (names, deltas)
+
+    train = adata[split.train]
+    rows: list[dict[str, Any]] = []
+    for entry in predictors:
+        predictor = _make(entry, extra)
+        name = predictor.name or type(predictor).__name__
+        if predictor.module is None:
+            logger.info("fitting %s on %d cells", name, train.n_obs)
+            predictor.fit(train, spec, seed=seed, **fit_kwargs.get(name, {}))
+        pred_deltas: dict[tuple[str, str], np.ndarray] = {}
+        for i, (ctx, lab) in enumerate(groups):
+            row: dict[str, Any] = {"predictor": name, "context": ctx, "perturbation": lab, "n_cells": len(real[(ctx, lab)])}
+            try:
+                pred = _predict(predictor, controls[ctx].astype(np.float32), lab, ctx)
+            except UnknownPerturbationError as exc:
+                logger.warning("%s cannot predict %r in %r: %s", name, lab, ctx, exc)
+                rows.append({**row, "predicted": False, **dict.fromkeys(METRICS, np.nan)})
+                continue
+            pred_ctrl = _predict(predictor, controls[ctx].astype(np.float32), spec.control, ctx)
+            rows.append({**row, "predicted": True, **_group_metrics(pred, pred_ctrl, real[(ctx, lab)], controls[ctx], de_k, max_cells, seed, i)})
+            pred_deltas[(ctx, lab)] = pred.mean(0) - pred_ctrl.mean(0)
+        _add_discrimination(rows, name, pred_deltas, candidates)
+
+    per = pd.DataFrame(rows)
+    agg = per.groupby("predictor", sort=False)[list(METRICS)].mean()
+    agg["coverage"] = per.groupby("predictor", sort=False)["predicted"].mean()
+    agg["n_groups"] = per.groupby("predictor", sort=False).size()
+    return EvaluationResult(metrics=agg, per_perturbation=per, split=split)
+
+
+def _group_metrics(
+    pred: np.ndarray, pred_ctrl: np.ndarray, real: np.ndarray, ctrl: np.ndarray, k: int, max_cells: int, seed: int | None, i: int
+) -> dict[str, float]:
+    """Every per-group metric (discrimination is added across groups afterwards)."""
+    pm, pc, tm, tc = pred.mean(0), pred_ctrl.mean(0), real.mean(0), ctrl.mean(0)
+    true_de = M.de_genes(real, ctrl, k)
+    pred_de = M.de_genes(pred, pred_ctrl, k)
+    return {
+        "pearson_delta": M.pearson_delta(pm, tm, pc, tc),
+        "mse": M.mse(pm, tm),
+        "mae": M.mae(pm, tm),
+        "mse_delta": M.mse_delta(pm, tm, pc, tc),
+        "mae_delta": M.mae_delta(pm, tm, pc, tc),
+        "r2": M.r2_mean(pm, tm),
+        "r2_de": M.r2_mean(pm, tm, true_de) if true_de.size else np.nan,
+        "de_overlap": M.de_overlap(pred_de, true_de, k),
+        "direction_agreement": M.direction_agreement(pm - pc, tm - tc, true_de),
+        "discrimination": np.nan,
+        "energy_distance": M.energy_distance(pred, real, max_cells=max_cells, seed=None if seed is None else seed + i),
+    }
+
+
+def _add_discrimination(
+    rows: list[dict[str, Any]],
+    name: str,
+    pred_deltas: dict[tuple[str, str], np.ndarray],
+    candidates: dict[str, tuple[list[str], np.ndarray]],
+) -> None:
+    """Fill ``discrimination`` of this predictor's rows: rank among all real deltas of the context."""
+    for ctx, (names, deltas) in candidates.items():
+        keys = [(c, lab) for c, lab in pred_deltas if c == ctx]
+        if not keys:
+            continue
+        scores = M.discrimination_score(
+            np.stack([pred_deltas[k] for k in keys]), deltas, [names.index(lab) for _, lab in keys]
+        )
+        score_of = dict(zip(keys, scores, strict=True))
+        for row in rows:
+            if row["predictor"] == name and (row["context"], row["perturbation"]) in score_of:
+                row["discrimination"] = float(score_of[(row["context"], row["perturbation"])])

@@ -1,0 +1,596 @@
+"""GEM-1 predictors (``gem1.bulk``, ``gem1.nb``, ``gem1.sc``): AnnData in, AnnData out, four inference tasks.
+
+GEM-1 (Synthesize Bio, bioRxiv 2025.09.08.674753) generates expression from metadata and predicts
+perturbation responses conditioned on measured controls. The three registered variants share one
+module (:class:`~cellgym.predictors.gem1.Gem1Module`) and differ in their likelihood:
+
+========== ================================================ ================= ======================
+name        likelihood (training)                            needs raw counts  ``sample`` mode draws
+========== ================================================ ================= ======================
+gem1.bulk   Gaussian in log1p-normalised space (default) or  no                Gaussian / multinomial
+            multinomial over genes given the library size
+gem1.nb     negative binomial, mean softmax(logits) x lib,   yes               negative binomial
+            per-gene dispersion
+gem1.sc     negative binomial (per-cell library)             yes               multinomial(library)
+========== ================================================ ================= ======================
+
+The published toolkit describes a multinomial decoder for bulk while its code uses a Gaussian in
+log-CPM space; ``gem1.bulk`` offers both and defaults to the Gaussian, which also runs on data that is
+already log-normalised (here "log-CPM" is the contract's log1p of counts per 10,000).
+
+Inference tasks (GEM-1 toolkit names), all AnnData / DataFrame in, AnnData out with counts in ``X``:
+
+- :meth:`Gem1Base.predict_expression` — metadata only: latents from the three conditional priors.
+- :meth:`Gem1Base.ref_predict_perturbation` — each perturbed sample is paired with the controls of its
+  technical + biological group; those two latents come from the controls' posterior, the
+  perturbation latent from its prior; ``layers['de_pred']`` holds the predicted log-fold changes.
+- :meth:`Gem1Base.predict_perturbation` — the same with synthetic controls (priors for all blocks).
+- :meth:`Gem1Base.classify_samples` — per-classifier predicted labels and probabilities, reconstructed
+  counts and the latents.
+
+Modes ``mean`` (decoder expectation, deterministic) and ``sample`` (latents and counts drawn),
+``replicates`` (rows per input row) and library sizes from an obs column ``total_count`` or one
+``fixed_total_count``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cellgym.predictors.base import (
+    DataSpec,
+    DataSpecError,
+    FitData,
+    FitReport,
+    Predictor,
+    check_genes,
+    expression,
+    raw_counts,
+    train_module,
+    validate,
+)
+from cellgym.predictors.base._data import TARGET_SUM
+
+from ._groups import MetadataGroups, MetadataVocab
+from ._module import Gem1Module, Likelihood
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["Gem1Base", "Gem1Bulk", "Gem1NB", "Gem1SC"]
+
+log = logging.getLogger(__name__)
+Mode = Literal["mean", "sample"]
+TASKS: tuple[str, ...] = ("predict_expression", "ref_predict_perturbation", "predict_perturbation", "classify_samples")
+CHUNK = 4096  # rows per module call inside the tasks
+
+
+@dataclass
+class Gem1FitData(FitData):
+    """:class:`FitData` plus the GEM-1 metadata features (N rows each) and library sizes."""
+
+    library: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (N,) float32
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Gem1Base(Predictor):
+    """Shared implementation of the GEM-1 family (see the module docstring); use a registered subclass.
+
+    Parameters
+    ----------
+    likelihood
+        Decoder likelihood, one of the class's ``likelihoods`` (only ``gem1.bulk`` has a choice).
+    groups
+        Metadata groups (dict with keys ``technical / biological / perturbation / numeric``, each a list
+        of obs columns; see :class:`MetadataGroups`); default from the DataSpec.
+    n_latent
+        Sizes of the technical, biological and perturbation latent blocks.
+    n_hidden, n_layers, dropout
+        Encoder / decoder MLP (Linear -> LayerNorm -> ReLU).
+    beta
+        KL weight.
+    classifier_weight
+        Weight of the latent classifiers' cross-entropies.
+    unseen_rate
+        Probability of showing a training single perturbation as "unseen" (learns the generic effect
+        used for perturbations absent from training).
+    learning_rate, weight_decay
+        AdamW.
+    epochs
+        Default number of epochs (None: ``clip(200_000 / n_cells, 20, 200)``).
+    """
+
+    likelihoods: ClassVar[tuple[str, ...]] = ("nb",)  # allowed values; the first is the default
+    sampler: ClassVar[Literal["nb", "multinomial"]] = "nb"
+
+    def __init__(
+        self,
+        *,
+        likelihood: Likelihood | None = None,
+        groups: dict[str, list[str] | None] | None = None,
+        n_latent: Sequence[int] = (8, 16, 16),
+        n_hidden: int = 128,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        beta: float = 1.0,
+        classifier_weight: float = 1.0,
+        unseen_rate: float = 0.1,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int | None = None,
+    ) -> None:
+        likelihood = likelihood or self.likelihoods[0]
+        if likelihood not in self.likelihoods:
+            raise DataSpecError(f"{self.name} likelihood must be one of {list(self.likelihoods)}, got {likelihood!r}.")
+        self.groups = MetadataGroups.from_dict(groups)
+        if len(n_latent) != 3:
+            raise DataSpecError(f"n_latent must give 3 sizes (technical, biological, perturbation), got {list(n_latent)}.")
+        super().__init__(
+            likelihood=likelihood, groups=self.groups.to_dict(), n_latent=[int(d) for d in n_latent], n_hidden=n_hidden, n_layers=n_layers,
+            dropout=dropout, beta=beta, classifier_weight=classifier_weight, unseen_rate=unseen_rate,
+            learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
+        )
+        self.vocab = MetadataVocab()
+
+    @property
+    def likelihood(self) -> Likelihood:
+        """The decoder likelihood (``config['likelihood']``)."""
+        return self.config["likelihood"]
+
+    # ------------------------------------------------------------------------------------------- fitting
+    def fit(
+        self,
+        adata: AnnData,
+        spec: DataSpec | None = None,
+        *,
+        epochs: int | None = None,
+        batch_size: int = 128,
+        device: str = "cpu",
+        seed: int | None = 0,
+        logger: Any = None,
+    ) -> FitReport:
+        """Fit on ``adata`` (validated first, metadata vocabularies built from its ``obs``)."""
+        spec = spec or DataSpec()
+        validate(adata, spec, require_counts=self.needs_counts)
+        self.vocab = MetadataVocab.fit(adata.obs, self.groups, spec)
+        return super().fit(adata, spec, epochs=epochs, batch_size=batch_size, device=device, seed=seed, logger=logger)
+
+    def fit_data(self, adata: AnnData) -> Gem1FitData:
+        """:class:`FitData` plus library sizes and metadata features."""
+        base = super().fit_data(adata)
+        library = base.counts.sum(1) if base.counts is not None else np.full(adata.n_obs, TARGET_SUM, np.float32)
+        meta = self._features(adata.obs, torch.from_numpy(base.pert))
+        return Gem1FitData(**vars(base), library=library.astype(np.float32), meta=meta)
+
+    def _build_module(self) -> None:
+        c, v = self.config, self.vocab
+        n_pert = len(self.perturbations)
+        self.module = Gem1Module(
+            n_genes=len(self.genes),
+            n_meta=(v.width("technical"), v.width("biological"), n_pert + 1 + v.width("perturbation") + len(v.numeric)),
+            n_perturbations=n_pert,
+            bio_classes=v.n_classes("biological"),
+            n_latent=tuple(c["n_latent"]),
+            n_hidden=c["n_hidden"],
+            n_layers=c["n_layers"],
+            dropout=c["dropout"],
+            likelihood=self.likelihood,
+            beta=c["beta"],
+            classifier_weight=c["classifier_weight"],
+            unseen_rate=c["unseen_rate"],
+        )
+
+    def _target(self, data: FitData) -> np.ndarray:
+        if self.likelihood == "gaussian":
+            return data.x
+        if data.counts is not None:
+            return data.counts
+        return np.expm1(data.x)  # multinomial on log data: normalised (per-10k) values as pseudo-counts
+
+    def _fit(
+        self, data: FitData, *, epochs: int | None, batch_size: int, device: str, seed: int | None, logger: Any
+    ) -> FitReport:
+        assert isinstance(data, Gem1FitData)
+        n = data.x.shape[0]
+        epochs = epochs or self.config["epochs"] or int(np.clip(round(200_000 / n), 20, 200))
+        module: Gem1Module = self.module
+        library = data.library if data.counts is not None or self.likelihood != "multinomial" else np.expm1(data.x).sum(1)
+        module.library_size.fill_(float(np.median(library)))
+        rest = data.meta["m_perturbation"][:, len(self.perturbations) + 1 :]
+        ctrl = data.is_control
+        with torch.no_grad():
+            for row, mask in enumerate((ctrl, ~ctrl)):
+                if mask.any() and rest.shape[1]:
+                    module.pert_rest_default[row] = torch.from_numpy(rest[mask].mean(0))
+        tensors = {"x": data.x, "target": self._target(data), "library": library.astype(np.float32), **data.meta}
+        return train_module(
+            module, tensors, epochs=epochs, batch_size=batch_size, learning_rate=self.config["learning_rate"],
+            weight_decay=self.config["weight_decay"], device=device, seed=seed, logger=logger,
+        )
+
+    # ------------------------------------------------------------------------------------------ features
+    def _features(self, obs: pd.DataFrame, pert: torch.Tensor) -> dict[str, np.ndarray]:
+        """Metadata features of every group and the classifier targets, for rows ``obs``.
+
+        ``pert`` is the multi-hot (N, P) or (N, P + 1) of :meth:`encode_perturbations`.
+        """
+        v = self.vocab
+        n = len(obs)
+        p = pert.numpy().astype(np.float32)
+        if p.shape[1] == len(self.perturbations):
+            p = np.concatenate([p, np.zeros((n, 1), np.float32)], axis=1)
+        codes = {g: v.codes(obs, g) for g in ("technical", "biological", "perturbation")}
+        return {
+            "m_technical": v.one_hot(codes["technical"], "technical"),
+            "m_biological": v.one_hot(codes["biological"], "biological"),
+            "m_perturbation": np.concatenate(
+                [p, v.one_hot(codes["perturbation"], "perturbation"), v.numeric_features(obs)], axis=1
+            ).astype(np.float32),
+            "y_biological": codes["biological"],
+        }
+
+    def encode_perturbations(self, labels: Sequence[str]) -> torch.Tensor:
+        """Multi-hot (B, P) over the known singles; with singles unseen in training, (B, P + 1).
+
+        The extra last column counts the unseen singles of each row; the model predicts them with the
+        generic perturbation effect it learned (``unseen_rate``) and warns once per call.
+        """
+        known = set(self.perturbations)
+        labels = [str(x) for x in labels]
+        unseen = sorted({s for lab in set(labels) for s in self.spec.split_label(lab) if s not in known})
+        if not unseen:
+            return super().encode_perturbations(labels)
+        warnings.warn(
+            f"{self.name}: perturbation(s) {unseen[:10]}{' ...' if len(unseen) > 10 else ''} were not seen in "
+            "training; they are predicted with the model's learned generic perturbation effect.",
+            stacklevel=2,
+        )
+        unseen_set = set(unseen)
+        sep = self.spec.separator
+        known_labels = [sep.join(s for s in self.spec.split_label(lab) if s not in unseen_set) or self.spec.control for lab in labels]
+        n_unseen = [sum(s in unseen_set for s in self.spec.split_label(lab)) for lab in labels]
+        out = super().encode_perturbations(known_labels)
+        return torch.cat([out, torch.tensor(n_unseen, dtype=torch.float32).unsqueeze(1)], dim=1)
+
+    # ----------------------------------------------------------------------------------- sampling helpers
+    def _library(self, obs: pd.DataFrame, fixed_total_count: float | None, default: np.ndarray | None = None) -> np.ndarray:
+        if fixed_total_count is not None:
+            if not fixed_total_count > 0:
+                raise DataSpecError(f"fixed_total_count must be > 0, got {fixed_total_count}.")
+            return np.full(len(obs), float(fixed_total_count), np.float32)
+        if "total_count" in obs.columns:
+            lib = pd.to_numeric(obs["total_count"], errors="coerce").to_numpy(np.float32)
+            if not np.isfinite(lib).all() or (lib <= 0).any():
+                raise DataSpecError("obs['total_count'] must hold positive numbers (the library size of each sample).")
+            return lib
+        if default is not None:
+            return default.astype(np.float32)
+        return np.full(len(obs), float(self.module.library_size), np.float32)
+
+    def _output(self, h: torch.Tensor, library: torch.Tensor, mode: Mode, generator: torch.Generator) -> torch.Tensor:
+        if mode == "mean":
+            return self.module.expected_counts(h, library)
+        how = "multinomial" if self.sampler == "multinomial" or self.likelihood != "nb" else "nb"
+        return self.module.sample_counts(h, library, how, generator)
+
+    @staticmethod
+    def _draw(dist: torch.distributions.Normal, mode: Mode, generator: torch.Generator) -> torch.Tensor:
+        if mode == "mean":
+            return dist.mean
+        return dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
+
+    def _check_mode(self, mode: str, replicates: int) -> None:
+        self._check_fitted()
+        if mode not in ("mean", "sample"):
+            raise DataSpecError(f"mode must be 'mean' or 'sample', got {mode!r}.")
+        if int(replicates) < 1:
+            raise DataSpecError(f"replicates must be >= 1, got {replicates}.")
+
+    def _anndata(self, x: np.ndarray, obs: pd.DataFrame, **layers: np.ndarray) -> AnnData:
+        from anndata import AnnData
+
+        obs = obs.reset_index(drop=True)
+        obs.index = obs.index.astype(str)
+        return AnnData(X=x.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, dtype=str)),
+                       layers={k: v.astype(np.float32) for k, v in layers.items()})
+
+    @staticmethod
+    def _repeat(obs: pd.DataFrame, replicates: int) -> pd.DataFrame:
+        out = obs.loc[obs.index.repeat(replicates)].copy()
+        out["replicate"] = np.tile(np.arange(replicates), len(obs))
+        return out
+
+    # --------------------------------------------------------------------------------------- the tasks
+    @torch.no_grad()
+    def predict_expression(
+        self,
+        obs: pd.DataFrame,
+        *,
+        mode: Mode = "mean",
+        replicates: int = 1,
+        fixed_total_count: float | None = None,
+        share_technical: bool = False,
+        seed: int | None = None,
+    ) -> AnnData:
+        """Expression from metadata alone: every latent block from its conditional prior.
+
+        Parameters
+        ----------
+        obs
+            One row per sample with the metadata columns of every group and the perturbation column
+            (and optionally ``total_count``, the library size of each sample).
+        mode
+            ``"mean"``: prior means, expected counts; ``"sample"``: latents and counts drawn.
+        replicates
+            Output rows per input row (column ``replicate``).
+        fixed_total_count
+            One library size for all rows (default: ``obs['total_count']`` or the training median).
+        share_technical
+            In ``sample`` mode, draw one technical latent per distinct technical metadata (and
+            replicate), i.e. one synthetic reference per technical group.
+        seed
+            Seed of ``sample`` mode.
+
+        Returns
+        -------
+        AnnData (N x replicates, G): counts in ``X``, the input metadata in ``obs``.
+        """
+        self._check_mode(mode, replicates)
+        obs = self._repeat(obs, replicates)
+        feats = self._features(obs, self.encode_perturbations(obs[self.spec.perturbation_key].astype(str)))
+        library = self._library(obs, fixed_total_count)
+        gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        m = self.module
+        priors = [m.prior(g, torch.from_numpy(feats[k])) for g, k in enumerate(("m_technical", "m_biological", "m_perturbation"))]
+        z = [self._draw(p, mode, gen) for p in priors]
+        if share_technical and mode == "sample":
+            cols = list(self.vocab.categorical["technical"]) + ["replicate"]
+            first = obs.groupby(cols, sort=False, observed=True).ngroup().to_numpy()
+            _, rep_rows = np.unique(first, return_index=True)
+            z[0] = z[0][torch.from_numpy(rep_rows[np.searchsorted(np.unique(first), first)])]
+        out = []
+        for s in range(0, len(obs), CHUNK):
+            h = m.decode(torch.cat([zg[s : s + CHUNK] for zg in z], -1))
+            out.append(self._output(h, torch.from_numpy(library[s : s + CHUNK]), mode, gen))
+        return self._anndata(torch.cat(out).numpy(), obs)
+
+    @torch.no_grad()
+    def ref_predict_perturbation(
+        self,
+        adata: AnnData,
+        *,
+        mode: Mode = "mean",
+        replicates: int = 1,
+        fixed_total_count: float | None = None,
+        seed: int | None = None,
+    ) -> AnnData:
+        """Predict every perturbed sample of ``adata`` from the measured controls of its group.
+
+        The control cells of ``adata`` (``obs[perturbation_key] == control``) give the technical and
+        biological latents (posterior means averaged over the controls with the same technical +
+        biological metadata in ``mean`` mode; one random matching control's posterior draw in
+        ``sample`` mode); the perturbation latent comes from the prior of each perturbed row.
+
+        Returns
+        -------
+        AnnData (n_perturbed x replicates, G): predicted counts in ``X``, predicted log-fold changes
+        vs the matched reference in ``layers['de_pred']`` (log1p-normalised space).
+        """
+        self._check_mode(mode, replicates)
+        check_genes(self.genes, adata.var_names)
+        labels = adata.obs[self.spec.perturbation_key].astype(str).to_numpy()
+        is_ctrl = labels == self.spec.control
+        if not is_ctrl.any() or is_ctrl.all():
+            raise DataSpecError(
+                f"ref_predict_perturbation needs control rows ({self.spec.perturbation_key} == {self.spec.control!r}) and "
+                f"perturbed rows; got {int(is_ctrl.sum())} controls of {len(labels)}. Use predict_perturbation without controls."
+            )
+        ctrl = adata[is_ctrl]
+        x_ctrl = torch.from_numpy(expression(ctrl, self.spec))
+        counts = raw_counts(ctrl, self.spec)
+        lib_ctrl = counts.sum(1) if counts is not None else np.full(ctrl.n_obs, TARGET_SUM, np.float32)
+        q = [self.module.posterior(x_ctrl[s : s + CHUNK]) for s in range(0, x_ctrl.shape[0], CHUNK)]
+        q_mean = [torch.cat([qq[g].mean for qq in q]) for g in range(2)]
+        q_std = [torch.cat([qq[g].stddev for qq in q]) for g in range(2)]
+        keys = list(self.vocab.categorical["technical"]) + list(self.vocab.categorical["biological"])
+        group_key = _group_keys(adata.obs, keys)
+        ctrl_key, pert_key = group_key[is_ctrl], group_key[~is_ctrl]
+        missing = sorted(set(pert_key) - set(ctrl_key))
+        if missing:
+            raise DataSpecError(
+                f"perturbed samples of technical + biological group(s) {missing[:5]} (columns {keys}) have no control "
+                "sample to pair with. Add controls of those groups or use predict_perturbation (synthetic controls)."
+            )
+        obs = self._repeat(adata.obs[~is_ctrl], replicates)
+        rows_key = np.repeat(pert_key, replicates)
+        gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        uniq, ctrl_group = np.unique(ctrl_key, return_inverse=True)
+        row_group = np.searchsorted(uniq, rows_key)
+        if mode == "mean":
+            counts_per = np.bincount(ctrl_group, minlength=len(uniq)).astype(np.float32)
+            sums = [torch.zeros(len(uniq), qm.shape[1]).index_add_(0, torch.from_numpy(ctrl_group), qm) for qm in q_mean]
+            z_ctrl = [(s / torch.from_numpy(counts_per).unsqueeze(1))[torch.from_numpy(row_group)] for s in sums]
+            lib_group = np.bincount(ctrl_group, weights=lib_ctrl, minlength=len(uniq)) / counts_per
+            lib_default = lib_group[row_group]
+        else:
+            order = np.argsort(ctrl_group, kind="stable")
+            starts = np.searchsorted(ctrl_group[order], np.arange(len(uniq)))
+            sizes = np.bincount(ctrl_group, minlength=len(uniq))
+            u = torch.rand(len(row_group), generator=gen).numpy()
+            pick = order[starts[row_group] + np.minimum((u * sizes[row_group]).astype(np.int64), sizes[row_group] - 1)]
+            idx = torch.from_numpy(pick)
+            z_ctrl = [q_mean[g][idx] + q_std[g][idx] * torch.randn(q_mean[g][idx].shape, generator=gen) for g in range(2)]
+            lib_default = lib_ctrl[pick]
+        return self._perturb(obs, z_ctrl, self._library(obs, fixed_total_count, lib_default), mode, gen)
+
+    @torch.no_grad()
+    def predict_perturbation(
+        self,
+        obs: pd.DataFrame,
+        *,
+        mode: Mode = "mean",
+        replicates: int = 1,
+        fixed_total_count: float | None = None,
+        seed: int | None = None,
+    ) -> AnnData:
+        """Like :meth:`ref_predict_perturbation` with synthetic controls: technical and biological
+        latents from their priors (metadata only). ``obs`` holds the perturbed rows' metadata.
+
+        Returns
+        -------
+        AnnData (N x replicates, G): counts in ``X``, ``layers['de_pred']``.
+        """
+        self._check_mode(mode, replicates)
+        obs = self._repeat(obs, replicates)
+        feats = self._features(obs, torch.zeros(len(obs), len(self.perturbations)))
+        gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        z_ctrl = [self._draw(self.module.prior(g, torch.from_numpy(feats[k])), mode, gen)
+                  for g, k in enumerate(("m_technical", "m_biological"))]
+        return self._perturb(obs, z_ctrl, self._library(obs, fixed_total_count), mode, gen)
+
+    def _perturb(
+        self, obs: pd.DataFrame, z_ctrl: list[torch.Tensor], library: np.ndarray, mode: Mode, gen: torch.Generator
+    ) -> AnnData:
+        m = self.module
+        feats = self._features(obs, self.encode_perturbations(obs[self.spec.perturbation_key].astype(str)))
+        m_pert = torch.from_numpy(feats["m_perturbation"])
+        m_ref = m_pert.clone()
+        m_ref[:, : len(self.perturbations) + 1] = 0.0  # the same metadata without the perturbation
+        z_pert = self._draw(m.prior(2, m_pert), mode, gen)
+        z_ref = m.prior(2, m_ref).mean
+        out, de = [], []
+        for s in range(0, len(obs), CHUNK):
+            sl = slice(s, s + CHUNK)
+            h_pert, h_ref = m.response(z_ctrl[0][sl], z_ctrl[1][sl], z_pert[sl], z_ref[sl])
+            de.append(m.log1p_expression(h_pert) - m.log1p_expression(h_ref))
+            out.append(self._output(h_pert, torch.from_numpy(library[sl]), mode, gen))
+        return self._anndata(torch.cat(out).numpy(), obs, de_pred=torch.cat(de).numpy())
+
+    @torch.no_grad()
+    def classify_samples(self, adata: AnnData) -> AnnData:
+        """Classify samples with the latent classifiers; reconstruct them; return their latents.
+
+        Returns
+        -------
+        AnnData (N, G): reconstructed expected counts in ``X``; ``obs['pred_<column>']`` for every
+        biological column and ``obs['pred_perturbation']``; ``obsm['prob_<column>']`` (N, n_classes)
+        with the class names in ``uns['classes'][column]``; ``obsm['z_technical' / 'z_biological' /
+        'z_perturbation']`` posterior means.
+        """
+        self._check_fitted()
+        check_genes(self.genes, adata.var_names)
+        x = torch.from_numpy(expression(adata, self.spec))
+        counts = raw_counts(adata, self.spec)
+        library = torch.from_numpy(counts.sum(1) if counts is not None else np.full(adata.n_obs, TARGET_SUM, np.float32))
+        m = self.module
+        z: list[list[torch.Tensor]] = [[], [], []]
+        recon, probs, pert_prob = [], [], []
+        for s in range(0, adata.n_obs, CHUNK):
+            q = m.posterior(x[s : s + CHUNK])
+            for g in range(3):
+                z[g].append(q[g].mean)
+            recon.append(m.expected_counts(m.decode(torch.cat([qg.mean for qg in q], -1)), library[s : s + CHUNK]))
+            probs.append(m.classify_biological(q[1].mean))
+            if m.pert_classifier is not None:
+                pert_prob.append(torch.sigmoid(m.pert_classifier(q[2].mean)))
+        obs = adata.obs.copy()
+        obsm: dict[str, np.ndarray] = {f"z_{name}": torch.cat(z[g]).numpy() for g, name in enumerate(("technical", "biological", "perturbation"))}
+        classes: dict[str, list[str]] = {}
+        for j, (col, cats) in enumerate(self.vocab.categorical["biological"].items()):
+            p = torch.cat([pb[j] for pb in probs]).numpy()
+            obs[f"pred_{col}"] = np.asarray(cats, dtype=object)[p.argmax(1)]
+            obsm[f"prob_{col}"] = p
+            classes[col] = list(cats)
+        if pert_prob:
+            p = torch.cat(pert_prob).numpy()
+            names = np.asarray(self.perturbations, dtype=object)
+            obs["pred_perturbation"] = [self.spec.separator.join(names[row > 0.5]) or self.spec.control for row in p]
+            obsm["prob_perturbation"] = p
+            classes["perturbation"] = list(self.perturbations)
+        out = self._anndata(torch.cat(recon).numpy(), obs)
+        for k, v in obsm.items():
+            out.obsm[k] = v
+        out.uns["classes"] = classes
+        return out
+
+    # -------------------------------------------------------------------------------------- env-facing
+    @torch.no_grad()
+    def sample_batch(
+        self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``ref_predict_perturbation`` in sample mode, log1p-normalised (B, G).
+
+        Technical / biological latents drawn from each control cell's posterior, the perturbation
+        latent from its prior; counts drawn at the training median library size (NB for ``gem1.nb``,
+        multinomial for ``gem1.sc`` and ``gem1.bulk`` multinomial, Gaussian for ``gem1.bulk``).
+        """
+        self._check_fitted()
+        gen = generator or torch.Generator().manual_seed(0)
+        m = self.module
+        q = m.posterior(x)
+        z_ctrl = [self._draw(q[g], "sample", gen) for g in range(2)]
+        z_pert = self._draw(m.prior(2, m.pert_features(pert)), "sample", gen)
+        h = m.decode(torch.cat([*z_ctrl, z_pert], -1))
+        if self.likelihood == "gaussian":
+            return (h + m.log_sigma.exp() * torch.randn(h.shape, generator=gen)).clamp_min(0.0)
+        library = m.library_size.expand(x.shape[0])
+        c = self._output(h, library, "sample", gen)
+        return torch.log1p(c / c.sum(-1, keepdim=True).clamp_min(1.0) * TARGET_SUM)
+
+    # ------------------------------------------------------------------------------------- persistence
+    def _extra_state(self) -> dict[str, Any]:
+        return {"vocab": self.vocab.to_dict()}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.vocab = MetadataVocab.from_dict(extra["vocab"])
+
+
+def _group_keys(obs: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """One string key per row joining the values of ``columns`` (``""`` with no columns)."""
+    if not columns:
+        return np.full(len(obs), "", dtype=object)
+    parts = [obs[c].astype(str).to_numpy() for c in columns]
+    return np.array(["|".join(t) for t in zip(*parts, strict=True)], dtype=object)
+
+
+class Gem1Bulk(Gem1Base):
+    """GEM-1 for bulk-like data: Gaussian in log1p-normalised space (default) or multinomial.
+
+    ``likelihood="gaussian"`` (default; learned per-gene variance; runs on log-normalised data) or
+    ``"multinomial"`` (over genes given the library: raw counts where the data has them, else the
+    per-10k normalised values as pseudo-counts). Other options: :class:`Gem1Base`.
+    """
+
+    name: ClassVar[str] = "gem1.bulk"
+    needs_counts: ClassVar[bool] = False
+    likelihoods: ClassVar[tuple[str, ...]] = ("gaussian", "multinomial")
+    sampler: ClassVar[Literal["nb", "multinomial"]] = "multinomial"
+
+
+class Gem1NB(Gem1Base):
+    """GEM-1 with a negative-binomial decoder (mean softmax(logits) x library size, per-gene dispersion).
+
+    Needs raw counts; ``sample`` mode draws negative-binomial counts. Options: :class:`Gem1Base`.
+    """
+
+    name: ClassVar[str] = "gem1.nb"
+    needs_counts: ClassVar[bool] = True
+    sampler: ClassVar[Literal["nb", "multinomial"]] = "nb"
+
+
+class Gem1SC(Gem1Base):
+    """GEM-1 for single cells: per-cell library size, negative-binomial training likelihood, and
+    multinomial sampling of each cell's library in ``sample`` mode. Options: :class:`Gem1Base`.
+    """
+
+    name: ClassVar[str] = "gem1.sc"
+    needs_counts: ClassVar[bool] = True
+    sampler: ClassVar[Literal["nb", "multinomial"]] = "multinomial"

@@ -1,0 +1,297 @@
+"""The GEM-1 torch module: a VAE with technical / biological / perturbation latent blocks and metadata priors.
+
+GEM-1 (Synthesize Bio, "GEM-1: a generative model of gene expression conditioned on metadata",
+bioRxiv 2025.09.08.674753). An encoder maps normalised expression to the posterior of three latent
+blocks z = [z_tech, z_bio, z_pert]; each block has a conditional prior p(z_g | m_g) = Normal(mu(m_g),
+sigma(m_g)) computed from that group's metadata m_g; a decoder maps z to a likelihood over genes;
+linear classifiers on z_bio and z_pert predict the biological and perturbation labels. The loss is
+
+    L = -log p(x | z) + beta * sum_g KL(q(z_g | x) || p(z_g | m_g)) + classifier_weight * sum CE.
+
+Pure torch: tensors in, tensors out, no AnnData (scvi-tools' module / model split).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Distribution, Multinomial, NegativeBinomial, Normal, kl_divergence
+
+from cellgym.predictors.base import LossOutput, PredictorModule, seeded
+from cellgym.predictors.base._data import TARGET_SUM
+
+__all__ = ["Gem1Module", "Likelihood"]
+
+Likelihood = Literal["gaussian", "multinomial", "nb"]
+GROUP_NAMES = ("technical", "biological", "perturbation")
+MULTINOMIAL_CHUNK = 10_000_000  # draws held in memory at once when sampling multinomial counts
+
+
+def mlp(n_in: int, n_hidden: int, n_layers: int, dropout: float) -> nn.Sequential:
+    """``n_layers`` x (Linear -> LayerNorm -> ReLU -> Dropout); LayerNorm behaves the same in train and eval."""
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        layers += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), nn.LayerNorm(n_hidden), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class ConditionalPrior(nn.Module):
+    """p(z | m) = Normal(mu(m), sigma(m)) with mu, log sigma linear in the metadata features m.
+
+    A linear map of one-hot / multi-hot metadata is a sum of learned category embeddings, so the prior
+    of a combination ``A+B`` is composed from the embeddings of ``A`` and ``B``. With no metadata the
+    prior is a learned constant Normal.
+    """
+
+    def __init__(self, n_in: int, n_latent: int) -> None:
+        super().__init__()
+        self.n_in = n_in
+        self.linear = nn.Linear(n_in, 2 * n_latent) if n_in > 0 else None
+        self.bias = nn.Parameter(torch.zeros(2 * n_latent))
+
+    def forward(self, m: torch.Tensor) -> Normal:
+        """Prior of a batch of metadata rows ``m`` (B, n_in)."""
+        h = self.bias.expand(m.shape[0], -1)
+        if self.linear is not None:
+            h = h + self.linear(m)
+        mu, raw = h.chunk(2, dim=-1)
+        return Normal(mu, F.softplus(raw + 0.5413) + 1e-4, validate_args=False)  # softplus(0.5413) = 1
+
+
+class Gem1Module(PredictorModule):
+    """GEM-1 VAE: encoder, three conditional priors, decoder, latent classifiers.
+
+    Parameters
+    ----------
+    n_genes
+        G.
+    n_meta
+        Widths of the metadata feature vectors (technical, biological, perturbation). The perturbation
+        vector is ``[multi-hot over P singles | unseen count | extra categorical one-hots | numeric]``.
+    n_perturbations
+        P, the number of known single perturbations (the first P columns of the perturbation vector).
+    bio_classes
+        Number of classes of each biological categorical column (one linear classifier each).
+    n_latent
+        Latent sizes of the technical, biological and perturbation blocks.
+    n_hidden, n_layers, dropout
+        Encoder / decoder MLPs.
+    likelihood
+        ``"gaussian"`` (log1p expression, learned per-gene variance), ``"multinomial"`` (counts given the
+        library size) or ``"nb"`` (negative binomial, mean softmax(logits) x library, per-gene dispersion).
+    beta
+        Weight of the KL terms.
+    classifier_weight
+        Weight of the classifier cross-entropies.
+    unseen_rate
+        Training-time probability of replacing a single perturbation's identity by the shared "unseen"
+        feature, which thereby learns a generic perturbation effect used for singles absent in training.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_meta: tuple[int, int, int],
+        n_perturbations: int,
+        bio_classes: list[int],
+        *,
+        n_latent: tuple[int, int, int] = (8, 16, 16),
+        n_hidden: int = 128,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        likelihood: Likelihood = "nb",
+        beta: float = 1.0,
+        classifier_weight: float = 1.0,
+        unseen_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.n_genes = n_genes
+        self.n_latent = tuple(int(d) for d in n_latent)
+        self.n_perturbations = n_perturbations
+        self.bio_classes = list(bio_classes)
+        self.likelihood = likelihood
+        self.beta = beta
+        self.classifier_weight = classifier_weight
+        self.unseen_rate = unseen_rate
+        self.encoder = nn.Sequential(mlp(n_genes, n_hidden, n_layers, dropout), nn.Linear(n_hidden, 2 * sum(self.n_latent)))
+        self.priors = nn.ModuleList([ConditionalPrior(w, d) for w, d in zip(n_meta, self.n_latent, strict=True)])
+        self.decoder = nn.Sequential(mlp(sum(self.n_latent), n_hidden, n_layers, 0.0), nn.Linear(n_hidden, n_genes))
+        self.log_sigma = nn.Parameter(torch.zeros(n_genes))  # gaussian: per-gene log standard deviation
+        self.log_theta = nn.Parameter(torch.full((n_genes,), 2.0))  # nb: per-gene log inverse dispersion
+        self.bio_classifier = nn.Linear(self.n_latent[1], sum(self.bio_classes)) if self.bio_classes else None
+        self.pert_classifier = nn.Linear(self.n_latent[2], n_perturbations) if n_perturbations else None
+        # defaults of the non-multi-hot part of the perturbation features, row 0 control / row 1 perturbed
+        n_rest = n_meta[2] - n_perturbations - 1
+        self.register_buffer("pert_rest_default", torch.zeros(2, max(n_rest, 0)))
+        self.register_buffer("library_size", torch.tensor(TARGET_SUM))  # typical library (sampling default)
+
+    # --------------------------------------------------------------------------------------- inference
+    def posterior(self, x: torch.Tensor) -> list[Normal]:
+        """q(z_g | x) for the three blocks, from log1p-normalised expression ``x`` (B, G)."""
+        h = self.encoder(x)
+        mean, logvar = h.chunk(2, dim=-1)
+        scale = torch.exp(0.5 * logvar.clamp(-12.0, 8.0))
+        return [
+            Normal(m, s, validate_args=False)
+            for m, s in zip(mean.split(self.n_latent, -1), scale.split(self.n_latent, -1), strict=True)
+        ]
+
+    def prior(self, group: int, m: torch.Tensor) -> Normal:
+        """p(z_group | m) for metadata features ``m`` (B, n_meta[group])."""
+        return self.priors[group](m)
+
+    def pert_features(self, pert: torch.Tensor) -> torch.Tensor:
+        """Perturbation-group features (B, n_meta[2]) from a multi-hot (B, P) or (B, P + 1 with unseen count).
+
+        The extra categorical / numeric features take their training defaults (control vs perturbed).
+        """
+        b = pert.shape[0]
+        if pert.shape[1] == self.n_perturbations:
+            pert = torch.cat([pert, pert.new_zeros(b, 1)], dim=1)
+        if pert.shape[1] != self.n_perturbations + 1:
+            raise ValueError(f"pert has {pert.shape[1]} columns, expected {self.n_perturbations} (the known singles).")
+        perturbed = (pert.sum(1) > 0).long()
+        return torch.cat([pert, self.pert_rest_default[perturbed]], dim=1)
+
+    # -------------------------------------------------------------------------------------- generative
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output (B, G): the log1p mean (gaussian) or the gene logits (multinomial / nb)."""
+        return self.decoder(z)
+
+    def distribution(self, h: torch.Tensor, library: torch.Tensor) -> Distribution:
+        """Likelihood of the data given decoder output ``h`` (B, G) and library sizes (B,)."""
+        if self.likelihood == "gaussian":
+            return Normal(h, self.log_sigma.exp(), validate_args=False)
+        if self.likelihood == "multinomial":
+            return Multinomial(logits=h, validate_args=False)  # log_prob ignores total_count
+        theta = self.log_theta.exp()
+        logits = F.log_softmax(h, dim=-1) + library.clamp_min(1.0).log().unsqueeze(-1) - theta.log()
+        return NegativeBinomial(total_count=theta, logits=logits, validate_args=False)
+
+    def log1p_expression(self, h: torch.Tensor) -> torch.Tensor:
+        """Expected expression in the contract's log1p(normalised to 1e4) space, (B, G)."""
+        if self.likelihood == "gaussian":
+            return h
+        return torch.log1p(F.softmax(h, dim=-1) * TARGET_SUM)
+
+    def expected_counts(self, h: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Expected counts (B, G) for libraries (B,)."""
+        if self.likelihood == "gaussian":
+            frac = torch.expm1(h).clamp_min(0.0)
+            frac = frac / frac.sum(-1, keepdim=True).clamp_min(1e-12)
+        else:
+            frac = F.softmax(h, dim=-1)
+        return frac * library.unsqueeze(-1)
+
+    def sample_counts(
+        self, h: torch.Tensor, library: torch.Tensor, how: Literal["nb", "multinomial"], generator: torch.Generator
+    ) -> torch.Tensor:
+        """Counts (B, G) drawn for libraries (B,): NB (Gamma-Poisson) or multinomial over genes."""
+        if how == "nb" and self.likelihood == "nb":
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            with seeded(seed):
+                return self.distribution(h, library).sample()
+        if self.likelihood == "gaussian":
+            z = torch.randn(h.shape, generator=generator, device=h.device)
+            h = (h + self.log_sigma.exp() * z).clamp_min(0.0)
+            probs = torch.expm1(h)
+            probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
+        else:
+            probs = F.softmax(h, dim=-1)
+        return multinomial_counts(probs, library, generator)
+
+    # ----------------------------------------------------------------------------------------- training
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Negative ELBO plus classifier cross-entropies of one batch.
+
+        ``batch`` keys: ``x`` (B, G) log1p encoder input, ``target`` (B, G) what the likelihood scores
+        (counts, or ``x`` for gaussian), ``library`` (B,), ``m_technical`` / ``m_biological`` /
+        ``m_perturbation`` metadata features, ``y_biological`` (B, n_bio_columns) int64 class indices.
+        """
+        x = batch["x"]
+        m = [batch["m_technical"], batch["m_biological"], batch["m_perturbation"]]
+        p_known = m[2][:, : self.n_perturbations]
+        if self.training and self.unseen_rate > 0 and self.n_perturbations:
+            # GEM-1 perturbation "word dropout": some singles are shown as unseen, teaching the unseen slot
+            hide = (torch.rand_like(p_known) < self.unseen_rate) * p_known
+            m[2] = torch.cat([p_known - hide, m[2][:, self.n_perturbations : self.n_perturbations + 1] + hide.sum(1, keepdim=True),
+                              m[2][:, self.n_perturbations + 1 :]], dim=1)
+        q = self.posterior(x)
+        z = [qg.rsample() for qg in q]
+        h = self.decode(torch.cat(z, dim=-1))
+        recon = -self.distribution(h, batch["library"]).log_prob(batch["target"])
+        if recon.dim() == 2:
+            recon = recon.sum(-1)
+        kls = [kl_divergence(qg, self.prior(g, m[g])).sum(-1) for g, qg in enumerate(q)]
+        components: dict[str, torch.Tensor] = {"reconstruction": recon.mean().detach()}
+        for name, kl in zip(GROUP_NAMES, kls, strict=True):
+            components[f"kl_{name}"] = kl.mean().detach()
+        elbo = (recon + self.beta * sum(kls)).mean()
+        ce = x.new_zeros(())
+        if self.bio_classifier is not None:
+            logits = self.bio_classifier(q[1].mean).split(self.bio_classes, dim=-1)
+            y = batch["y_biological"]
+            for j, lg in enumerate(logits):
+                ce = ce + F.cross_entropy(lg, y[:, j])
+            components["accuracy_biological"] = torch.stack(
+                [(lg.argmax(-1) == y[:, j]).float().mean() for j, lg in enumerate(logits)]
+            ).mean().detach()
+        if self.pert_classifier is not None:
+            lg = self.pert_classifier(q[2].mean)
+            ce = ce + F.binary_cross_entropy_with_logits(lg, p_known, reduction="none").sum(-1).mean()
+            components["accuracy_perturbation"] = ((lg > 0).float() == p_known).all(-1).float().mean().detach()
+        components["classifier_ce"] = ce.detach()
+        return LossOutput(elbo + self.classifier_weight * ce, components, n_obs=x.shape[0])
+
+    # --------------------------------------------------------------------------------------- prediction
+    def classify_biological(self, z_bio: torch.Tensor) -> list[torch.Tensor]:
+        """Class probabilities of each biological column, list of (B, n_classes)."""
+        if self.bio_classifier is None:
+            return []
+        return [F.softmax(lg, -1) for lg in self.bio_classifier(z_bio).split(self.bio_classes, dim=-1)]
+
+    def response(
+        self, q_tech: torch.Tensor, q_bio: torch.Tensor, z_pert: torch.Tensor, z_ref: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder outputs (perturbed, reference) for shared technical / biological latents."""
+        h = self.decode(torch.cat([torch.cat([q_tech, q_bio, z_pert], -1), torch.cat([q_tech, q_bio, z_ref], -1)], 0))
+        return h.chunk(2, dim=0)
+
+    def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        """GEM-1 ``ref_predict_perturbation`` in mean mode, in log1p space, (B, G).
+
+        The technical and biological latents are the control cell's posterior means; the perturbation
+        latent is the prior mean of ``pert``. The output is the control cell shifted by the predicted
+        log-fold change ``de_pred`` = f(z_pert) - f(z_control) (clamped at 0), which keeps the cell's
+        own variation and avoids the gap between the log of a mean and the mean of logs on sparse
+        counts. ``ctx`` is not needed: the biological latent comes from the cell itself.
+        """
+        q = self.posterior(x)
+        z_pert = self.prior(2, self.pert_features(pert)).mean
+        z_ref = self.prior(2, self.pert_features(torch.zeros_like(pert))).mean
+        h_pert, h_ref = self.response(q[0].mean, q[1].mean, z_pert, z_ref)
+        return (x + self.log1p_expression(h_pert) - self.log1p_expression(h_ref)).clamp_min(0.0)
+
+
+def multinomial_counts(probs: torch.Tensor, totals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Multinomial draws (B, G) with per-row totals (B,) (rounded), exactly, in memory-bounded chunks."""
+    totals = totals.round().long().clamp_min(0)
+    out = torch.zeros_like(probs)
+    n_max = int(totals.max()) if totals.numel() else 0
+    if n_max == 0:
+        return out
+    rows_per_chunk = max(1, MULTINOMIAL_CHUNK // n_max)
+    for start in range(0, probs.shape[0], rows_per_chunk):
+        sl = slice(start, start + rows_per_chunk)
+        n = int(totals[sl].max())
+        if n == 0:
+            continue
+        draws = torch.multinomial(probs[sl], n, replacement=True, generator=generator)
+        keep = (torch.arange(n, device=probs.device).unsqueeze(0) < totals[sl].unsqueeze(1)).to(probs.dtype)
+        out[sl].scatter_add_(1, draws, keep)
+    return out

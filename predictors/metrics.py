@@ -1,0 +1,232 @@
+"""Metrics of perturbation-response prediction, following the field's definitions.
+
+All functions take numpy arrays (or anything ``np.asarray`` accepts) and return floats or arrays.
+Shapes: G genes, N cells, and "means" are pseudobulk vectors (mean log1p expression over cells, G).
+A *delta* is a perturbation's mean minus its control mean. The harness
+(:func:`cellgym.predictors.evaluation.evaluate`) computes the predicted delta against the
+predictor's own prediction for the control cells, and the real delta against the real controls, as
+cell-eval does; for the baselines the two controls coincide, so ``mse == mse_delta`` there.
+
+References
+----------
+- cell-eval (Arc Institute, Virtual Cell Challenge 2025): pearson_delta, mse/mae on deltas,
+  DE overlap, direction agreement, discrimination score (L1).
+- scGen (Lotfollahi et al. 2019, Nat. Methods) and CPA (Lotfollahi et al. 2023, Mol. Syst. Biol.):
+  R² of mean expression on all genes and on the top DE genes.
+- GEARS (Roohani et al. 2024, Nat. Biotechnol.): MSE on the top-20 DE genes, Pearson of deltas.
+- Ahlmann-Eltze, Huber & Anders 2025 (Nat. Methods): Pearson delta and L2 against simple baselines.
+- PerturBench (Wu et al. 2024): rank metrics (the discrimination score below is 1 - their rank).
+- Székely & Rizzo 2013 (J. Stat. Plan. Inference): energy distance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "de_genes",
+    "de_overlap",
+    "direction_agreement",
+    "discrimination_score",
+    "energy_distance",
+    "mae",
+    "mae_delta",
+    "mse",
+    "mse_delta",
+    "pearson_delta",
+    "r2_mean",
+    "welch_t",
+]
+
+
+def _vec(a: ArrayLike) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).ravel()
+
+
+def pearson_delta(
+    pred_mean: ArrayLike, true_mean: ArrayLike, pred_control: ArrayLike, true_control: ArrayLike | None = None
+) -> float:
+    """Pearson correlation over genes of the predicted and the real delta (cell-eval ``pearson_delta``).
+
+    Parameters
+    ----------
+    pred_mean, true_mean
+        (G,) predicted and real mean expression of the perturbed cells.
+    pred_control, true_control
+        (G,) control means the deltas are taken against (``true_control`` defaults to ``pred_control``).
+
+    Returns
+    -------
+    float in [-1, 1]. **Degenerate case:** when either delta is constant over genes (a no-change
+    prediction has delta 0 everywhere) the correlation is undefined; it is defined as 0.0, not NaN,
+    so a no-change baseline scores 0.
+    """
+    true_control = pred_control if true_control is None else true_control
+    dp = _vec(pred_mean) - _vec(pred_control)
+    dt = _vec(true_mean) - _vec(true_control)
+    dp, dt = dp - dp.mean(), dt - dt.mean()
+    denom = np.sqrt((dp**2).sum() * (dt**2).sum())
+    if denom <= 1e-12 * max(1.0, dp.size):
+        return 0.0
+    return float((dp * dt).sum() / denom)
+
+
+def mse(pred_mean: ArrayLike, true_mean: ArrayLike) -> float:
+    """Mean squared error over genes of the mean expression (G,) (GEARS, cell-eval ``mse``)."""
+    return float(np.mean((_vec(pred_mean) - _vec(true_mean)) ** 2))
+
+
+def mae(pred_mean: ArrayLike, true_mean: ArrayLike) -> float:
+    """Mean absolute error over genes of the mean expression (G,)."""
+    return float(np.mean(np.abs(_vec(pred_mean) - _vec(true_mean))))
+
+
+def mse_delta(pred_mean: ArrayLike, true_mean: ArrayLike, pred_control: ArrayLike, true_control: ArrayLike) -> float:
+    """MSE between the predicted delta (vs ``pred_control``) and the real delta (vs ``true_control``).
+
+    Equals :func:`mse` when both controls are the same vector.
+    """
+    return mse(_vec(pred_mean) - _vec(pred_control), _vec(true_mean) - _vec(true_control))
+
+
+def mae_delta(pred_mean: ArrayLike, true_mean: ArrayLike, pred_control: ArrayLike, true_control: ArrayLike) -> float:
+    """MAE between the predicted and the real delta (see :func:`mse_delta`)."""
+    return mae(_vec(pred_mean) - _vec(pred_control), _vec(true_mean) - _vec(true_control))
+
+
+def r2_mean(pred_mean: ArrayLike, true_mean: ArrayLike, genes: np.ndarray | None = None) -> float:
+    """Coefficient of determination of the real mean expression by the predicted one (CPA, scGen).
+
+    ``1 - sum((true - pred)^2) / sum((true - mean(true))^2)`` over the genes (all, or the indices
+    ``genes``, e.g. the top-k DE genes), as ``sklearn.metrics.r2_score(true, pred)``. Can be negative.
+    **Degenerate case:** when the real values are constant over the genes the score is 1.0 for an
+    exact prediction and 0.0 otherwise (sklearn's convention).
+    """
+    t, p = _vec(true_mean), _vec(pred_mean)
+    if genes is not None:
+        t, p = t[genes], p[genes]
+    ss_res = float(((t - p) ** 2).sum())
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    if ss_tot == 0.0:
+        return 1.0 if ss_res == 0.0 else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+def welch_t(cells: ArrayLike, control: ArrayLike) -> np.ndarray:
+    """Welch's t statistic per gene of ``cells`` (N, G) against ``control`` (M, G).
+
+    The statistic of scanpy's ``rank_genes_groups(method="t-test")`` and of
+    ``scipy.stats.ttest_ind(equal_var=False)``. A gene with zero variance in both groups gets
+    t = 0 when the means are equal and ±inf otherwise.
+    """
+    a = np.asarray(cells, dtype=np.float64)
+    b = np.asarray(control, dtype=np.float64)
+    diff = a.mean(0) - b.mean(0)
+    va = a.var(0, ddof=1) / a.shape[0] if a.shape[0] > 1 else np.zeros(a.shape[1])
+    vb = b.var(0, ddof=1) / b.shape[0] if b.shape[0] > 1 else np.zeros(b.shape[1])
+    se = np.sqrt(va + vb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = diff / se
+    t[(se == 0) & (diff == 0)] = 0.0
+    return t
+
+
+def de_genes(cells: ArrayLike, control: ArrayLike, k: int) -> np.ndarray:
+    """Indices of the top-``k`` differentially expressed genes of ``cells`` vs ``control`` by |Welch t|.
+
+    Genes whose statistic is exactly 0 (no change at all) are never called DE, so fewer than ``k``
+    indices come back for a prediction that changes fewer than ``k`` genes (none for no-change).
+    Ties are broken by gene index (stable sort).
+    """
+    score = np.abs(welch_t(cells, control))
+    order = np.argsort(-score, kind="stable")[:k]
+    return order[score[order] > 0]
+
+
+def de_overlap(pred_de: np.ndarray, true_de: np.ndarray, k: int) -> float:
+    """DE-gene overlap@k: ``|pred_de ∩ true_de| / k`` (cell-eval ``overlap_at_k``; 0 for no-change)."""
+    return len(set(np.asarray(pred_de).tolist()) & set(np.asarray(true_de).tolist())) / float(k)
+
+
+def direction_agreement(pred_delta: ArrayLike, true_delta: ArrayLike, genes: np.ndarray) -> float:
+    """Fraction of ``genes`` (the real top DE genes) whose predicted delta has the real delta's sign.
+
+    cell-eval's ``de_direction_match``. A zero predicted change has no direction and never agrees, so
+    a no-change prediction scores 0. NaN when ``genes`` is empty.
+    """
+    genes = np.asarray(genes, dtype=np.int64)
+    if genes.size == 0:
+        return float("nan")
+    p, t = _vec(pred_delta)[genes], _vec(true_delta)[genes]
+    return float(np.mean((np.sign(p) == np.sign(t)) & (p != 0)))
+
+
+def discrimination_score(pred_deltas: ArrayLike, true_deltas: ArrayLike, true_index: ArrayLike) -> np.ndarray:
+    """Discrimination score (L1) of each predicted delta among the real deltas (cell-eval, PerturBench).
+
+    For prediction i, the L1 distance to every real delta j is computed and the score is
+    ``1 - #{j != t_i : d(i, j) < d(i, t_i)} / (M - 1)`` with ``t_i = true_index[i]`` (ties count half).
+    1 means the real delta of the same perturbation is the nearest, 0.5 is what a random ranking
+    gets on average, 0 means it is the farthest.
+
+    Parameters
+    ----------
+    pred_deltas
+        (n, G) predicted deltas.
+    true_deltas
+        (M, G) real deltas of all candidate perturbations (M >= 2).
+    true_index
+        (n,) row of ``true_deltas`` that belongs to each prediction.
+
+    Returns
+    -------
+    (n,) float64 scores; NaN when there are fewer than 2 candidates.
+    """
+    p = np.asarray(pred_deltas, dtype=np.float64)
+    t = np.asarray(true_deltas, dtype=np.float64)
+    idx = np.asarray(true_index, dtype=np.int64)
+    m = t.shape[0]
+    if m < 2:
+        return np.full(p.shape[0], np.nan)
+    d = np.abs(p[:, None, :] - t[None, :, :]).sum(-1)  # (n, M)
+    own = d[np.arange(p.shape[0]), idx][:, None]
+    closer = (d < own).sum(1)
+    ties = (d == own).sum(1) - 1  # minus the true one itself
+    return 1.0 - (closer + 0.5 * ties) / (m - 1)
+
+
+def energy_distance(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    max_cells: int | None = 500,
+    seed: int | None = 0,
+) -> float:
+    """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` between two sets of cells (Székely & Rizzo 2013).
+
+    Euclidean distances in the given space (here log1p expression); expectations are means over all
+    pairs, including i = j (the V-statistic, which is never negative). Sets larger than ``max_cells``
+    are subsampled without replacement with ``numpy.random.default_rng(seed)``, so the cost is bounded
+    by ``max_cells**2 * G``. pertpy's ``edistance`` uses squared distances instead; this one is the
+    original statistic, 0 iff the two distributions are equal.
+
+    Parameters
+    ----------
+    x, y
+        (N, G) and (M, G) cells.
+    """
+    rng = np.random.default_rng(seed)
+    xs, ys = np.asarray(x), np.asarray(y)
+    if max_cells is not None:
+        if xs.shape[0] > max_cells:
+            xs = xs[np.sort(rng.choice(xs.shape[0], max_cells, replace=False))]
+        if ys.shape[0] > max_cells:
+            ys = ys[np.sort(rng.choice(ys.shape[0], max_cells, replace=False))]
+    tx = torch.as_tensor(np.asarray(xs, dtype=np.float64))
+    ty = torch.as_tensor(np.asarray(ys, dtype=np.float64))
+    dxy = torch.cdist(tx, ty).mean()
+    dxx = torch.cdist(tx, tx).mean()
+    dyy = torch.cdist(ty, ty).mean()
+    return float(2 * dxy - dxx - dyy)

@@ -1,0 +1,5 @@
+"""Reward models: how far B populations of cells are from a goal (``distance -> (B,)``, 0 at the goal)."""
+
+from ._rewards import CentroidReward, ClassifierReward, EnergyDistanceReward
+
+__all__ = ["CentroidReward", "ClassifierReward", "EnergyDistanceReward"]

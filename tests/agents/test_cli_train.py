@@ -1,0 +1,139 @@
+"""``cellgym train / enjoy / benchmark`` in-process on CellEnv-Reprogram-HSC-v0 (the Boolean myeloid world)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from cellgym.agents.cli import main
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+TASK = "CellEnv-Reprogram-HSC-v0"
+# a few thousand steps, short rollouts so several logger dumps happen
+TRAIN = ["train", "--env", TASK, "--algo", "ppo", "-n", "2048", "--seed", "3", "--eval-freq", "1024",
+         "--eval-episodes", "4", "--save-freq", "1024", "--no-progress", "--hyperparams", "n_steps:32",
+         "n_epochs:4"]
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    return ea
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "model" / "weights.pt", weights_only=True)["params"]["policy"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("runs")
+    assert main([*TRAIN, "-f", str(folder)]) == 0
+    return folder / "ppo" / f"{TASK}_1"
+
+
+def test_run_folder_holds_everything(trained: Path) -> None:
+    for name in ("config.yml", "args.yml", "command.txt", "monitor.csv", "model/config.yaml", "model/weights.pt",
+                 "eval/evaluations.npz", "checkpoints/step_1024/weights.pt"):
+        assert (trained / name).is_file(), name
+    config = yaml.safe_load((trained / "config.yml").read_text())
+    assert config["n_timesteps"] == 2048 and config["seed"] == 3
+    assert config["hyperparams"]["algo_kwargs"]["n_steps"] == 32  # the override, resolved into the config
+    assert (trained / "command.txt").read_text().startswith(f"cellgym train --env {TASK} --algo ppo")
+    monitor = pd.read_csv(trained / "monitor.csv", skiprows=1)
+    assert {"r", "l", "success", "distance", "n_perturbations", "cost"} <= set(monitor.columns)
+    assert len(monitor) > 100 and monitor["l"].max() <= 6  # the task's step budget
+    evals = np.load(trained / "eval" / "evaluations.npz")
+    assert list(evals["timesteps"]) == [1024, 2048] and evals["results"].shape == (2, 4)
+
+
+def test_tensorboard_has_the_biology(trained: Path) -> None:
+    ea = _events(trained)
+    scalars = set(ea.Tags()["scalars"])
+    assert {"cell/success_rate", "cell/distance_to_goal", "cell/n_perturbations", "cell/cost",
+            "cell/steps_over_optimum", "rollout/ep_rew_mean", "train/loss", "eval/success_rate"} <= scalars
+    assert "cell/perturbation" in ea.Tags()["histograms"]
+    success = [e.value for e in ea.Scalars("cell/success_rate")]
+    distance = [e.value for e in ea.Scalars("cell/distance_to_goal")]
+    assert all(0.0 <= s <= 1.0 for s in success) and all(d >= 0 for d in distance)
+    assert ea.Scalars("cell/success_rate")[-1].step == 2048
+    # it learns within 2k steps: later windows succeed more often than the first one (random-ish policy)
+    assert success[-1] > success[0]
+    histogram = ea.Histograms("cell/perturbation")[-1].histogram_value
+    assert histogram.min >= 0 and histogram.max <= 16 and histogram.num > 0
+
+
+def test_config_reproduces_the_run(trained: Path, tmp_path: Path) -> None:
+    assert main(["train", "--config", str(trained / "config.yml"), "-f", str(tmp_path), "--no-progress"]) == 0
+    again = tmp_path / "ppo" / f"{TASK}_1"
+    first, second = _weights(trained), _weights(again)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    a = pd.read_csv(trained / "monitor.csv", skiprows=1)
+    b = pd.read_csv(again / "monitor.csv", skiprows=1)
+    np.testing.assert_array_equal(a[["r", "l", "success"]].to_numpy(), b[["r", "l", "success"]].to_numpy())
+
+
+def test_resume_from_checkpoint(trained: Path, tmp_path: Path) -> None:
+    code = main(["train", "--env", TASK, "--algo", "ppo", "-n", "512", "-i", str(trained / "model"),
+                 "-f", str(tmp_path), "--eval-freq", "0", "--no-progress", "--hyperparams", "n_steps:32"])
+    assert code == 0
+    resumed = tmp_path / "ppo" / f"{TASK}_1"
+    # starts from the trained weights: the first logged windows already succeed like the end of training
+    first_success = _events(resumed).Scalars("cell/success_rate")[0].value
+    start_success = _events(trained).Scalars("cell/success_rate")[0].value
+    assert first_success > start_success
+
+
+def test_enjoy_prints_perturbations_and_truth(trained: Path, capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    folder = str(trained.parents[1])
+    plot = tmp_path / "enjoy.png"
+    assert main(["enjoy", "--env", TASK, "--algo", "ppo", "-f", folder, "--episodes", "3",
+                 "--truth", "grn.boolean", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("episode ") == 3 and ("_OE" in out or "_KO" in out)
+    assert "in grn.boolean: success rate" in out
+    assert plot.is_file() and plot.stat().st_size > 10_000
+
+
+def test_enjoy_baseline_needs_no_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["enjoy", "--env", TASK, "--algo", "bfs", "-f", str(tmp_path), "--episodes", "2"]) == 0
+    assert "success rate 100%" in capsys.readouterr().out  # the exact optimum always reaches the goal
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--hyperparams", "n_step:64"], "Did you mean 'n_steps'"),
+    (["--hyperparams", "learning_rate:3e-4"], "signed exponent"),
+    (["--hyperparams", "oops"], "expected KEY:VALUE"),
+    (["-i", "/nonexistent/model"], "no such checkpoint folder"),
+])
+def test_bad_input_is_one_clean_line(argv: list[str], message: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--env", TASK, "--algo", "ppo", "-f", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "ppo").exists()  # validated before any run folder is made
+
+
+def test_unknown_task_and_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--env", "CellEnv-Reprogram-HCS-v0", "--algo", "ppo", "-f", str(tmp_path)]) == 2
+    assert "Did you mean 'CellEnv-Reprogram-HSC-v0'" in capsys.readouterr().err
+    assert main(["enjoy", "--env", TASK, "--algo", "a2c", "-f", str(tmp_path)]) == 2
+    assert "cellgym train --env" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", "--env", TASK, "--algo", "maskable_ppo", "--episodes", "10", "-n", "4096",
+                 "-f", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "benchmark.csv")
+    assert list(table["agent"]) == ["maskable_ppo", "random", "greedy", "bfs"]
+    bfs = table.set_index("agent").loc["bfs"]
+    assert bfs["success_rate"] == 1.0 and bfs["steps_vs_optimum"] == pytest.approx(1.0)
+    assert "| task | agent | success rate |" in out

@@ -1,0 +1,202 @@
+"""CellTRIP world: PettingZoo conformance, batched interface, dynamics, rewards, preprocessing, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pettingzoo.test import parallel_api_test, parallel_seed_test
+
+from cellgym.envs.trip import (
+    TripConfigError,
+    TripParallelEnv,
+    fit_decoder,
+    fit_modality,
+    simulate_multimodal,
+    simulate_spatial_tissue,
+)
+from cellgym.predictors.base.errors import DataSpecError
+from cellgym.registry import is_parallel_task, make
+
+TASKS = ["CellEnv-Trip-Integration-v0", "CellEnv-Trip-Imputation-v0"]
+
+
+def small(task: str, **kw):
+    return make(task, n_cells=60, min_cells=20, max_cells=60, episode_length=(15, 25), **kw)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_parallel_api_and_seed(task):
+    assert is_parallel_task(task)
+    with warnings.catch_warnings():
+        # cells that were never drawn this episode end without being truncated: expected with 20..60 cells
+        warnings.filterwarnings("ignore", message="No agents present but not all possible_agents")
+        parallel_api_test(small(task), num_cycles=60)
+        parallel_api_test(small(task, view_size=16), num_cycles=60)  # sampled view
+    parallel_seed_test(lambda: small(task, view_size=16), num_cycles=60)
+
+
+def test_different_number_of_cells_per_reset():
+    env = small(TASKS[0])
+    counts = set()
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        counts.add(len(env.agents))
+        assert set(obs) == set(env.agents)
+        assert all(env.observation_space(a).contains(obs[a]) for a in env.agents)
+    assert len(counts) > 1
+    obs, _ = env.reset(seed=0, options={"n_cells": 23})
+    assert env.agents == [f"cell_{i}" for i in range(23)]
+    actions = {a: env.action_space(a).sample() for a in env.agents}
+    obs, rew, term, trunc, info = env.step(actions)
+    assert set(rew) == set(env.agents) and len(rew) == 23
+
+
+def test_dict_api_is_a_view_of_the_batched_step():
+    env_a, env_b = small(TASKS[0]), small(TASKS[0])
+    obs_b = env_b.reset_batch(seed=3)
+    obs_a, _ = env_a.reset(seed=3)
+    acts = torch.rand(len(env_b.agents), env_b.dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    obs_a, rew_a, *_ = env_a.step({a: acts[i].numpy() for i, a in enumerate(env_a.agents)})
+    obs_b, rew_b, _, _ = env_b.step_batch(acts)
+    np.testing.assert_allclose(np.array(list(rew_a.values())), rew_b.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(np.stack([o["self"] for o in obs_a.values()]), obs_b.states.numpy())
+    first = next(iter(obs_a.values()))
+    assert all(o["others"] is first["others"] for o in obs_a.values())  # one shared array, no copies
+    # a cell never sees itself
+    for i, o in enumerate(obs_a.values()):
+        own = np.nonzero((first["others"] == o["self"]).all(1))[0]
+        assert (o["others_mask"][own] == 0).all() and o["others_mask"].sum() == len(obs_a) - 1 - 0 * i
+
+
+def test_dynamics_follow_the_documented_update():
+    env = small(TASKS[1], bounds=1.5, friction=0.2, dt=0.5)
+    env.reset_batch(seed=0, options={"n_cells": 30})
+    x0, v0 = env.positions.clone(), env.velocities.clone()
+    a = torch.full((30, env.dim), 5.0)  # clipped to 1
+    env.step_batch(a)
+    v = (v0 + 0.5 * 1.0).clamp(-1, 1) * 0.8
+    x = x0 + 0.5 * v
+    clipped = x.abs() > 1.5
+    torch.testing.assert_close(env.positions, x.clamp(-1.5, 1.5))
+    torch.testing.assert_close(env.velocities, v.masked_fill(clipped, 0.0))
+
+
+def test_reward_is_a_difference_of_potentials_and_rewards_moving_toward_the_modalities():
+    env = small(TASKS[0], reward_weights={"velocity": 0.0, "action": 0.0})
+    obs = env.reset_batch(seed=1, options={"n_cells": 40})
+    phi0 = env._phi_dist + env._phi_pin - 0.1 * env.positions.norm(dim=1)
+    _, r, _, _ = env.step_batch(torch.zeros(40, env.dim))
+    phi1 = env._phi_dist + env._phi_pin - 0.1 * env.positions.norm(dim=1)
+    torch.testing.assert_close(r, phi1 - phi0)
+    # moving every cell toward a layout that reproduces the first modality's distances raises the reward
+    y = env.targets[0][2]
+    u, s, _ = torch.linalg.svd(y - y.mean(0), full_matrices=False)
+    goal = torch.zeros(40, env.dim)
+    goal[:, : min(env.dim, u.shape[1])] = (u * s)[:, : env.dim]
+    env.positions = goal.clone()
+    env.velocities.zero_()
+    env._phi_dist, env._phi_pin = env._distance_potential(goal), env._pinning_potential(goal)
+    good = env._phi_dist.mean()
+    assert good > env._distance_potential(torch.randn(40, env.dim)).mean()
+    del obs
+
+
+def test_distance_potential_matches_a_direct_computation():
+    env = small(TASKS[0], view_size=16)
+    env.reset_batch(seed=2, options={"n_cells": 50})
+    x, view = env.positions, env.view
+    d_env = torch.cdist(x, x[view])
+    err = sum(((d_env - torch.cdist(y, y[view])) ** 2).sum(1) for _, _, y in env.targets)
+    n_others = (view[None, :] != torch.arange(50)[:, None]).sum(1)
+    torch.testing.assert_close(env._distance_potential(x), -err / n_others, rtol=1e-4, atol=1e-4)
+
+
+def test_procrustes_decoder_recovers_a_rotated_layout():
+    gen = torch.Generator().manual_seed(0)
+    coords = torch.rand(100, 2, generator=gen)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen))
+    x = torch.cat([coords, torch.zeros(100, 6)], 1) @ q.T + 3.0
+    torch.testing.assert_close(fit_decoder(x, coords, spatial=True), coords, atol=1e-4, rtol=0)
+    # a scaled layout is not a rotation: Procrustes does not absorb scale
+    assert (fit_decoder(2 * x, coords, spatial=True) - coords).abs().max() > 0.1
+
+
+def test_preprocessing_counts_pca_and_inverse():
+    counts, _, _ = simulate_spatial_tissue(n_cells=200, n_genes=80, seed=0)
+    mod = fit_modality(counts, "counts", name="rna", n_pcs=20)
+    y = mod.transform(torch.from_numpy(counts))
+    assert y.shape == (200, 20)
+    i, j = torch.randint(200, (2000,)), torch.randint(200, (2000,))
+    assert 0.8 < float((y[i] - y[j]).norm(dim=1).mean()) < 1.2  # scaled to mean distance 1
+    full = fit_modality(counts, "counts", name="rna", n_pcs=200)  # no PCA: exact inverse
+    z = full.normalise(torch.from_numpy(counts))
+    torch.testing.assert_close(full.inverse(full.transform(torch.from_numpy(counts))), z, atol=1e-4, rtol=1e-4)
+
+
+def test_for_cells_reuses_preprocessing_and_allows_unknown_targets():
+    counts, coords, _ = simulate_spatial_tissue(n_cells=120, seed=0)
+    env = TripParallelEnv([counts[:80], coords[:80]], kinds=["counts", "spatial"],
+                          input_modalities=[0], target_modalities=[1])
+    held_out = env.for_cells([counts[80:], None])
+    obs = held_out.reset_batch(seed=0)
+    assert obs.states.shape == (40, env.state_size)
+    _, r, _, _ = held_out.step_batch(torch.zeros(40, env.dim))
+    assert torch.isfinite(r).all()
+    torch.testing.assert_close(held_out.features[0], env.modalities[0].transform(torch.from_numpy(counts[80:])))
+
+
+def test_bad_input_raises_clear_errors():
+    rna, protein, _ = simulate_multimodal(n_cells=50, seed=0)
+    with pytest.raises(DataSpecError, match="same cells"):
+        TripParallelEnv([rna, protein[:40]])
+    with pytest.raises(TripConfigError, match="input_modalities"):
+        TripParallelEnv([rna, protein], input_modalities=[2])
+    with pytest.raises(TripConfigError, match="reward_weights keys"):
+        TripParallelEnv([rna, protein], reward_weights={"distanse": 1.0})
+    with pytest.raises(TripConfigError, match="min_cells"):
+        TripParallelEnv([rna, protein], min_cells=40, max_cells=20)
+    with pytest.raises(DataSpecError, match="negative"):
+        TripParallelEnv([protein], kinds=["counts"])
+    env = TripParallelEnv([rna, protein])
+    env.reset(seed=0)
+    with pytest.raises(TripConfigError, match="shape"):
+        env.step_batch(torch.zeros(3, env.dim))
+    with pytest.raises(TripConfigError, match="every live cell"):
+        env.step({"cell_0": np.zeros(env.dim, np.float32)})
+    with pytest.raises(TripConfigError, match="n_cells"):
+        env.reset(options={"n_cells": 500})
+
+
+def _need(path):
+    if not path.exists():
+        pytest.skip(f"real data file {path} is absent (it sits beside the repo in CI)")
+    return path
+
+
+def test_generic_task_on_merfish(shared_data):
+    import anndata as ad
+
+    adata = ad.read_h5ad(_need(shared_data / "spatial/merfish_allen_visp_253genes.h5ad"))
+    coords = adata.obs[["x_um", "y_um"]].to_numpy(np.float32)
+    env = make("CellEnv-Trip-v0", adatas=[adata, coords], input_modalities=[0], target_modalities=[1],
+               kinds=["counts", "spatial"], max_cells=300)
+    obs = env.reset_batch(seed=0)
+    assert obs.states.shape == (300, 2 * 32 + 64)
+    _, r, _, _ = env.step_batch(torch.zeros(300, 32))
+    assert torch.isfinite(r).all()
+
+
+def test_bdtnp_drosophila_loads_as_a_three_dimensional_spatial_modality(shared_data):
+    folder = shared_data / "spatial/bdtnp_drosophila"
+    dge = np.loadtxt(_need(folder / "dge.txt"), skiprows=1, dtype=np.float32)
+    # geometry.txt lists 6078 positions (both embryo halves); the atlas's 3039 cells are the first 3039 (novosparc)
+    geometry = np.loadtxt(_need(folder / "geometry.txt"), skiprows=1, dtype=np.float32)[: len(dge)]
+    env = TripParallelEnv([dge, geometry], kinds=["log1p", "spatial"], input_modalities=[0],
+                          target_modalities=[1], max_cells=200)
+    assert env.modalities[1].n_raw == 3
+    env.reset_batch(seed=0)
+    _, r, _, _ = env.step_batch(torch.zeros(200, 32))
+    assert torch.isfinite(r).all()

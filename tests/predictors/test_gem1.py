@@ -1,0 +1,227 @@
+"""GEM-1: module on random tensors, models on a tiny simulated screen, tasks, checkpoints, errors."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cellgym.predictors import DataSpec, DataSpecError, GeneMismatchError, Predictor, split
+from cellgym.predictors.evaluation import evaluate
+from cellgym.predictors.gem1 import Gem1Bulk, Gem1ClassifierReward, Gem1Module, Gem1SC, MetadataGroups
+from cellgym.registry import make_predictor, make_reward
+
+SPEC = DataSpec(context_key="cell_type", batch_key="batch")
+
+
+def simulate(n: int = 600, g: int = 40, seed: int = 0) -> ad.AnnData:
+    """Counts of 2 cell types x 2 batches under control, A, B, C and A+B (log-additive effects)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(["control", "A", "B", "C", "A+B"], n)
+    cell_type = rng.choice(["t1", "t2"], n)
+    batch = rng.choice(["b1", "b2"], n)
+    base = np.log(rng.gamma(2.0, 1.0, (2, g)))
+    effect = {p: rng.normal(0, 1.2, g) * (rng.random(g) < 0.3) for p in "ABC"}
+    logits = base[(cell_type == "t2").astype(int)].copy()
+    for p in "ABC":
+        logits += np.array([p in lab.split("+") for lab in labels])[:, None] * effect[p]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    counts = rng.poisson(probs * rng.integers(500, 1500, n)[:, None]).astype(np.float32)
+    obs = pd.DataFrame({"perturbation": labels, "cell_type": cell_type, "batch": batch}, index=[f"c{i}" for i in range(n)])
+    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
+
+
+@pytest.fixture(scope="module")
+def data() -> ad.AnnData:
+    return simulate()
+
+
+@pytest.fixture(scope="module")
+def fitted(data: ad.AnnData) -> Gem1SC:
+    model = Gem1SC(n_hidden=64)
+    model.fit(data, SPEC, epochs=25, seed=0)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ module
+@pytest.mark.parametrize("likelihood", ["gaussian", "multinomial", "nb"])
+def test_module_loss_finite_and_grads_reach_every_block(likelihood: str) -> None:
+    torch.manual_seed(0)
+    m = Gem1Module(30, (2, 3, 4 + 1), 4, [3], n_latent=(2, 3, 4), n_hidden=16, likelihood=likelihood)
+    b = 8
+    counts = torch.poisson(torch.full((b, 30), 3.0))
+    batch = {
+        "x": torch.log1p(counts), "target": torch.log1p(counts) if likelihood == "gaussian" else counts,
+        "library": counts.sum(1), "m_technical": torch.eye(2)[torch.randint(2, (b,))],
+        "m_biological": torch.eye(3)[torch.randint(3, (b,))],
+        "m_perturbation": torch.cat([(torch.rand(b, 4) < 0.3).float(), torch.zeros(b, 1)], 1),
+        "y_biological": torch.randint(3, (b, 1)),
+    }
+    out = m.loss(batch)
+    assert torch.isfinite(out.loss)
+    assert {"reconstruction", "kl_technical", "kl_biological", "kl_perturbation", "classifier_ce"} <= set(out.components)
+    out.loss.backward()
+    for name in ("encoder.1.weight", "decoder.1.weight", "priors.0.linear.weight", "priors.2.linear.weight", "bio_classifier.weight"):
+        assert m.get_parameter(name).grad.abs().sum() > 0, name
+    y = m.predict_batch(batch["x"], batch["m_perturbation"][:, :4], None)
+    assert y.shape == (b, 30) and (y >= 0).all()
+    # a control row (no perturbation) is returned unchanged: de_pred is exactly 0
+    assert torch.allclose(m.eval().predict_batch(batch["x"], torch.zeros(b, 4), None), batch["x"])
+
+
+def test_multinomial_sampling_keeps_each_rows_total() -> None:
+    from cellgym.predictors.gem1._module import multinomial_counts
+
+    probs = torch.softmax(torch.randn(5, 20), -1)
+    totals = torch.tensor([0.0, 1.0, 10.0, 500.0, 37.0])
+    c = multinomial_counts(probs, totals, torch.Generator().manual_seed(0))
+    assert torch.equal(c.sum(1), totals)
+
+
+# ------------------------------------------------------------------------------------------------ models
+@pytest.mark.slow
+def test_fit_learns_and_beats_nochange_on_held_out_combo(data: ad.AnnData) -> None:
+    sp_ = split(data, SPEC, "combos", seed=0, holdout=["A+B"])
+    model = Gem1SC(n_hidden=64)
+    res = evaluate(data, SPEC, sp_, ["baseline.nochange", model], fit_kwargs={"gem1.sc": {"epochs": 40}})
+    hist = res.metrics
+    assert hist.loc["baseline.nochange", "pearson_delta"] == 0.0
+    assert hist.loc["gem1.sc", "pearson_delta"] > 0.3
+    assert hist.loc["gem1.sc", "mse_delta"] < hist.loc["baseline.nochange", "mse_delta"]
+
+
+def test_loss_falls_and_classifier_learns(fitted: Gem1SC, data: ad.AnnData) -> None:
+    # the history of the fixture's fit is not kept; refit a few epochs and compare the ends
+    rep = Gem1SC(n_hidden=64).fit(data, SPEC, epochs=8, seed=1)
+    assert rep.history["loss"][-1] < 0.8 * rep.history["loss"][0]
+    out = fitted.classify_samples(data)
+    assert (out.obs["pred_cell_type"].to_numpy() == data.obs["cell_type"].to_numpy()).mean() > 0.95
+    assert out.obsm["prob_cell_type"].shape == (data.n_obs, 2)
+    assert out.obsm["z_perturbation"].shape == (data.n_obs, 16)
+
+
+def test_four_tasks_shapes_modes_and_determinism(fitted: Gem1SC, data: ad.AnnData) -> None:
+    obs = data.obs.iloc[:6]
+    a = fitted.predict_expression(obs, mode="mean", replicates=2)
+    assert a.shape == (12, data.n_vars) and list(a.obs["replicate"][:2]) == [0, 1]
+    np.testing.assert_allclose(a.X, fitted.predict_expression(obs, mode="mean", replicates=2).X)
+    s1 = fitted.predict_expression(obs, mode="sample", seed=3, fixed_total_count=800)
+    s2 = fitted.predict_expression(obs, mode="sample", seed=3, fixed_total_count=800)
+    np.testing.assert_array_equal(s1.X, s2.X)
+    assert np.all(s1.X.sum(1) == 800) and np.all(s1.X == np.round(s1.X))  # multinomial draws of the library
+    r = fitted.ref_predict_perturbation(data, mode="mean")
+    n_pert = int((data.obs["perturbation"] != "control").sum())
+    assert r.shape == (n_pert, data.n_vars) and r.layers["de_pred"].shape == r.shape
+    p = fitted.predict_perturbation(obs, mode="sample", seed=0)
+    assert p.shape == (6, data.n_vars) and np.isfinite(p.layers["de_pred"]).all()
+
+
+def test_ref_prediction_recovers_the_true_effect_direction(fitted: Gem1SC, data: ad.AnnData) -> None:
+    r = fitted.ref_predict_perturbation(data, mode="mean")
+    x = np.log1p(data.X.toarray() / data.X.toarray().sum(1, keepdims=True) * 1e4)
+    lab = data.obs["perturbation"].to_numpy()
+    true = x[lab == "A"].mean(0) - x[lab == "control"].mean(0)
+    pred = r.layers["de_pred"][r.obs["perturbation"].to_numpy() == "A"].mean(0)
+    assert np.corrcoef(true, pred)[0, 1] > 0.8
+
+
+def test_save_load_identical_and_mismatch_errors(fitted: Gem1SC, data: ad.AnnData, tmp_path) -> None:
+    fitted.save(tmp_path / "m")
+    loaded = Predictor.load(tmp_path / "m")
+    ctrl = data[data.obs["perturbation"] == "control"]
+    np.testing.assert_array_equal(fitted.predict(ctrl, "A+B").X, loaded.predict(ctrl, "A+B").X)
+    np.testing.assert_array_equal(fitted.classify_samples(data).obsm["z_biological"], loaded.classify_samples(data).obsm["z_biological"])
+    with pytest.raises(GeneMismatchError, match="expected the 40 genes"):
+        loaded.classify_samples(data[:, :30])
+    other = data.copy()
+    other.obs["batch"] = other.obs["batch"].astype(str).replace({"b1": "b9"})
+    with pytest.raises(DataSpecError, match=r"unknown value\(s\) \['b9'\] in obs\['batch'\] \(technical"):
+        loaded.ref_predict_perturbation(other)
+    with pytest.raises(DataSpecError, match="obs column 'cell_type' of the biological metadata group is missing"):
+        loaded.predict_expression(data.obs.drop(columns="cell_type"))
+
+
+def test_count_models_refuse_log_data_clearly(data: ad.AnnData) -> None:
+    logged = data.copy()
+    logged.X = sp.csr_matrix(np.log1p(data.X.toarray()))
+    for name in ("gem1.nb", "gem1.sc"):
+        with pytest.raises(DataSpecError, match="needs raw counts.*gem1.bulk"):
+            make_predictor(name).fit(logged, SPEC, epochs=1)
+    Gem1Bulk(n_hidden=16).fit(logged, SPEC, epochs=1)  # the Gaussian bulk model takes log data
+
+
+def test_bulk_multinomial_option_and_bad_options(data: ad.AnnData) -> None:
+    m = Gem1Bulk(likelihood="multinomial", n_hidden=16)
+    m.fit(data, SPEC, epochs=2)
+    assert m.module.likelihood == "multinomial"
+    with pytest.raises(DataSpecError, match="likelihood must be one of"):
+        make_predictor("gem1.nb", likelihood="gaussian")
+    with pytest.raises(DataSpecError, match="unknown metadata group"):
+        Gem1SC(groups={"technicl": ["batch"]})
+
+
+def test_metadata_groups_yaml_and_defaults(tmp_path) -> None:
+    f = tmp_path / "groups.yaml"
+    f.write_text("technical: [bio_rep]\nbiological: cell_type\nnumeric: [dose]\n")
+    g = MetadataGroups.from_yaml(f)
+    assert g.resolve(DataSpec(batch_key="batch")) == {
+        "technical": ("bio_rep",), "biological": ("cell_type",), "perturbation": (), "numeric": ("dose",)}
+    assert MetadataGroups().resolve(SPEC)["technical"] == ("batch",)
+    with pytest.raises(DataSpecError, match="must be a list of obs column names"):
+        MetadataGroups.from_dict({"technical": 3})
+
+
+def test_numeric_dose_feature_and_non_numeric_rejected(data: ad.AnnData) -> None:
+    d = data.copy()
+    d.obs["dose"] = np.where(d.obs["perturbation"] == "control", 0.0, 1.0)
+    m = Gem1SC(n_hidden=16, groups={"numeric": ["dose"]})
+    m.fit(d, SPEC, epochs=1)
+    assert m.module.priors[2].n_in == len(m.perturbations) + 1 + 1
+    d.obs["dose"] = "high"
+    with pytest.raises(DataSpecError, match="declared a numeric perturbation feature"):
+        Gem1SC(groups={"numeric": ["dose"]}).fit(d, SPEC, epochs=1)
+
+
+def test_unseen_perturbation_warns_and_predicts(fitted: Gem1SC, data: ad.AnnData) -> None:
+    ctrl = data[data.obs["perturbation"] == "control"]
+    with pytest.warns(UserWarning, match=r"\['Z'\] were not seen in training"):
+        out = fitted.predict(ctrl, "A+Z")
+    assert np.isfinite(out.X).all()
+
+
+def test_transition_sample_mode_is_seeded(fitted: Gem1SC, data: ad.AnnData) -> None:
+    x = torch.from_numpy(np.log1p(data.X[:10].toarray() / data.X[:10].toarray().sum(1, keepdims=True) * 1e4))
+    pert = fitted.encode_perturbations(["A"] * 10)
+    a = fitted.sample_batch(x, pert, generator=torch.Generator().manual_seed(1))
+    b = fitted.sample_batch(x, pert, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, fitted.predict_batch(x, pert))
+
+
+def test_classifier_reward(fitted: Gem1SC, data: ad.AnnData) -> None:
+    x = np.log1p(data.X.toarray() / data.X.toarray().sum(1, keepdims=True) * 1e4).astype(np.float32)
+    ct = data.obs["cell_type"].to_numpy()
+    cells = torch.from_numpy(np.stack([x[ct == "t1"][:50], x[ct == "t2"][:50]]))
+    reward = make_reward("gem1.classifier", predictor=fitted, goal="t2")
+    d = reward.distance(cells)
+    assert d.shape == (2,) and d[1] < 0.3 < 0.7 < d[0]
+    with pytest.raises(DataSpecError, match="unknown goal label 't3'"):
+        Gem1ClassifierReward(fitted, goal="t3")
+
+
+# --------------------------------------------------------------------------------------------- real data
+@pytest.mark.slow
+def test_mcfaline23_cell_line_classification_far_above_chance(shared_data) -> None:
+    adata = ad.read_h5ad(shared_data / "perturb/norman19_mcfaline23_devel.h5ad")
+    adata = adata[adata.obs["dataset"] == "mcfaline23"].copy()
+    spec = DataSpec(context_key="cell_type")
+    rng = np.random.default_rng(0)
+    test = rng.random(adata.n_obs) < 0.3
+    model = Gem1Bulk()
+    model.fit(adata[~test].copy(), spec, epochs=30, seed=0)
+    out = model.classify_samples(adata[test].copy())
+    acc = (out.obs["pred_cell_type"].to_numpy() == adata.obs["cell_type"].to_numpy()[test]).mean()
+    print(f"mcfaline23 held-out cell-line accuracy {acc:.3f} on {int(test.sum())} cells (chance 1/3)")
+    assert acc > 0.9  # chance is 1/3

@@ -9,11 +9,10 @@ Run: ``python examples/custom_predictor.py``.
 
 from __future__ import annotations
 
+import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 import gymnasium
 import numpy as np
 import torch
-
-import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 from cellgym.agents.zoo import make_sb3_vec_env
 from cellgym.agents.zoo._rollout import run_episodes
 from cellgym.predictors.base import DataSpec
@@ -28,11 +27,12 @@ if __name__ == "__main__":
     truth = make_predictor("grn.boolean", model="krumsiek11", dynamics="sync", n_steps=6)
     adata = simulate_screen(truth, n_cells_per_condition=100, doubles=20, seed=0)
     spec = DataSpec(counts="counts")
-    # your predictor: here the linear model of Ahlmann-Eltze et al. 2025, fitted on the screen
-    predictor = make_predictor("baseline.linear")
+    # your predictor: here the additive baseline (control + sum of single-perturbation effects)
+    predictor = make_predictor("baseline.additive")
     predictor.fit(adata, spec, seed=0)
 
-    env_kwargs = {"adata": adata, "spec": spec, "target": "Gata1_OE", "predictor": predictor}
+    env_kwargs = {"adata": adata, "spec": spec, "target": "cell_type=erythrocyte",
+                  "predictor": predictor}
     env = gymnasium.make(TASK, **env_kwargs)
     obs, info = env.reset(seed=0)
     print(f"{TASK}: {env.action_space} over {env.unwrapped.perturbations[:4]}..., start distance "

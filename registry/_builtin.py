@@ -54,3 +54,5 @@ register("agents", "td3", "cellgym.agents.zoo:SB3Agent",
 register("agents", "maskable_ppo", "cellgym.agents.zoo:SB3Agent",
          "MaskablePPO (sb3-contrib): PPO that never picks a masked action (uses action_masks()).",
          algo="maskable_ppo")
+register("agents", "celltrip", "cellgym.agents.celltrip:CellTripAgent",
+         "CellTRIP attention PPO: every cell an agent (PettingZoo CellEnv-Trip-* worlds), PopArt, adaptive rescaling.")

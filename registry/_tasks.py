@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gymnasium
 
-from ._registry import describe_task, register_parallel_task  # noqa: F401
+from ._registry import describe_task, register_parallel_task
 
 
 def _register(task_id: str, summary: str, **kwargs: object) -> None:
@@ -24,15 +24,69 @@ _register("CellEnv-Reprogram-HSC-v0",
           "Krumsiek 2011 myeloid Boolean network: turn progenitor-like cells into erythrocytes (16 KO/OE).",
           entry_point=_REPROGRAM, vector_entry_point=_REPROGRAM_VEC, max_episode_steps=6,
           kwargs={"world": "hsc", "fate": "erythrocyte", "budget": 6})
-# CellEnv-Reprogram-SERGIO-v0 is not registered yet: with grn.sergio's mean-field transition and
-# master-regulator KO/OE, no combination brings one DS1 cell type within reach of another (see
-# ReprogramEnv(world="sergio"), kept for experiments).
+_register("CellEnv-Reprogram-SERGIO-v0",
+          "SERGIO 'lineages' network (20 genes, 3 cell types): turn type0 cells into type1 (8 master-regulator KO/OE).",
+          entry_point=_REPROGRAM, vector_entry_point=_REPROGRAM_VEC, max_episode_steps=6,
+          kwargs={"world": "sergio", "source": "type0", "target": "type1", "budget": 6})
 _register("CellEnv-Reprogram-v0",
           "Any AnnData: source cells towards target cells through a fitted predictor (adata=, target=, predictor=).",
           entry_point=_REPROGRAM, vector_entry_point=_REPROGRAM_VEC, max_episode_steps=8,
           kwargs={"world": "data", "budget": 8})
 
 # --- GEM-1 learned worlds (predictors/gem1 + envs/reprogram) ----------------------------------------------
+def gem1_screen_world(n_cells_per_condition: int = 40, doubles: int = 4, seed: int = 0) -> dict[str, object]:
+    """The learned world of ``CellEnv-Reprogram-Screen-v0``: GEM-1 fitted on a screen simulated by ``grn.sergio``.
+
+    The ground truth is the SERGIO ``lineages`` network of ``CellEnv-Reprogram-SERGIO-v0`` (overexpression
+    at each master's highest natural rate). :func:`~cellgym.predictors.grn.simulate_screen` screens the
+    knockout and overexpression of the four master regulators (and ``doubles`` random pairs) in all three
+    cell types, as UMI counts; ``gem1.sc`` is fitted on it (seed 0, cached by the reprogram env's
+    predictor cache) and serves as the transition (``ref_predict_perturbation``, mean mode) and, through
+    ``gem1.classifier``, as the reward (probability of ``type1`` under its cell-type classifier).
+    Returns the ``ReprogramEnv`` keyword arguments (``world="data"``): type0 controls -> type1 controls.
+    """
+
+    from cellgym.envs.reprogram import resolve_predictor
+    from cellgym.predictors import DataSpec
+    from cellgym.predictors.gem1 import Gem1ClassifierReward
+    from cellgym.predictors.grn import simulate_screen
+    from cellgym.registry import make_predictor
+
+    truth = make_predictor("grn.sergio", network="lineages", overexpression=1.0)
+    masters = [truth.genes[i] for i in truth.network.master]
+    singles = [f"{g}_{k}" for g in masters for k in ("KO", "OE")]
+    screen = simulate_screen(truth, n_cells_per_condition=n_cells_per_condition, perturbations=singles, doubles=doubles, seed=seed)
+    spec = DataSpec(context_key="cell_type", counts="counts")
+    model = resolve_predictor("gem1.sc", screen, spec)
+    control = (screen.obs["perturbation"] == "control").to_numpy()
+    cell_type = screen.obs["cell_type"].astype(str).to_numpy()
+    return {
+        "world": "data", "adata": screen, "spec": spec, "predictor": model,
+        "source": control & (cell_type == "type0"), "target": control & (cell_type == "type1"),
+        "reward": Gem1ClassifierReward(model, goal="type1", column="cell_type"), "context": "type0",
+    }
+
+
+def make_gem1_screen_env(**kwargs: object) -> object:
+    """``CellEnv-Reprogram-Screen-v0``: a ``ReprogramEnv`` in the GEM-1 learned world (see :func:`gem1_screen_world`)."""
+    from cellgym.envs.reprogram import ReprogramEnv
+
+    return ReprogramEnv(**{**gem1_screen_world(), **kwargs})
+
+
+def make_gem1_screen_vector_env(num_envs: int = 1, **kwargs: object) -> object:
+    """Native vector env of ``CellEnv-Reprogram-Screen-v0``."""
+    from cellgym.envs.reprogram import ReprogramVectorEnv
+
+    return ReprogramVectorEnv(num_envs, **{**gem1_screen_world(), **kwargs})
+
+
+_register("CellEnv-Reprogram-Screen-v0",
+          "Learned world: gem1.sc fitted on a grn.sergio screen; turn type0 into type1 (8 master KO/OE), GEM-1 classifier reward.",
+          entry_point="cellgym.registry._tasks:make_gem1_screen_env",
+          vector_entry_point="cellgym.registry._tasks:make_gem1_screen_vector_env", max_episode_steps=6,
+          kwargs={"budget": 6})
+
 
 # --- CellTRIP multi-agent worlds (envs/trip) -------------------------------------------------------------
 register_parallel_task(

@@ -1,16 +1,19 @@
 """CellTRIP's attention-PPO agent (Sun et al., bioRxiv 2025, doi:10.1101/2025.11.21.689815) and its manager API."""
 
 from ._agent import CellTripAgent, PositionDecoder, obs_dict_to_arrays
-from ._manager import TripManager
+from ._manager import PerturbationResult, StageRecovery, TripManager, recover_stages
 from ._ppo import CellTripConfig, EntityAttentionActorCritic, TrainResult, train
 
 __all__ = [
     "CellTripAgent",
     "CellTripConfig",
     "EntityAttentionActorCritic",
+    "PerturbationResult",
     "PositionDecoder",
+    "StageRecovery",
     "TrainResult",
     "TripManager",
     "obs_dict_to_arrays",
+    "recover_stages",
     "train",
 ]

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
-
 from cellgym.agents.base import Agent
-from cellgym.predictors.base.errors import CheckpointError
+from cellgym.predictors.base import seeded
+from cellgym.predictors.base.errors import CellgymError, CheckpointError
 
 from ._ppo import CellTripConfig, EntityAttentionActorCritic, TrainResult, train
 
@@ -51,6 +51,8 @@ class CellTripAgent(Agent):
             raise TypeError(f"unknown CellTRIP hyperparameters {unknown} (closest: {hints}); "
                             f"expected some of {sorted(known)}.")
         self.config = CellTripConfig(**hyperparams)
+        if self.config.device != "cpu":  # the world's state lives on the CPU; a GPU path is not written yet
+            raise CellgymError(f"CellTRIP runs on device 'cpu' only for now; got device={self.config.device!r}.")
         self.model: EntityAttentionActorCritic | None = None
         self.env_spec: dict[str, Any] = {}
         self.decoders: dict[int, torch.nn.Module] = {}
@@ -62,10 +64,11 @@ class CellTripAgent(Agent):
         return EntityAttentionActorCritic(state_size, action_dim, c.hidden_dim, c.n_heads, c.log_std_init,
                                           c.popart_beta).to(c.device)
 
-    def _check_env(self, env: TripParallelEnv) -> None:
+    def _check_env(self, env: TripParallelEnv, seed: int | None = None) -> None:
         spec = {"state_size": env.state_size, "dim": env.dim}
         if self.model is None:
-            self.model = self._build(env.state_size, env.dim)
+            with seeded(0 if seed is None else seed):  # weight initialisation draws from torch's global RNG
+                self.model = self._build(env.state_size, env.dim)
             self.env_spec = spec
         elif spec != self.env_spec:
             raise CheckpointError(f"this CellTRIP agent was built for a world with {self.env_spec}; "
@@ -80,7 +83,7 @@ class CellTripAgent(Agent):
         ``rollout/velocity``, ``train/*`` losses, ``time/agent_steps_per_s`` and, once decoders are fitted,
         ``cell/imputation_error`` per target modality.
         """
-        self._check_env(env)
+        self._check_env(env, seed)
         writer = None
         if tensorboard_log is not None:
             from torch.utils.tensorboard import SummaryWriter

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-
 from cellgym.envs.trip import TripConfigError, TripObs
 
 from ._ppo import self_pairs
@@ -132,16 +131,26 @@ class TripManager:
         self.obs = env._obs()
 
     # ------------------------------------------------------------------------------------- imputation
-    def fit_decoders(self, known: np.ndarray | None = None, *, seed: int = 0) -> dict[int, float]:
+    def fit_decoders(self, known: np.ndarray | None = None, *, targets: dict[int, np.ndarray] | None = None,
+                     seed: int = 0) -> dict[int, float]:
         """Fit a decoder from current (steady-state) positions to each target modality on ``known`` cells.
 
         The space is only defined up to rotation and translation per simulation, so decoders are fitted on
         the cells of this simulation whose targets are known and applied to the others (transductive).
 
+        Parameters
+        ----------
+        known : bool array of shape (N,), optional
+            Cells whose targets are used (all when None).
+        targets : dict, optional
+            Modality index -> raw features (n_known, F_raw) of the known cells, for worlds built without
+            that modality (``env.for_cells([..., None])``); else the world's own features are used.
+
         Returns
         -------
         dict
-            Target modality index -> mean squared error on the known cells (processed units).
+            Target modality index -> mean squared error on the held-out fifth of the known cells used for
+            early stopping (processed units).
         """
         from ._agent import PositionDecoder
 
@@ -149,17 +158,33 @@ class TripManager:
         known_t = torch.ones(len(x), dtype=torch.bool) if known is None else torch.as_tensor(known, dtype=torch.bool)
         gen = torch.Generator().manual_seed(seed)
         errors = {}
-        for k, _, y in self.env.targets:
-            decoder = PositionDecoder(x.shape[1], y.shape[1], generator=gen)
+        pairs = [(k, y[known_t]) for k, _, y in self.env.targets]
+        for k, raw in (targets or {}).items():
+            pairs = [p for p in pairs if p[0] != k]
+            pairs.append((k, self.env.modalities[k].transform(torch.as_tensor(np.asarray(raw, np.float32)))))
+        for k, ys in pairs:
+            decoder = PositionDecoder(x.shape[1], ys.shape[1], generator=gen)
             opt = torch.optim.Adam(decoder.parameters(), lr=3e-3, weight_decay=1e-4)
-            xs, ys = x[known_t], y[known_t]
+            xs = x[known_t]
+            if len(xs) != len(ys):
+                raise TripConfigError(f"targets for modality {k} have {len(ys)} rows; {len(xs)} cells are known.")
             decoder.mean.copy_(xs.mean(0))
             decoder.std.copy_(xs.std(0).clamp_min(1e-6))
+            # early stopping on a random 20% of the known cells: the decoder sees few cells in many dimensions
+            order = torch.randperm(len(xs), generator=gen)
+            val, fit = order[: max(1, len(xs) // 5)], order[max(1, len(xs) // 5):]
+            best, best_state = float("inf"), None
             for _ in range(self.agent.config.decoder_steps):
-                loss = (decoder(xs) - ys).pow(2).sum(1).mean()
+                loss = (decoder(xs[fit]) - ys[fit]).pow(2).sum(1).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                with torch.no_grad():
+                    val_loss = float((decoder(xs[val]) - ys[val]).pow(2).sum(1).mean())
+                if val_loss < best:
+                    best, best_state = val_loss, {n: t.clone() for n, t in decoder.state_dict().items()}
+            decoder.load_state_dict(best_state)
+            loss = torch.tensor(best)
             self.agent.decoders[k] = decoder
             errors[k] = float(loss.detach())
         return errors
@@ -221,7 +246,7 @@ class TripManager:
         for k in {p[0] for p in self._perturbations}:
             mod = env.modalities[k]
             raw = torch.from_numpy(env.raw[k])[idx].clone()
-            for _, feats, values, clamping in (p for p in self._perturbations if p[0] == k and p[3] == "pre"):
+            for _, feats, values, _ in (p for p in self._perturbations if p[0] == k and p[3] == "pre"):
                 raw[:, feats] = values
             z = mod.normalise(raw)
             z_action = z.clone()
@@ -259,7 +284,7 @@ class TripManager:
         kept = list(self._perturbations)
         values = np.broadcast_to(np.asarray(targets, dtype=np.float32), (len(features),))
         scores = []
-        for f, v in zip(features, values):
+        for f, v in zip(features, values, strict=True):
             self.load_state(start)
             self._perturbations = []
             self.add_perturbation([int(f)], float(v), modality, clamping)
@@ -268,3 +293,88 @@ class TripManager:
         self._perturbations = kept
         self._apply()
         return sorted(scores, key=lambda s: -s[1])
+
+
+# ------------------------------------------------------------------------------------- stage recovery
+@dataclass
+class StageRecovery:
+    """What :func:`recover_stages` returns.
+
+    Attributes
+    ----------
+    origin, terminal : arrays of shape (k, F)
+        Pseudocells (k-means centroids, processed input features) of the first and last stage.
+    matching : array of shape (k,)
+        Terminal pseudocell matched to each origin pseudocell by optimal transport.
+    trajectory : array of shape (R, k, d)
+        Positions of the origin pseudocells recorded while they move toward their terminal features.
+    states : array of shape (R, k, F)
+        Decoded processed input features at each record (the intermediate states).
+    """
+
+    origin: np.ndarray
+    terminal: np.ndarray
+    matching: np.ndarray
+    trajectory: np.ndarray
+    states: np.ndarray
+
+
+def recover_stages(agent: CellTripAgent, env: TripParallelEnv, origin: np.ndarray, terminal: np.ndarray, *,
+                   n_pseudocells: int = 20, time: int = 100, record_every: int = 10,
+                   seed: int = 0) -> StageRecovery:
+    """Developmental stage recovery after CellTRIP: simulate pseudocells from an origin to a terminal stage.
+
+    1. k-means (``n_pseudocells``) on each stage's processed input features gives pseudocells;
+    2. origin and terminal pseudocells are matched by exact optimal transport (POT's ``ot.emd``, uniform
+       weights, squared Euclidean cost), a one-to-one matching when both have k pseudocells;
+    3. all 2k pseudocells are simulated to a steady state and a decoder from position to the input
+       features is fitted on them;
+    4. the origin pseudocells' inputs are set to their matched terminal pseudocells' and the world is
+       simulated for ``time`` steps; the decoded recorded positions are the intermediate states.
+
+    Parameters
+    ----------
+    agent, env
+        A trained agent and the world it was trained in (its first input modality is used).
+    origin, terminal : arrays of shape (n_cells, F_raw)
+        Raw features (as the world's input modality) of cells of the first and the last stage.
+    """
+    import ot
+    from sklearn.cluster import KMeans
+
+    k_mod = env.input_modalities[0]
+    mod = env.modalities[k_mod]
+    if origin.shape[1] != mod.n_raw or terminal.shape[1] != mod.n_raw:
+        raise TripConfigError(f"stages must have the {mod.n_raw} raw features of modality {mod.name!r}; got "
+                              f"{origin.shape[1]} and {terminal.shape[1]}.")
+    if len(env.input_modalities) != 1:
+        raise TripConfigError("stage recovery needs a world with one input modality; got "
+                              f"{env.input_modalities}.")
+    centroids = []
+    for cells in (origin, terminal):
+        z = mod.transform(torch.as_tensor(np.asarray(cells, np.float32))).numpy()
+        km = KMeans(n_clusters=n_pseudocells, n_init=4, random_state=seed).fit(z)
+        centroids.append(km.cluster_centers_.astype(np.float32))
+    a = b = np.full(n_pseudocells, 1.0 / n_pseudocells)
+    plan = ot.emd(a, b, ot.dist(centroids[0], centroids[1]))
+    matching = plan.argmax(1)
+    # a world of 2k pseudocells: any 2k rows of raw data, whose inputs are then replaced by the centroids
+    rows = np.resize(np.asarray(origin, np.float32), (2 * n_pseudocells, mod.n_raw))
+    world = env.for_cells([rows if i == k_mod else None for i in range(len(env.modalities))],
+                          target_modalities=[k_mod], max_cells=2 * n_pseudocells)
+    manager = TripManager(agent, world, cells=np.arange(2 * n_pseudocells), seed=seed)
+    pseudo = torch.from_numpy(np.concatenate(centroids))
+    world.set_inputs(pseudo)
+    world.targets = [(k_mod, mod, pseudo)]
+    manager._base_inputs = pseudo.clone()
+    manager.obs = world._obs()
+    manager.simulate(agent.config.steady_state_steps)
+    manager.fit_decoders(seed=seed)
+    moved = pseudo.clone()
+    moved[:n_pseudocells] = pseudo[n_pseudocells:][torch.from_numpy(matching)]
+    world.set_inputs(moved)
+    manager.obs = world._obs()
+    trajectory = manager.simulate(time, record_every=record_every)[:, :n_pseudocells]
+    with torch.no_grad():
+        states = agent.decoders[k_mod](torch.from_numpy(trajectory)).numpy()
+    return StageRecovery(centroids[0], centroids[1], matching, trajectory, states)

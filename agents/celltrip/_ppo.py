@@ -53,16 +53,16 @@ class CellTripConfig:
     """Width of the embeddings and the trunk."""
     n_heads: int = 1
     """Attention heads (hidden_dim must be divisible by it); 1 is ~4x faster than 4 at large N on CPU."""
-    log_std_init: float = -0.5
+    log_std_init: float = -1.0
     """Initial log standard deviation of the Gaussian policy."""
     popart_beta: float = 0.1
     """Step size of PopArt's running return moments, applied once per rollout."""
     decoder_steps: int = 300
     """Adam steps when fitting a position -> modality decoder."""
-    steady_state_steps: int = 200
-    """Simulation length used to reach a steady state before fitting decoders."""
+    steady_state_steps: int = 100
+    """Simulation length used to reach a steady state before fitting decoders (about the training horizon)."""
     device: str = "cpu"
-    """Torch device of the networks ("cuda" when a GPU is given)."""
+    """Torch device; only "cpu" is supported so far (the world's state lives on the CPU)."""
 
 
 @dataclass
@@ -308,7 +308,7 @@ def collect_rollout(model: EntityAttentionActorCritic, env: TripParallelEnv, obs
         else:
             gae = delta + gamma * gae_lambda * gae
         ro.advantages[t] = gae
-    ro.returns = [a + v for a, v in zip(ro.advantages, ro.values)]
+    ro.returns = [a + v for a, v in zip(ro.advantages, ro.values, strict=True)]
     stats = {"rollout/reward_per_cell": float(torch.cat(ro.rewards).mean()),
              "rollout/velocity": float(np.mean(speeds)), "rollout/episodes": float(episodes)}
     return ro, obs, stats
@@ -319,6 +319,8 @@ def update(model: EntityAttentionActorCritic, optimizer: torch.optim.Optimizer, 
            cfg: CellTripConfig, generator: torch.Generator) -> dict[str, float]:
     """PPO-clip on the rollout, minibatches of ``cfg.batch_steps`` environment steps."""
     returns = torch.cat(ro.returns)
+    # fraction of the returns' variance the critic explained while collecting (SB3's explained_variance)
+    explained = 1.0 - float((returns - torch.cat(ro.values)).var() / returns.var().clamp_min(1e-12))
     model.critic.update(returns)  # PopArt: targets are normalised with the updated statistics
     all_adv = torch.cat(ro.advantages)
     adv_mean, adv_std = all_adv.mean(), all_adv.std().clamp_min(1e-8)
@@ -352,11 +354,11 @@ def update(model: EntityAttentionActorCritic, optimizer: torch.optim.Optimizer, 
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            logs["train/policy_loss"].append(float(policy_loss) / count)
-            logs["train/value_loss"].append(float(value_loss) / count)
+            logs["train/policy_loss"].append(float(policy_loss.detach()) / count)
+            logs["train/value_loss"].append(float(value_loss.detach()) / count)
             logs["train/approx_kl"].append(kl / count)
             logs["train/clip_fraction"].append(clipped / count)
-    return {k: float(np.mean(v)) for k, v in logs.items()}
+    return {**{k: float(np.mean(v)) for k, v in logs.items()}, "train/explained_variance": explained}
 
 
 # =============================================================================================== train

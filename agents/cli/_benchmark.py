@@ -2,7 +2,8 @@
 
 Every agent plays the same episodes (the same starting populations, seeds ``1000 + k``). Learning agents
 are trained first (``--seeds K`` runs each, default hyperparameters, run folders under ``-f``); their
-rows pool the episodes of all seeds. Writes a Markdown table (printed, and ``<out>.md``) and ``<out>.csv``.
+rows pool the episodes of all seeds; "timesteps trained" is per run, "wall time" covers training and
+evaluation of all seeds. Writes a Markdown table (printed, and ``<out>.md``) and ``<out>.csv``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
                     write_config(config, run_dir)
                     train(config, run_dir, tb_dir=run_dir, progress_bar=progress_bar)
                     agent = load_agent(name, task, run_dir, env)
-                    trained += config["n_timesteps"]
+                    trained = config["n_timesteps"]  # per run; the rows pool every seed's episodes
                 else:
                     agent = make_agent(name)
                 played += run_episodes(agent, env, episodes, seed=EVAL_SEED)

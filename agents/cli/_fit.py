@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from cellgym.predictors.base.errors import DataSpecError
 
 from ._evaluate import DEFAULT_CONTEXT_KEY, apply_filters, parse_filters, read_data

@@ -18,6 +18,9 @@ from typing import Any
 import yaml
 from cellgym.predictors.base.errors import CellgymError
 
+#: training steps on a PettingZoo task when neither -n nor a YAML entry gives them
+PARALLEL_TIMESTEPS = 50_000
+
 __all__ = ["add_parser", "make_config", "next_run_dir", "parse_kv", "run", "train", "write_config"]
 
 
@@ -40,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (<= 0: never)")
     p.add_argument("-i", "--trained-agent", default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint folder (a run's model/ or checkpoints/step_N/)")
+    p.add_argument("--backend", default="sb3", choices=["sb3", "ray"],
+                   help='sb3 (default) or ray: RLlib PPO, needs pip install "cellgym[ray]"')
+    p.add_argument("--num-env-runners", type=int, default=0, help="--backend ray: remote sampling workers")
     p.add_argument("--config", default=None, help="reproduce a run from its config.yml")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
@@ -113,11 +119,23 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     if args.trained_agent and not Path(args.trained_agent).is_dir():
         raise CellgymError(f"train -i {args.trained_agent}: no such checkpoint folder. Pass a run's model/ "
                            "or checkpoints/step_N/ folder.")
-    return make_config(args.env, args.algo, seed=args.seed, device=args.device, n_timesteps=args.n_timesteps,
-                       env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
-                       hyperparams=parse_kv(args.hyperparams, "--hyperparams"), eval_freq=args.eval_freq,
-                       eval_episodes=args.eval_episodes, save_freq=args.save_freq,
-                       trained_agent=args.trained_agent)
+    if args.backend == "ray":
+        from cellgym.agents.zoo._ray import _import_ray
+
+        _import_ray()  # a clear install hint before anything else
+        if args.algo not in ("ppo", "celltrip"):
+            raise CellgymError(f"--backend ray trains RLlib PPO: pass --algo ppo (got {args.algo!r}).")
+        if args.trained_agent:
+            raise CellgymError("--backend ray cannot resume from a checkpoint (-i) yet.")
+    config = make_config(args.env, "ppo" if args.backend == "ray" else args.algo, seed=args.seed,
+                         device=args.device, n_timesteps=args.n_timesteps,
+                         env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
+                         hyperparams=parse_kv(args.hyperparams, "--hyperparams"), eval_freq=args.eval_freq,
+                         eval_episodes=args.eval_episodes, save_freq=args.save_freq,
+                         trained_agent=args.trained_agent)
+    if args.backend == "ray":
+        config |= {"backend": "ray", "num_env_runners": args.num_env_runners}
+    return config
 
 
 def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_timesteps: int | None = None,
@@ -126,7 +144,7 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
                 trained_agent: str | None = None) -> dict[str, Any]:
     """The checked configuration of one training run (what ``config.yml`` holds)."""
     from cellgym.agents.zoo._hyperparams import load_hyperparams
-    from cellgym.registry import get, is_parallel_task
+    from cellgym.registry import get, is_parallel_task, make_agent
 
     get("tasks", task)
     get("agents", algo)
@@ -134,7 +152,11 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
     env_kwargs = dict(env_kwargs or {})
     if parallel:
         hp: dict[str, Any] = {"agent_kwargs": dict(hyperparams or {}), "env_kwargs": env_kwargs}
-        n_timesteps = n_timesteps or 50_000
+        n_timesteps = n_timesteps or PARALLEL_TIMESTEPS
+        try:  # the multi-agent learner checks its own hyperparameters; fail before any run folder exists
+            make_agent(algo, **hp["agent_kwargs"])
+        except TypeError as exc:
+            raise CellgymError(f"--hyperparams for {algo}: {exc}") from exc
     else:
         hparams = load_hyperparams(algo, task, hyperparams)
         hparams = replace(hparams, env_kwargs={**hparams.env_kwargs, **env_kwargs})
@@ -181,6 +203,10 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     import numpy as np
     import torch
 
+    if config.get("backend") == "ray":
+        from cellgym.agents.zoo._ray import train_ray
+
+        return train_ray(config, run_dir, tb_dir=tb_dir, progress_bar=progress_bar)
     if config.get("parallel"):
         return _train_parallel(config, run_dir, tb_dir, progress_bar)
 

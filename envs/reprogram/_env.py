@@ -96,9 +96,12 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     on). Natural fates of the progenitors are mostly myeloid, so forcing the erythroid program takes two
     perturbations for most populations (e.g. ``Gata1_OE`` then ``Eklf_OE`` or ``Fli1_KO`` to break the
     Eklf/Fli1 toggle), with distractors (``Gata2_OE`` also silences Pu1 but leaves Gata2 on).
-    ``world="sergio"`` (experimental, not registered: no master-regulator KO/OE combination reaches
-    another DS1 cell type yet) moves SERGIO (Dibaeinia & Sinha 2020) cells of one type towards another;
-    ``world="data"`` builds the task from any AnnData and a fitted predictor.
+    ``world="sergio"`` (``CellEnv-Reprogram-SERGIO-v0``) simulates SERGIO cells (Dibaeinia & Sinha 2020,
+    Cell Systems 11:252) on the shipped ``"lineages"`` network: 20 genes whose three cell types are set
+    by four master regulators (G0, G1, G2 each high in one type, co-factor G3 high in type0 and type2;
+    high rate 1.0, basal 0.1), read out by 16 target genes in three layers. Turning type0 into type1
+    takes three perturbations (``G0_KO``, ``G1_OE``, ``G3_KO`` in any order); no shorter set gets within
+    the threshold. ``world="data"`` builds the task from any AnnData and a fitted predictor.
 
     ## Action Space
 
@@ -120,9 +123,12 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | 14 | Gfi1_KO | 15 | Gfi1_OE |
     | 16 | stop | | |
 
+    SERGIO vocabulary (8 + stop): KO and OE of each master regulator, ``G0_KO, G0_OE, G1_KO, G1_OE, G2_KO,
+    G2_OE, G3_KO, G3_OE``; index 8 stops.
+
     ## Observation Space
 
-    ``Box(low, high, (4 k + n_perturbations + 1,), float32)`` with k = ``n_components`` (HSC: 49); the
+    ``Box(low, high, (4 k + n_perturbations + 1,), float32)`` with k = ``n_components`` (HSC: 49, SERGIO: 41); the
     PCA parts are clipped to 10x the norm of the farthest reference cell (a bound never reached in practice):
 
     | Slice | Observation | Unit |
@@ -133,14 +139,18 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | [4k, 4k + P) | perturbations in force (0/1) | - |
     | 4k + P | budget left: 1 - steps / budget, clipped at 0 (1 without a budget) | fraction |
 
-    States are log1p expression for data worlds, 0/1 gene activities for the Boolean world.
+    States are log1p expression for data worlds, 0/1 gene activities for the Boolean world, SERGIO's
+    expression units (production / decay) for the SERGIO world.
 
     ## Transition
 
     One batched call of a :class:`~cellgym.predictors.Transition` per step (mean mode) under all
     perturbations in force. HSC: ``grn.boolean`` (Krumsiek 2011, synchronous updates, 6 updates per
-    step, deterministic). SERGIO: ``grn.sergio`` (noise-free mean field). Data: any predictor; response models predict from the
-    source cells, simulators evolve the current cells.
+    step, deterministic). SERGIO: ``grn.sergio`` with ``network="lineages"`` and ``overexpression=1.0`` (an
+    overexpressed master is produced at its highest natural rate), noise-free chemical-Langevin
+    (mean-field) dynamics in the source type, 200 Euler steps of 0.05 (8 decay times) per step,
+    deterministic; every population converges to the steady state of the perturbations in force. Data:
+    any predictor; response models predict from the source cells, simulators evolve the current cells.
 
     ## Rewards
 
@@ -148,20 +158,25 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     ``r = d_before - d_after - cost * n_new + success_bonus * success`` where ``n_new`` is the number of
     perturbations newly applied this step (default cost 0.1, success bonus 1.0). HSC: d is the
     Euclidean distance between the population's mean state and the erythrocyte state (``target.centroid``).
-    Stop gives 0.
+    SERGIO: Euclidean distance between the population's mean and the mean of 256 target cells
+    (``target.centroid``; 11.4 at the start). Stop gives 0.
 
     ## Starting State
 
     A population of ``n_cells`` cells drawn with ``self.np_random``. HSC: 32 progenitor-like states
     (Gata2 on in 90% of cells, Pu1 in 50-100%, Cebpa / Gata1 / Fli1 / Scl each on with a probability
-    drawn per episode from U(0, 1)), so populations differ in lineage priming. Data/SERGIO: cells drawn
-    with replacement from the source cells.
+    drawn per episode from U(0, 1)), so populations differ in lineage priming. SERGIO: 32 cells of the
+    source type, each its noise-free steady state (the transition's own fixed point) times mean-one
+    log-normal noise (sigma 0.2), so unperturbed cells stay at their type. Data: cells drawn with
+    replacement from the source cells.
 
     ## Episode End
 
-    1. Termination: the distance is at most the goal threshold (success; HSC threshold 0.3).
+    1. Termination: the distance is at most the goal threshold (success; HSC threshold 0.3; SERGIO 0.15 x
+       the distance between the source and target steady states, 1.71 for type0 -> type1, where the right
+       perturbation sets end 0.39-0.47 from the target and every other set of master KO/OE 4.9 or more).
     2. Termination: the agent chose stop.
-    3. Truncation: the step budget ``max_episode_steps`` of the registration (HSC: 6) is used up.
+    3. Truncation: the step budget ``max_episode_steps`` of the registration (HSC and SERGIO: 6) is used up.
 
     ## Info
 
@@ -175,8 +190,8 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | world | str | "hsc" | "hsc", "sergio" or "data" |
     | fate | str | "erythrocyte" | HSC goal: erythrocyte, megakaryocyte, monocyte or granulocyte |
     | adata, spec | AnnData, DataSpec | None | data world: the cells and their columns |
-    | source, target | str or mask | None | data: perturbation label, "column=value" or mask; SERGIO: cell types |
-    | predictor | str, path or Predictor | None | registered name (fitted and cached), saved folder or instance |
+    | source, target | str or mask | None | data: perturbation label, "column=value" or mask; SERGIO: cell types (type0, type1) |
+    | predictor | str, path or Predictor | None | registered name (fitted and cached), saved folder or instance; SERGIO: a grn.sergio instance (e.g. ``network=`` a SERGIO folder) |
     | reward | str or RewardModel | "target.energy" | data world reward model |
     | context | str | None | transition context (default: the source cells') |
     | n_cells | int | 32 | cells per population |
@@ -203,7 +218,8 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Version History
 
-    * v0: Initial version (HSC: erythrocyte fate, 16 perturbations, 32 cells, 6 sync updates per step).
+    * v0: Initial version (HSC: erythrocyte fate, 16 perturbations, 32 cells, 6 sync updates per step;
+      SERGIO: lineages network, type0 -> type1, 8 perturbations, 32 cells, threshold 0.15 of the type distance).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012

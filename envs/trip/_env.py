@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from cellgym.predictors.base.errors import CellgymError, DataSpecError
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
-from cellgym.predictors.base.errors import CellgymError, DataSpecError
-
 from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
-
 
 DENSE_DISTANCE_MAX_CELLS = 8192
 """Up to this many cells the (N, N) modality distances are computed once per episode (N^2 floats)."""
@@ -35,9 +34,9 @@ class RewardWeights:
     """Pinning: squared error of a decoder from positions to each target modality (refitted every step)."""
     origin: float = 0.1
     """Distance of the cell from the origin (keeps the population centred)."""
-    velocity: float = 0.01
+    velocity: float = 0.001
     """Per-step cost on the squared speed."""
-    action: float = 0.001
+    action: float = 0.0001
     """Per-step cost on the squared force."""
 
 
@@ -93,12 +92,12 @@ class TripParallelEnv(ParallelEnv):
     summed over target modalities: D is the modality's distance (mean pairwise distance scaled to 1), j runs
     over the cells in view, and f is the least-squares linear decoder from positions (for ``spatial``
     modalities: the best rotation + translation, Procrustes) fitted to the current positions. Default
-    weights: distance 1.0, pinning 1.0, origin 0.1, velocity 0.01, action 0.001 (:class:`RewardWeights`).
+    weights: distance 1.0, pinning 1.0, origin 0.1, velocity 0.001, action 0.0001 (:class:`RewardWeights`).
 
     ## Starting State
     ``n_cells`` cells drawn without replacement from the data (``options={"n_cells": k}`` or
     ``options={"cells": indices}``; else uniform in ``[min_cells, max_cells]``), positions
-    ``N(0, init_scale^2)``, velocities 0.
+    ``N(0, init_scale^2)`` (default ``1/sqrt(dim)``, so |x| ~ 1 like the modality distances), velocities 0.
 
     ## Episode End
     1. Termination: never (the world has no absorbing state).
@@ -117,10 +116,11 @@ class TripParallelEnv(ParallelEnv):
     | target_modalities | list of int | all | modalities the space must reproduce |
     | dim | int | 32 | dimension of the space |
     | n_pcs | int | 64 | PCA width of expression-like modalities |
-    | view_size | int | 256 | cells seen per step: all when N <= view_size, else a random sample |
+    | view_size | int | 256 | cells seen: all when N <= view_size, else a random sample drawn every step |
     | max_cells / min_cells | int | N / max_cells | range of cells per episode |
     | dt, force, friction, max_velocity | float | 0.1, 1.0, 0.1, 1.0 | dynamics |
     | bounds | float or None | None | box that positions are clipped to |
+    | init_scale | float | 1/sqrt(dim) | std of the starting positions (norm ~1) |
     | reward_weights | dict | see Rewards | :class:`RewardWeights` fields |
     | episode_length | (int, int) | (100, 200) | range of the random horizon |
 
@@ -133,7 +133,7 @@ class TripParallelEnv(ParallelEnv):
     - v0: first version.
     """
 
-    metadata = {"render_modes": [], "name": "celltrip_v0"}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "name": "celltrip_v0"}
 
     def __init__(
         self,
@@ -153,7 +153,7 @@ class TripParallelEnv(ParallelEnv):
         friction: float = 0.1,
         max_velocity: float = 1.0,
         bounds: float | None = None,
-        init_scale: float = 1.0,
+        init_scale: float | None = None,
         reward_weights: dict[str, float] | None = None,
         episode_length: tuple[int, int] = (100, 200),
         preprocessing: Sequence[Modality] | None = None,
@@ -180,10 +180,10 @@ class TripParallelEnv(ParallelEnv):
             if len(kinds) != n_mod or len(names) != n_mod:
                 raise TripConfigError(f"kinds/names must have one entry per modality ({n_mod}); got "
                                       f"{len(kinds)} kinds and {len(names)} names.")
-            preprocessing = [fit_modality(m, kd, name=nm, n_pcs=n_pcs) for m, kd, nm in zip(raw, kinds, names)]
+            preprocessing = [fit_modality(m, kd, name=nm, n_pcs=n_pcs) for m, kd, nm in zip(raw, kinds, names, strict=True)]
         if len(preprocessing) != n_mod:
             raise TripConfigError(f"preprocessing has {len(preprocessing)} entries for {n_mod} modalities.")
-        for mod, m in zip(preprocessing, raw):
+        for mod, m in zip(preprocessing, raw, strict=True):
             if m is not None and m.shape[1] != mod.n_raw:
                 raise DataSpecError(f"modality {mod.name!r} has {m.shape[1]} features; its preprocessing "
                                     f"was fitted on {mod.n_raw}. Pass the same features in the same order.")
@@ -207,11 +207,13 @@ class TripParallelEnv(ParallelEnv):
         self.modalities = list(preprocessing)
         self.raw = raw
         self.features = [None if m is None else mod.transform(torch.from_numpy(m))
-                         for mod, m in zip(self.modalities, raw)]
+                         for mod, m in zip(self.modalities, raw, strict=True)]
         self.dim, self.view_size = int(dim), int(view_size)
         self.max_cells, self.min_cells = max_cells, min_cells
         self.dt, self.force, self.friction = float(dt), float(force), float(friction)
-        self.max_velocity, self.bounds, self.init_scale = float(max_velocity), bounds, float(init_scale)
+        self.max_velocity, self.bounds = float(max_velocity), bounds
+        # default: positions of norm ~1, the scale of the modality distances (mean pairwise distance 1)
+        self.init_scale = float(init_scale) if init_scale is not None else 1.0 / math.sqrt(self.dim)
         self.episode_length = (lo, hi)
         self.n_inputs = sum(self.features[k].shape[1] for k in self.input_modalities)
         self.state_size = 2 * self.dim + self.n_inputs
@@ -250,7 +252,7 @@ class TripParallelEnv(ParallelEnv):
         obs, rewards, terminated, truncated = self.step_batch(torch.from_numpy(batch))
         agents = self.agents
         out_obs = self._obs_dict(obs)
-        reward_dict = dict(zip(agents, rewards.tolist()))
+        reward_dict = dict(zip(agents, rewards.tolist(), strict=True))
         term = dict.fromkeys(agents, terminated)
         trunc = dict.fromkeys(agents, truncated)
         infos: dict[str, dict] = {a: {} for a in agents}

@@ -35,7 +35,7 @@ def plot_positions(trajectory: np.ndarray, path: str | Path, *, labels: np.ndarr
     colours = None
     if labels is not None:
         _, colours = np.unique(np.asarray(labels).astype(str), return_inverse=True)
-    for ax, t in zip(axes[0], times):
+    for ax, t in zip(axes[0], times, strict=True):
         ax.scatter(proj[t, :, 0], proj[t, :, 1], c=colours, s=4, cmap="tab20")
         ax.set_title(f"{title}: record {t}")
         ax.set_xticks([])

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import yaml
-
 from cellgym.predictors.base import DataSpec, DataSpecError
 
 if TYPE_CHECKING:

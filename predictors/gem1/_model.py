@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 import torch
-
 from cellgym.predictors.base import (
     DataSpec,
     DataSpecError,
@@ -102,6 +101,9 @@ class Gem1Base(Predictor):
     unseen_rate
         Probability of showing a training single perturbation as "unseen" (learns the generic effect
         used for perturbations absent from training).
+    prior_decode_rate
+        Fraction of training cells decoded with the perturbation latent from its prior (see
+        :class:`Gem1Module`; 0 is the plain GEM-1 objective).
     learning_rate, weight_decay
         AdamW.
     epochs
@@ -123,6 +125,7 @@ class Gem1Base(Predictor):
         beta: float = 1.0,
         classifier_weight: float = 1.0,
         unseen_rate: float = 0.1,
+        prior_decode_rate: float = 0.5,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         epochs: int | None = None,
@@ -136,7 +139,7 @@ class Gem1Base(Predictor):
         super().__init__(
             likelihood=likelihood, groups=self.groups.to_dict(), n_latent=[int(d) for d in n_latent], n_hidden=n_hidden, n_layers=n_layers,
             dropout=dropout, beta=beta, classifier_weight=classifier_weight, unseen_rate=unseen_rate,
-            learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
+            prior_decode_rate=prior_decode_rate, learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
         )
         self.vocab = MetadataVocab()
 
@@ -186,6 +189,7 @@ class Gem1Base(Predictor):
             beta=c["beta"],
             classifier_weight=c["classifier_weight"],
             unseen_rate=c["unseen_rate"],
+            prior_decode_rate=c["prior_decode_rate"],
         )
 
     def _target(self, data: FitData) -> np.ndarray:
@@ -211,10 +215,12 @@ class Gem1Base(Predictor):
                 if mask.any() and rest.shape[1]:
                     module.pert_rest_default[row] = torch.from_numpy(rest[mask].mean(0))
         tensors = {"x": data.x, "target": self._target(data), "library": library.astype(np.float32), **data.meta}
-        return train_module(
-            module, tensors, epochs=epochs, batch_size=batch_size, learning_rate=self.config["learning_rate"],
-            weight_decay=self.config["weight_decay"], device=device, seed=seed, logger=logger,
+        module.to(device)
+        optimizer = torch.optim.AdamW(  # fused: one kernel per step instead of ~10 per parameter tensor
+            module.parameters(), lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"], fused=True
         )
+        return train_module(module, tensors, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                            logger=logger, optimizer=optimizer)
 
     # ------------------------------------------------------------------------------------------ features
     def _features(self, obs: pd.DataFrame, pert: torch.Tensor) -> dict[str, np.ndarray]:
@@ -352,10 +358,10 @@ class Gem1Base(Predictor):
         priors = [m.prior(g, torch.from_numpy(feats[k])) for g, k in enumerate(("m_technical", "m_biological", "m_perturbation"))]
         z = [self._draw(p, mode, gen) for p in priors]
         if share_technical and mode == "sample":
-            cols = list(self.vocab.categorical["technical"]) + ["replicate"]
-            first = obs.groupby(cols, sort=False, observed=True).ngroup().to_numpy()
-            _, rep_rows = np.unique(first, return_index=True)
-            z[0] = z[0][torch.from_numpy(rep_rows[np.searchsorted(np.unique(first), first)])]
+            cols = [*self.vocab.categorical["technical"], "replicate"]
+            group = obs.groupby(cols, sort=False, observed=True).ngroup().to_numpy()  # ids 0..k-1
+            _, first_row = np.unique(group, return_index=True)
+            z[0] = z[0][torch.from_numpy(first_row[group])]  # every row takes its group's first draw
         out = []
         for s in range(0, len(obs), CHUNK):
             h = m.decode(torch.cat([zg[s : s + CHUNK] for zg in z], -1))

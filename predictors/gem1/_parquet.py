@@ -44,7 +44,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
-
 from cellgym.predictors.base import DataSpecError, check_genes
 
 if TYPE_CHECKING:
@@ -108,7 +107,7 @@ def write_table(adata: AnnData, out_dir: str | Path, study: str, task: str, *, p
     """Write a task's output AnnData as ``study=<study>/part-<k>.parquet`` files; returns the next part index."""
     folder = Path(out_dir) / f"{STUDY}={study}"
     folder.mkdir(parents=True, exist_ok=True)
-    n, g = adata.shape
+    n = adata.n_obs
     columns: dict[str, Any] = {}
     for c in adata.obs.columns:
         columns[str(c)] = pa.array(adata.obs[c].to_numpy().tolist() if adata.obs[c].dtype == object else adata.obs[c].to_numpy())

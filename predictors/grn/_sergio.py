@@ -30,7 +30,40 @@ import numpy as np
 
 from ..base.errors import DataSpecError
 
-__all__ = ["SergioNetwork", "technical_noise"]
+__all__ = ["LINEAGES_EDGES", "LINEAGES_RATES", "SERGIO_NETWORKS", "SergioNetwork", "technical_noise"]
+
+# The shipped ``"lineages"`` network (this project's design, in SERGIO's model): three cell types set by
+# four master regulators. G0, G1 and G2 are lineage masters (high, rate 1.0, in one type each; basal 0.1
+# elsewhere); G3 is a co-factor, high in type0 and type2, basal in type1. Targets (n = 2 everywhere):
+# per-lineage markers and cross-repressed markers (layer 1), co-factor-gated genes (layer 2), and
+# integrators (layer 3). Identity is set by the masters alone (the network is acyclic, as SERGIO's are),
+# so reprogramming type0 -> type1 takes G0_KO + G3_KO + G1_OE and type0 -> type2 takes G0_KO + G2_OE.
+LINEAGES_RATES: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.1, 0.1),  # G0: lineage master of type0
+    (0.1, 1.0, 0.1),  # G1: lineage master of type1
+    (0.1, 0.1, 1.0),  # G2: lineage master of type2
+    (1.0, 0.1, 1.0),  # G3: co-factor of type0 and type2
+)
+# target: ((regulator, K), ...); K < 0 represses
+LINEAGES_EDGES: dict[int, tuple[tuple[int, float], ...]] = {
+    4: ((0, 3.0),),
+    5: ((0, 2.0), (1, -2.0)),
+    6: ((1, 3.0),),
+    7: ((1, 2.0), (2, -2.0)),
+    8: ((2, 3.0),),
+    9: ((2, 2.0), (0, -2.0)),
+    10: ((3, 3.0),),
+    11: ((3, 2.0), (1, -1.5)),
+    12: ((4, 2.0), (10, 2.0)),
+    13: ((8, 2.0), (10, 2.0)),
+    14: ((6, 3.0), (10, -2.0)),
+    15: ((5, 2.0), (7, 2.0)),
+    16: ((9, -2.0), (11, 2.0)),
+    17: ((12, 2.0), (13, 2.0)),
+    18: ((14, 3.0),),
+    19: ((15, 1.5), (16, 1.5), (17, -1.0)),
+}
+SERGIO_NETWORKS = ("lineages",)
 
 
 @dataclass
@@ -83,7 +116,8 @@ class SergioNetwork:
         if len(inter) != 1 or len(regs) != 1:
             raise DataSpecError(
                 f"{folder}: expected one Interaction_cID_*.txt and one Regs_cID_*.txt (SERGIO's input files), found "
-                f"{[p.name for p in inter + regs]}. Pass the folder of one SERGIO data set, e.g. .../sergio_ds1."
+                f"{[p.name for p in inter + regs]}. Pass the folder of one SERGIO data set, e.g. .../sergio_ds1, "
+                f"or a shipped network name {list(SERGIO_NETWORKS)}."
             )
         return cls.from_files(inter[0], regs[0], decay=decay)
 
@@ -143,6 +177,19 @@ class SergioNetwork:
             genes=[f"G{i}" for i in range(n_genes)], src=np.array(src), tgt=np.array(tgt),
             strength=sign * rng.uniform(1, 5, e), hill=np.full(e, 2.0), master=np.arange(n_master),
             rates=rng.uniform(0.2, 1.0, (n_master, n_types)), decay=decay,
+        )
+        net.fill_half_responses()
+        return net
+
+    @classmethod
+    def lineages(cls, decay: float = 0.8) -> SergioNetwork:
+        """The shipped ``"lineages"`` network: 20 genes, 4 master regulators, 3 cell types (see ``LINEAGES_EDGES``)."""
+        src = [r for t, regs in LINEAGES_EDGES.items() for r, _ in regs]
+        tgt = [t for t, regs in LINEAGES_EDGES.items() for _ in regs]
+        k = [v for regs in LINEAGES_EDGES.values() for _, v in regs]
+        net = cls(
+            genes=[f"G{i}" for i in range(20)], src=np.array(src), tgt=np.array(tgt), strength=np.array(k),
+            hill=np.full(len(k), 2.0), master=np.arange(4), rates=np.array(LINEAGES_RATES), decay=decay,
         )
         net.fill_half_responses()
         return net

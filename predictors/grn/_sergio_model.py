@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from ..base import DataSpec, FitReport, Predictor, PredictorModule, check_genes
 from ..base.errors import DataSpecError
-from ._sergio import SergioNetwork
+from ._sergio import SERGIO_NETWORKS, SergioNetwork
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -123,7 +124,9 @@ class SergioPredictor(Predictor):
     ----------
     network
         Folder of a SERGIO data set (``Interaction_cID_*.txt`` + ``Regs_cID_*.txt``, e.g.
-        ``../shared/data/grn/sergio_ds1``), or None for a seeded random network
+        ``../shared/data/grn/sergio_ds1``); ``"lineages"``, the shipped network whose three cell types
+        are set by master regulators switched on or off (:meth:`SergioNetwork.lineages`, the world of
+        ``CellEnv-Reprogram-SERGIO-v0``); or None for a seeded random network
         (:meth:`SergioNetwork.random`: 20 genes, 3 master regulators, 3 cell types).
     n_steps, dt
         Integration steps per call and their length (default 200 x 0.05 = 10 time units, eight decay times).
@@ -166,6 +169,8 @@ class SergioPredictor(Predictor):
         )
         if network is None:
             self.network = SergioNetwork.random(seed=seed, decay=decay)
+        elif network in SERGIO_NETWORKS and not Path(network).is_dir():
+            self.network = SergioNetwork.lineages(decay=decay)
         else:
             self.network = SergioNetwork.from_folder(network, decay=decay)
         self.genes = list(self.network.genes)

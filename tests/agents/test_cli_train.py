@@ -137,3 +137,45 @@ def test_benchmark_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     bfs = table.set_index("agent").loc["bfs"]
     assert bfs["success_rate"] == 1.0 and bfs["steps_vs_optimum"] == pytest.approx(1.0)
     assert "| task | agent | success rate |" in out
+
+
+@pytest.mark.slow
+def test_parallel_task_trains_celltrip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cellgym.registry import specs
+
+    if "celltrip" not in specs("agents"):
+        pytest.skip("agent 'celltrip' is not registered yet (registry/_builtin.py)")
+    task = "CellEnv-Trip-Integration-v0"
+    assert main(["train", "--env", task, "--algo", "celltrip", "-n", "200", "-f", str(tmp_path),
+                 "--no-progress"]) == 0
+    run_dir = tmp_path / "celltrip" / f"{task}_1"
+    assert (run_dir / "model" / "weights.pt").is_file() and (run_dir / "config.yml").is_file()
+    assert _events(run_dir).Tags()["scalars"]
+    assert main(["enjoy", "--env", task, "--algo", "celltrip", "-f", str(tmp_path), "--episodes", "1"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+@pytest.mark.skipif(_has_ray(), reason="ray is installed here; the missing-ray message cannot be shown")
+def test_ray_backend_without_ray_says_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--env", TASK, "--algo", "ppo", "--backend", "ray", "-f", str(tmp_path)]) == 2
+    assert 'pip install "cellgym[ray]"' in capsys.readouterr().err
+    assert not (tmp_path / "ppo").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ray(), reason='ray[rllib] is not installed (pip install "cellgym[ray]" in its own venv)')
+def test_ray_backend_trains_and_logs_the_biology(tmp_path: Path) -> None:
+    assert main(["train", "--env", TASK, "--algo", "ppo", "--backend", "ray", "-n", "4000", "-f", str(tmp_path),
+                 "--no-progress"]) == 0
+    run_dir = tmp_path / "ppo" / f"{TASK}_1"
+    assert (run_dir / "model" / "rllib_module.pt").is_file()
+    ea = _events(run_dir)
+    assert {"cell/success_rate", "cell/distance_to_goal", "rollout/ep_rew_mean"} <= set(ea.Tags()["scalars"])
+    success = [e.value for e in ea.Scalars("cell/success_rate")]
+    assert success[-1] > success[0]  # RLlib PPO learns the task too

@@ -138,3 +138,22 @@ def test_dqn_learns_through_the_same_interface(tmp_path: Path) -> None:
     assert (tmp_path / "dqn" / "weights.pt").is_file()
     weights = torch.load(tmp_path / "dqn" / "weights.pt", weights_only=True)
     assert any(k.startswith("q_net_target") for k in weights["params"]["policy"])
+
+
+def test_adapter_disabled_autoreset_equals_same_step() -> None:
+    """A vector env without autoreset (reset_mask) gives SB3 the same stream as a SAME_STEP one."""
+    streams = []
+    for mode in (AutoresetMode.SAME_STEP, AutoresetMode.DISABLED):
+        venv = GymnasiumVecEnv(gymnasium.make_vec(TASK, num_envs=2, vectorization_mode="sync",
+                                                  vector_kwargs={"autoreset_mode": mode}))
+        venv.seed(5)
+        out = [venv.reset()]
+        rng = np.random.default_rng(1)
+        for _ in range(15):
+            obs, rewards, dones, infos = venv.step(rng.integers(0, 17, 2))
+            out += [obs, rewards, dones]
+            out += [infos[i]["terminal_observation"] for i in np.flatnonzero(dones)]
+        streams.append(out)
+    assert any(np.asarray(x).dtype == bool and np.asarray(x).any() for x in streams[0])  # episodes ended
+    for a, b in zip(*streams, strict=True):
+        np.testing.assert_array_equal(a, b)

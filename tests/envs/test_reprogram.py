@@ -165,3 +165,62 @@ def test_generic_task_fits_caches_and_reaches_a_combination(tmp_path, monkeypatc
     # a saved folder and an instance work too
     env_dir = gym.make("CellEnv-Reprogram-v0", **{**kw, "predictor": cached[0], "reward": "target.centroid"})
     assert env_dir.unwrapped.dynamics.world.reward.name == "target.centroid"
+
+
+# ------------------------------------------------------------------------------------------------ SERGIO
+SERGIO = "CellEnv-Reprogram-SERGIO-v0"
+
+
+@pytest.fixture(scope="module")
+def sergio() -> gym.Env:
+    return gym.make(SERGIO)
+
+
+def test_sergio_bfs_finds_the_three_master_regulator_plan(sergio: gym.Env) -> None:
+    from cellgym.agents.planning import BFSAgent
+
+    env = sergio.unwrapped
+    assert env.perturbations == [f"G{i}_{k}" for i in range(4) for k in ("KO", "OE")]
+    _, info = sergio.reset(seed=0)
+    assert info["distance"] > 5 * env.dynamics.threshold
+    plan = BFSAgent().plan(env)
+    assert plan is not None and {env.perturbations[i] for i in plan} == {"G0_KO", "G1_OE", "G3_KO"}
+    for i, a in enumerate(plan):
+        *_, term, _, info = sergio.step(a)
+        assert term == (i == 2)  # no shorter set reaches type1: BFS returns the shortest
+    assert info["success"] and info["distance"] < 0.3 * env.dynamics.threshold
+
+
+def test_sergio_unperturbed_cells_stay_at_their_type(sergio: gym.Env) -> None:
+    world = sergio.unwrapped.dynamics.world
+    thr = sergio.unwrapped.dynamics.threshold
+    predictor = world.transition.predictor
+    source_state = predictor.steady_state("type0")
+    x = torch.from_numpy(np.stack([world.sampler(np.random.default_rng(s)) for s in range(4)]))  # (4, 32, 20)
+    d0 = world.reward.distance(x)
+    assert ((x.mean(1) - source_state).norm(dim=1) < 0.5 * thr).all()  # start populations are of the source type
+    none = torch.zeros(4, len(world.transition.perturbations))
+    for _ in range(3):
+        x = world.transition(x, none, x)
+        assert ((x.mean(1) - source_state).norm(dim=1) < 0.01 * thr).all()  # at the source type's steady state
+        assert torch.allclose(world.reward.distance(x), d0, atol=0.25 * thr)  # no drift towards or away from the goal
+
+
+def test_sergio_world_arguments_fail_clearly() -> None:
+    with pytest.raises(DataSpecError, match="type0"):
+        ReprogramEnv("sergio", source="type0", target="type0")
+    with pytest.raises(DataSpecError, match=r"target cell type 'neuron'"):
+        ReprogramEnv("sergio", target="neuron")
+    with pytest.raises(DataSpecError, match=r"grn\.sergio predictor"):
+        ReprogramEnv("sergio", predictor=make_predictor("grn.boolean"))
+
+
+def test_sergio_world_on_ds1_keeps_unperturbed_cells_at_their_type(shared_data) -> None:
+    predictor = make_predictor("grn.sergio", network=str(shared_data / "grn" / "sergio_ds1"))
+    env = ReprogramEnv("sergio", predictor=predictor, source="type0", target="type1", n_cells=8)
+    _, info = env.reset(seed=0)
+    assert info["distance"] > env.dynamics.threshold
+    world = env.dynamics.world
+    x = env.state.cells
+    x = world.transition(x, torch.zeros(1, len(world.transition.perturbations)), x)
+    assert float((x[0].mean(0) - predictor.steady_state("type0")).norm()) < 0.01 * env.dynamics.threshold

@@ -7,8 +7,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from pettingzoo.test import parallel_api_test, parallel_seed_test
-
 from cellgym.envs.trip import (
     TripConfigError,
     TripParallelEnv,
@@ -19,6 +17,7 @@ from cellgym.envs.trip import (
 )
 from cellgym.predictors.base.errors import DataSpecError
 from cellgym.registry import is_parallel_task, make
+from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 TASKS = ["CellEnv-Trip-Integration-v0", "CellEnv-Trip-Imputation-v0"]
 
@@ -50,7 +49,7 @@ def test_different_number_of_cells_per_reset():
     obs, _ = env.reset(seed=0, options={"n_cells": 23})
     assert env.agents == [f"cell_{i}" for i in range(23)]
     actions = {a: env.action_space(a).sample() for a in env.agents}
-    obs, rew, term, trunc, info = env.step(actions)
+    obs, rew, *_ = env.step(actions)
     assert set(rew) == set(env.agents) and len(rew) == 23
 
 

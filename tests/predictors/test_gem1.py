@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-
 from cellgym.predictors import DataSpec, DataSpecError, GeneMismatchError, Predictor, split
 from cellgym.predictors.evaluation import evaluate
 from cellgym.predictors.gem1 import Gem1Bulk, Gem1ClassifierReward, Gem1Module, Gem1SC, MetadataGroups
@@ -112,6 +111,8 @@ def test_four_tasks_shapes_modes_and_determinism(fitted: Gem1SC, data: ad.AnnDat
     s2 = fitted.predict_expression(obs, mode="sample", seed=3, fixed_total_count=800)
     np.testing.assert_array_equal(s1.X, s2.X)
     assert np.all(s1.X.sum(1) == 800) and np.all(s1.X == np.round(s1.X))  # multinomial draws of the library
+    shared = fitted.predict_expression(obs, mode="sample", seed=0, share_technical=True, replicates=2)
+    assert shared.n_obs == 12
     r = fitted.ref_predict_perturbation(data, mode="mean")
     n_pert = int((data.obs["perturbation"] != "control").sum())
     assert r.shape == (n_pert, data.n_vars) and r.layers["de_pred"].shape == r.shape
@@ -148,7 +149,7 @@ def test_count_models_refuse_log_data_clearly(data: ad.AnnData) -> None:
     logged = data.copy()
     logged.X = sp.csr_matrix(np.log1p(data.X.toarray()))
     for name in ("gem1.nb", "gem1.sc"):
-        with pytest.raises(DataSpecError, match="needs raw counts.*gem1.bulk"):
+        with pytest.raises(DataSpecError, match=r"needs raw counts.*gem1.bulk"):
             make_predictor(name).fit(logged, SPEC, epochs=1)
     Gem1Bulk(n_hidden=16).fit(logged, SPEC, epochs=1)  # the Gaussian bulk model takes log data
 
@@ -225,3 +226,32 @@ def test_mcfaline23_cell_line_classification_far_above_chance(shared_data) -> No
     acc = (out.obs["pred_cell_type"].to_numpy() == adata.obs["cell_type"].to_numpy()[test]).mean()
     print(f"mcfaline23 held-out cell-line accuracy {acc:.3f} on {int(test.sum())} cells (chance 1/3)")
     assert acc > 0.9  # chance is 1/3
+
+
+@pytest.mark.slow
+def test_plan_found_in_the_learned_world_succeeds_in_the_true_world(tmp_path, monkeypatch) -> None:
+    """BFS in CellEnv-Reprogram-Screen-v0 (GEM-1 fitted on a grn.sergio screen), replayed in the SERGIO world."""
+    import cellgym.envs  # noqa: F401  (registers the tasks)
+    import gymnasium as gym
+    from cellgym.registry import make_agent
+
+    monkeypatch.setenv("CELLGYM_CACHE", str(tmp_path))
+    learned = gym.make("CellEnv-Reprogram-Screen-v0")
+    true = gym.make("CellEnv-Reprogram-SERGIO-v0")
+    assert learned.unwrapped.perturbations == true.unwrapped.perturbations  # one action vocabulary
+    agent = make_agent("bfs")
+    obs, info = learned.reset(seed=0)
+    agent.reset(learned)
+    plan: list[int] = []
+    for _ in range(6):
+        a = int(agent.act(obs, learned))
+        obs, _, term, trunc, info = learned.step(np.int64(a))
+        plan.append(a)
+        if term or trunc:
+            break
+    assert info["success"], info
+    true.reset(seed=0)
+    for a in [a for a in plan if a < len(true.unwrapped.perturbations)]:
+        _, _, term, _, tinfo = true.step(np.int64(a))
+    print("plan", [learned.unwrapped.perturbations[a] for a in plan if a < 8], "true-world success", tinfo["success"])
+    assert tinfo["success"], tinfo

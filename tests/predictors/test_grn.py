@@ -371,3 +371,22 @@ def test_attractors_from_given_states_match_enumeration() -> None:
     a = {(x.states.tobytes(), x.basin, x.label) for x in net.attractors()}
     b = {(x.states.tobytes(), x.basin, x.label) for x in net.attractors(states=every)}
     assert a == b
+
+
+def test_sergio_lineages_network_types_are_set_by_master_regulators(tmp_path) -> None:
+    p = SergioPredictor(network="lineages", overexpression=1.0)
+    assert len(p.genes) == 20 and p.contexts == ["type0", "type1", "type2"]
+    ss = torch.stack([p.steady_state(c) for c in range(3)])
+    high, basal = 1.0 / 0.8, 0.1 / 0.8  # rate / decay
+    expected = torch.tensor([[high, basal, basal, high], [basal, high, basal, basal], [basal, basal, high, high]])
+    assert torch.allclose(ss[:, :4], expected)
+    assert torch.cdist(ss, ss).triu(1)[torch.triu(torch.ones(3, 3), 1).bool()].min() > 5  # distinct types
+    # G0 KO + G3 KO + G1 OE turns type0 into (almost) type1: only the basal masters differ
+    pert = p.encode_perturbations(["G0_KO+G3_KO+G1_OE"])
+    y = p.predict_batch(ss[:1], pert, torch.zeros(1, dtype=torch.long))
+    y = p.predict_batch(y, pert, torch.zeros(1, dtype=torch.long))
+    assert float((y[0] - ss[1]).norm()) < 0.5 < float((ss[0] - ss[1]).norm()) / 20
+    p.save(tmp_path / "lin")
+    from cellgym.predictors.base import Predictor
+
+    assert Predictor.load(tmp_path / "lin").config["network"] == "lineages"

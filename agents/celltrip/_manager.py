@@ -249,9 +249,11 @@ class TripManager:
             for _, feats, values, _ in (p for p in self._perturbations if p[0] == k and p[3] == "pre"):
                 raw[:, feats] = values
             z = mod.normalise(raw)
-            z_action = z.clone()
-            for _, feats, values, clamping in (p for p in self._perturbations if p[0] == k and p[3] != "pre"):
-                (z if clamping == "post" else z_action)[:, feats] = values
+            for _, feats, values, _ in (p for p in self._perturbations if p[0] == k and p[3] == "post"):
+                z[:, feats] = values
+            z_action = z.clone()  # 'action' clamps act on top of the observed (pre/post-clamped) features
+            for _, feats, values, _ in (p for p in self._perturbations if p[0] == k and p[3] == "action"):
+                z_action[:, feats] = values
             inputs[:, slices[k]] = mod.from_normalised(z)
             delta[:, slices[k]] = mod.from_normalised(z_action) - mod.from_normalised(z)
         env.set_inputs(inputs)

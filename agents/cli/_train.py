@@ -123,11 +123,16 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         from cellgym.agents.zoo._ray import _import_ray
 
         _import_ray()  # a clear install hint before anything else
-        if args.algo not in ("ppo", "celltrip"):
+        from cellgym.registry import is_parallel_task
+
+        if args.algo != "ppo":
             raise CellgymError(f"--backend ray trains RLlib PPO: pass --algo ppo (got {args.algo!r}).")
+        if is_parallel_task(args.env):
+            raise CellgymError(f"--backend ray: {args.env} is a multi-agent task; its Dict observations need an "
+                               "attention RLModule that is not written yet. Use --algo celltrip (sb3 backend).")
         if args.trained_agent:
             raise CellgymError("--backend ray cannot resume from a checkpoint (-i) yet.")
-    config = make_config(args.env, "ppo" if args.backend == "ray" else args.algo, seed=args.seed,
+    config = make_config(args.env, args.algo, seed=args.seed,
                          device=args.device, n_timesteps=args.n_timesteps,
                          env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
                          hyperparams=parse_kv(args.hyperparams, "--hyperparams"), eval_freq=args.eval_freq,

@@ -3,8 +3,9 @@
 Optional: needs ``pip install "cellgym[ray]"`` (best in its own virtual environment, since ray[rllib] pins
 gymnasium 1.2.2). Imported lazily, so nothing here loads unless the Ray backend is asked for. The PPO
 hyperparameters come from ``agents/hyperparams/ppo.yml`` and are translated to RLlib's names; the same
-``cell/*`` scalars as the SB3 backend are written to TensorBoard. Multi-agent (PettingZoo) tasks train
-one policy shared by every cell (parameter sharing).
+``cell/*`` scalars as the SB3 backend are written to TensorBoard. Single-agent tasks only: the CellTRIP
+worlds' Dict observations (self, others, mask) have no RLlib default encoder (they need an attention
+RLModule), so ``cellgym train`` refuses them with ``--backend ray``.
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ def _callbacks_class() -> type:
         def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
             infos = episode.get_infos()
             last = infos[-1] if len(infos) else {}
-            if isinstance(last, dict) and last and all(isinstance(v, dict) for v in last.values()):
-                last = {}  # multi-agent: per-agent infos carry no task-level success
             for key in _CELL_KEYS:
                 if key in last and last[key] is not None:
                     metrics_logger.log_value(f"cell_{key}", float(last[key]), window=100)
@@ -69,46 +68,33 @@ def _callbacks_class() -> type:
 def train_ray(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: bool = False) -> str:
     """Train RLlib PPO as ``config`` says (``config['num_env_runners']`` remote samplers); see module doc."""
     ray = _import_ray()
-    import cellgym.envs  # noqa: F401  (registers the tasks, also inside Ray workers via the env creator)
     import gymnasium
-    from cellgym.registry import make
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.tune.registry import register_env
     from torch.utils.tensorboard import SummaryWriter
 
-    task, hp, parallel = config["task"], config["hyperparams"], config.get("parallel", False)
+    task, hp = config["task"], config["hyperparams"]
     env_kwargs = hp["env_kwargs"]
 
     def creator(_cfg: Any) -> Any:
+        import cellgym.envs  # noqa: F401  (registers the tasks, also inside a Ray worker process)
 
-        if parallel:
-            from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
-
-            return ParallelPettingZooEnv(make(task, **env_kwargs))
         return gymnasium.make(task, **env_kwargs)
 
     name = f"cellgym_{task}"
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     register_env(name, creator)
-    if parallel:
-        algo_cfg = PPOConfig().environment(name).multi_agent(
-            policies={"cell"}, policy_mapping_fn=lambda agent_id, episode, **kw: "cell")
-        training: dict[str, Any] = {}
-        model = DefaultModelConfig()
-    else:
-        policy_kwargs = hp.get("policy_kwargs", {})
-        training = rllib_training_kwargs(hp)
-        model = DefaultModelConfig(
-            fcnet_hiddens=list(policy_kwargs.get("net_arch", [64, 64])),
-            fcnet_activation=_ACTIVATIONS.get(policy_kwargs.get("activation_fn", "tanh"), "tanh"))
-        algo_cfg = PPOConfig().environment(name)
-    algo_cfg = (algo_cfg.framework("torch")
+    policy_kwargs = hp.get("policy_kwargs", {})
+    model = DefaultModelConfig(
+        fcnet_hiddens=list(policy_kwargs.get("net_arch", [64, 64])),
+        fcnet_activation=_ACTIVATIONS.get(policy_kwargs.get("activation_fn", "tanh"), "tanh"))
+    algo_cfg = (PPOConfig().environment(name).framework("torch")
                 .env_runners(num_env_runners=int(config.get("num_env_runners", 0)),
-                             num_envs_per_env_runner=1 if parallel else int(hp["n_envs"]))
+                             num_envs_per_env_runner=int(hp["n_envs"]))
                 .learners(num_learners=0)
-                .training(**training)
+                .training(**rllib_training_kwargs(hp))
                 .rl_module(model_config=model)
                 .callbacks(_callbacks_class())
                 .debugging(seed=config["seed"]))
@@ -137,7 +123,7 @@ def train_ray(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_b
             print()
         import torch
 
-        module = algo.get_module("cell" if parallel else None)
+        module = algo.get_module()
         (run_dir / "model").mkdir(parents=True, exist_ok=True)
         torch.save(module.state_dict(), run_dir / "model" / "rllib_module.pt")
     finally:

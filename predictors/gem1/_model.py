@@ -56,7 +56,7 @@ from cellgym.predictors.base import (
     train_module,
     validate,
 )
-from cellgym.predictors.base._data import TARGET_SUM
+from cellgym.predictors.base._data import TARGET_SUM, unknown_perturbation_error
 
 from ._groups import MetadataGroups, MetadataVocab
 from ._module import Gem1Module, Likelihood
@@ -100,7 +100,11 @@ class Gem1Base(Predictor):
         Weight of the latent classifiers' cross-entropies.
     unseen_rate
         Probability of showing a training single perturbation as "unseen" (learns the generic effect
-        used for perturbations absent from training).
+        used for the ``extra_perturbations``).
+    extra_perturbations
+        Single perturbations absent from the training data that the model may still be asked about
+        (e.g. the held-out ones of an evaluation split); they get the learned generic effect. Any other
+        unknown name raises :class:`UnknownPerturbationError`.
     prior_decode_rate
         Fraction of training cells decoded with the perturbation latent from its prior (see
         :class:`Gem1Module`; 0 is the plain GEM-1 objective).
@@ -129,6 +133,7 @@ class Gem1Base(Predictor):
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         epochs: int | None = None,
+        extra_perturbations: Sequence[str] = (),
     ) -> None:
         likelihood = likelihood or self.likelihoods[0]
         if likelihood not in self.likelihoods:
@@ -140,6 +145,7 @@ class Gem1Base(Predictor):
             likelihood=likelihood, groups=self.groups.to_dict(), n_latent=[int(d) for d in n_latent], n_hidden=n_hidden, n_layers=n_layers,
             dropout=dropout, beta=beta, classifier_weight=classifier_weight, unseen_rate=unseen_rate,
             prior_decode_rate=prior_decode_rate, learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
+            extra_perturbations=[str(p) for p in extra_perturbations],
         )
         self.vocab = MetadataVocab()
 
@@ -246,14 +252,19 @@ class Gem1Base(Predictor):
     def encode_perturbations(self, labels: Sequence[str]) -> torch.Tensor:
         """Multi-hot (B, P) over the known singles; with singles unseen in training, (B, P + 1).
 
-        The extra last column counts the unseen singles of each row; the model predicts them with the
-        generic perturbation effect it learned (``unseen_rate``) and warns once per call.
+        The extra last column counts the unseen singles of each row (only names declared in
+        ``extra_perturbations``); the model predicts them with the generic perturbation effect it learned
+        (``unseen_rate``) and warns once per call. Any other unknown name raises
+        :class:`UnknownPerturbationError`.
         """
         known = set(self.perturbations)
         labels = [str(x) for x in labels]
         unseen = sorted({s for lab in set(labels) for s in self.spec.split_label(lab) if s not in known})
         if not unseen:
             return super().encode_perturbations(labels)
+        undeclared = [u for u in unseen if u not in set(self.config.get("extra_perturbations") or ())]
+        if undeclared:
+            raise unknown_perturbation_error(undeclared, self.perturbations)
         warnings.warn(
             f"{self.name}: perturbation(s) {unseen[:10]}{' ...' if len(unseen) > 10 else ''} were not seen in "
             "training; they are predicted with the model's learned generic perturbation effect.",

@@ -176,3 +176,23 @@ def test_recover_stages_matches_pseudocells_one_to_one_and_decodes_the_path():
     assert rec.trajectory.shape == (5, 6, env.dim) and rec.states.shape == (5, 6, 8)
     with pytest.raises(TripConfigError, match="raw features"):
         recover_stages(agent, env, origin[:, :5], terminal)
+
+
+def test_each_clamping_changes_what_it_should():
+    env = world("CellEnv-Trip-Imputation-v0")
+    agent = CellTripAgent(**FAST)
+    agent._check_env(env)
+    m = agent.manager(env, seed=0)
+    base = env.inputs.clone()
+    raw = torch.from_numpy(env.raw[0][env.cell_index]).clone()
+    m.add_perturbation([3], 0.0, clamping="pre")
+    raw[:, 3] = 0.0
+    torch.testing.assert_close(env.inputs, env.modalities[0].transform(raw))
+    assert m._action_delta is None
+    m.clear_perturbations()
+    m.add_perturbation([3], 5.0, clamping="post")
+    assert not torch.allclose(env.inputs, base) and m._action_delta is None
+    m.clear_perturbations()
+    m.add_perturbation([3], 5.0, clamping="action")
+    torch.testing.assert_close(env.inputs, base)  # inputs stay; the force changes through the JVP
+    assert m._action_delta is not None and m._action_delta.abs().sum() > 0

@@ -20,9 +20,6 @@ DEFAULT_FIT_KWARGS = {"epochs": 2}
 NAMES = sorted(specs("predictors"))
 # Predictors that knowingly predict a never-seen perturbation with a generic learned effect and warn
 # (naming it) instead of raising UnknownPerturbationError. Everyone else must raise.
-OPEN_VOCABULARY = {"gem1.bulk", "gem1.nb", "gem1.sc"}
-
-
 def predictor_class(name: str) -> type[Predictor]:
     """The registered class; skips when its module does not exist yet."""
     module = specs("predictors")[name].entry_point.partition(":")[0]
@@ -89,12 +86,8 @@ def test_predict_batch_shape_dtype_no_grad(fitted):
 @pytest.mark.parametrize("fitted", NAMES, indirect=True)
 def test_unknown_perturbation_and_other_genes(fitted):
     model, data = fitted
-    if model.name in OPEN_VOCABULARY:
-        with pytest.warns(UserWarning, match="NOT_A_GENE"):
-            model.predict(_controls(data), "NOT_A_GENE", context="A")
-    else:
-        with pytest.raises(UnknownPerturbationError, match="NOT_A_GENE"):
-            model.predict(_controls(data), "NOT_A_GENE", context="A")
+    with pytest.raises(UnknownPerturbationError, match="NOT_A_GENE"):
+        model.predict(_controls(data), "NOT_A_GENE", context="A")
     other = _controls(data)[:, ::-1].copy()
     with pytest.raises(GeneMismatchError, match="another order"):
         model.predict(other, "G0", context="A")

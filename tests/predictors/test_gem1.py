@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from cellgym.predictors.base import UnknownPerturbationError
 from cellgym.predictors import DataSpec, DataSpecError, GeneMismatchError, Predictor, split
 from cellgym.predictors.evaluation import evaluate
 from cellgym.predictors.gem1 import Gem1Bulk, Gem1ClassifierReward, Gem1Module, Gem1SC, MetadataGroups
@@ -186,10 +187,16 @@ def test_numeric_dose_feature_and_non_numeric_rejected(data: ad.AnnData) -> None
         Gem1SC(groups={"numeric": ["dose"]}).fit(d, SPEC, epochs=1)
 
 
-def test_unseen_perturbation_warns_and_predicts(fitted: Gem1SC, data: ad.AnnData) -> None:
+def test_unseen_perturbation_only_when_declared(fitted: Gem1SC, data: ad.AnnData) -> None:
     ctrl = data[data.obs["perturbation"] == "control"]
-    with pytest.warns(UserWarning, match=r"\['Z'\] were not seen in training"):
-        out = fitted.predict(ctrl, "A+Z")
+    with pytest.raises(UnknownPerturbationError, match="'Z'"):
+        fitted.predict(ctrl, "A+Z")  # a name nobody declared is an error, not a silent guess
+    fitted.config["extra_perturbations"] = ["Z"]
+    try:
+        with pytest.warns(UserWarning, match=r"\['Z'\] were not seen in training"):
+            out = fitted.predict(ctrl, "A+Z")
+    finally:
+        fitted.config["extra_perturbations"] = []
     assert np.isfinite(out.X).all()
 
 

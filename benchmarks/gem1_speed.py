@@ -27,6 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     import anndata as ad
+
     from cellgym.predictors import DataSpec
     from cellgym.predictors.base import train_module
     from cellgym.registry import make_predictor

@@ -9,6 +9,7 @@ import argparse
 import time
 
 import torch
+
 from cellgym.predictors.grn import BooleanPredictor, SergioPredictor
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import time
 
-import cellgym.envs  # noqa: F401  (registers the tasks)
 import gymnasium as gym
 import numpy as np
 import torch
-from cellgym.agents.planning import BFSAgent, EpisodeStats, GreedyAgent, RandomAgent, evaluate
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.vec_env import DummyVecEnv
+
+import cellgym.envs  # noqa: F401  (registers the tasks)
+from cellgym.agents.planning import BFSAgent, EpisodeStats, GreedyAgent, RandomAgent, evaluate
 
 TASK = "CellEnv-Reprogram-HSC-v0"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import cellgym.envs  # noqa: F401  (registers the tasks)
 import gymnasium as gym
 import torch
+
+import cellgym.envs  # noqa: F401  (registers the tasks)
 
 
 def steps_per_second(venv: gym.vector.VectorEnv, seconds: float, seed: int = 0) -> float:

@@ -7,10 +7,11 @@ import re
 import warnings
 from typing import Any
 
-import cellgym.envs  # noqa: F401  (registers the tasks)
 import gymnasium as gym
 import numpy as np
 from gymnasium.utils.env_checker import check_env
+
+import cellgym.envs  # noqa: F401  (registers the tasks)
 
 __all__ = ["R4_HEADINGS", "check_docstring", "check_task", "rollout"]
 

@@ -9,10 +9,11 @@ Run: ``python examples/custom_predictor.py``.
 
 from __future__ import annotations
 
-import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 import gymnasium
 import numpy as np
 import torch
+
+import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 from cellgym.agents.zoo import make_sb3_vec_env
 from cellgym.agents.zoo._rollout import run_episodes
 from cellgym.predictors.base import DataSpec

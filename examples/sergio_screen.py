@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+
 from cellgym.predictors.grn import SergioPredictor, simulate_screen
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 import gymnasium
 import numpy as np
 import torch
+
+import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 from cellgym.agents.zoo import load_hyperparams, make_sb3_vec_env
 from cellgym.agents.zoo._rollout import replay, run_episodes
 from cellgym.predictors.base import DataSpec

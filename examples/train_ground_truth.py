@@ -7,10 +7,11 @@ written with the Python API.
 
 from __future__ import annotations
 
-import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 import gymnasium
 import numpy as np
 import torch
+
+import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 from cellgym.agents.zoo import load_hyperparams, make_sb3_vec_env
 from cellgym.agents.zoo._rollout import run_episodes
 from cellgym.registry import make_agent

@@ -23,7 +23,7 @@ class Agent(abc.ABC):
     def act(self, obs: Any, env: Any, *, deterministic: bool = True) -> Any:
         """The action for ``obs`` in ``env`` (the unwrapped env of the current episode)."""
 
-    def reset(self, env: Any) -> None:
+    def reset(self, env: Any) -> None:  # noqa: B027  (optional hook)
         """Called at the start of every episode (planners may plan here)."""
 
     def learn(self, env: Any, total_timesteps: int, **kwargs: Any) -> Agent:

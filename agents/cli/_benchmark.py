@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from cellgym.predictors.base.errors import CellgymError
 
 from ._train import make_config, next_run_dir, parse_kv, train, write_config
@@ -71,6 +72,7 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
               progress_bar: bool = False) -> list[dict[str, Any]]:
     """One row per (task, agent): see :data:`COLUMNS`."""
     import gymnasium
+
     from cellgym.agents.zoo._rollout import optimum_steps, run_episodes
     from cellgym.registry import get, is_parallel_task, make_agent
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+
 from cellgym.predictors.base.errors import CellgymError
 
 from ._train import parse_kv
@@ -82,6 +83,7 @@ def _truth(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Play, print, plot."""
     import gymnasium
+
     from cellgym.agents.zoo._rollout import replay, run_episodes
     from cellgym.registry import get, is_parallel_task, make_agent
 

@@ -110,6 +110,7 @@ def _output_dir(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Validate the options and the data, evaluate, print the table, write the CSVs."""
     import pandas as pd
+
     from cellgym.predictors import DataSpec, split, validate
     from cellgym.predictors.evaluation import METRICS, evaluate
     from cellgym.registry import get

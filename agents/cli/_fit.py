@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from cellgym.predictors.base.errors import DataSpecError
 
 from ._evaluate import DEFAULT_CONTEXT_KEY, apply_filters, parse_filters, read_data
@@ -119,6 +120,7 @@ def spec_from_args(args: argparse.Namespace, columns: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Validate, fit, save."""
     import pandas as pd
+
     from cellgym.predictors import validate
     from cellgym.registry import get, make_predictor
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from cellgym.predictors.base.errors import CellgymError
 
 #: training steps on a PettingZoo task when neither -n nor a YAML entry gives them
@@ -215,12 +216,13 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     if config.get("parallel"):
         return _train_parallel(config, run_dir, tb_dir, progress_bar)
 
-    from cellgym.agents._callbacks import CellMetricsCallback, CheckpointCallback
-    from cellgym.agents.zoo import SB3Agent, make_sb3_vec_env
-    from cellgym.agents.zoo._rollout import optimum_steps
     from stable_baselines3.common.callbacks import CallbackList, EvalCallback
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.utils import set_random_seed
+
+    from cellgym.agents._callbacks import CellMetricsCallback, CheckpointCallback
+    from cellgym.agents.zoo import SB3Agent, make_sb3_vec_env
+    from cellgym.agents.zoo._rollout import optimum_steps
 
     hp = config["hyperparams"]
     seed = config["seed"]

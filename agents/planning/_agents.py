@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+
 from cellgym.agents.base import Agent
 from cellgym.predictors.base import CellgymError
 
 if TYPE_CHECKING:
     import gymnasium as gym
+
     from cellgym.envs.reprogram import PopulationState, ReprogramEnv
 
 __all__ = ["BFSAgent", "EpisodeStats", "GreedyAgent", "RandomAgent", "evaluate"]

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import yaml
+
 from cellgym.predictors.base.errors import CellgymError
 
 __all__ = ["HyperparamError", "Hyperparams", "load_hyperparams", "resolve_algo_kwargs", "resolve_policy_kwargs"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from cellgym.predictors.base.errors import CellgymError
 
 __all__ = ["RAY_MISSING", "train_ray"]

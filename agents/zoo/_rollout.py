@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from cellgym.predictors.base.errors import CellgymError
 
 __all__ = ["Episode", "action_name", "optimum_steps", "replay", "run_episodes"]
@@ -106,6 +107,7 @@ def optimum_steps(task: str, env_kwargs: dict[str, Any] | None = None, *, episod
     ``None`` where breadth-first search is not defined for the task's world (or not available).
     """
     import gymnasium
+
     from cellgym.registry import make_agent
 
     try:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import yaml
+
 from cellgym.agents.base import Agent
 from cellgym.predictors.base.errors import CheckpointError
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-from cellgym.predictors.base.errors import CellgymError
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
+
+from cellgym.predictors.base.errors import CellgymError
 
 __all__ = ["GymnasiumVecEnv", "make_sb3_vec_env"]
 

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-from cellgym.envs.errors import InvalidActionError
 from gymnasium import spaces
+
+from cellgym.envs.errors import InvalidActionError
 
 from ._core import PopulationState, ReprogramDynamics
 from ._worlds import build_world
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+
     from cellgym.predictors.base import DataSpec, Predictor, RewardModel
 
 __all__ = ["ReprogramEnv", "make_dynamics"]

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from cellgym.envs.errors import InvalidActionError
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+from cellgym.envs.errors import InvalidActionError
 
 from ._env import ActionMode, WorldName, action_space_for, decode_actions, make_dynamics
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+
     from cellgym.predictors.base import DataSpec, Predictor, RewardModel
 
     from ._core import PopulationState

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
 from cellgym.predictors.base import (
     CellgymError,
     DataSpec,

@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from ._checkpoint import read_checkpoint, write_checkpoint
-from ._data import DataSpec, check_genes, expression, perturbation_genes, raw_counts, unknown_perturbation_error, validate
+from ._data import (
+    DataSpec,
+    check_genes,
+    expression,
+    perturbation_genes,
+    raw_counts,
+    unknown_perturbation_error,
+    validate,
+)
 from ._types import FitData, FitReport
 from .errors import CheckpointError, DataSpecError
 
@@ -351,7 +359,7 @@ class Predictor(abc.ABC):
         """YAML-safe state beyond config and tensors (override when a model has some)."""
         return {}
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
         """Inverse of :meth:`_extra_state`."""
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import yaml
+
 from cellgym.predictors.base import DataSpec, DataSpecError
 
 if TYPE_CHECKING:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 import torch
+
 from cellgym.predictors.base import (
     DataSpec,
     DataSpecError,

@@ -17,10 +17,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from cellgym.predictors.base import LossOutput, PredictorModule, seeded
-from cellgym.predictors.base._data import TARGET_SUM
 from torch import nn
 from torch.distributions import Distribution, Multinomial, NegativeBinomial, Normal, kl_divergence
+
+from cellgym.predictors.base import LossOutput, PredictorModule, seeded
+from cellgym.predictors.base._data import TARGET_SUM
 
 __all__ = ["Gem1Module", "Likelihood"]
 

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
+
 from cellgym.predictors.base import DataSpecError, check_genes
 
 if TYPE_CHECKING:

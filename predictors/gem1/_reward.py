@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+
 from cellgym.predictors.base import DataSpecError, Predictor, RewardModel
 
 from ._model import Gem1Base

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
+
 from cellgym.predictors.base import DataSpecError, GeneMismatchError, RewardModel
 
 if TYPE_CHECKING:

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "predictors"))
+from simulated_screens import counts_variant, simulate_screen
+
 from cellgym.agents.cli import main
-from conftest import counts_variant, simulate_screen
 
 BASELINES = ["baseline.nochange", "baseline.mean", "baseline.additive", "baseline.linear"]
 

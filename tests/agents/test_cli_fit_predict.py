@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
+
 from cellgym.agents.cli import main
 from cellgym.predictors import Predictor
 
@@ -65,6 +66,7 @@ def test_fit_errors_are_one_clean_line(tmp_path, capsys) -> None:
 def _write_dataset(root: Path, genes: list[str]) -> dict[str, int]:
     """Two studies, Hive-partitioned, with counts as a list column and the genes in the schema metadata."""
     import anndata as ad
+
     from cellgym.predictors.gem1._parquet import write_table
 
     rows = {}

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from cellgym.agents.cli import main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cellgym.agents.cli import main
 
 TASK = "CellEnv-Reprogram-HSC-v0"
 # a few thousand steps, short rollouts so several logger dumps happen

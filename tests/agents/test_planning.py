@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import anndata as ad
-import cellgym.envs  # noqa: F401
 import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+import cellgym.envs  # noqa: F401
 from cellgym.agents.planning import BFSAgent, GreedyAgent, RandomAgent, evaluate
 from cellgym.envs.reprogram import ReprogramEnv
 from cellgym.predictors.base import CellgymError, DataSpec

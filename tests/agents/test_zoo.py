@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cellgym.envs  # noqa: F401  (registers the tasks)
 import gymnasium
 import numpy as np
 import pytest
 import torch
+from gymnasium.vector import AutoresetMode
+
+import cellgym.envs  # noqa: F401  (registers the tasks)
 from cellgym.agents.zoo import GymnasiumVecEnv, HyperparamError, SB3Agent, load_hyperparams, make_sb3_vec_env
 from cellgym.agents.zoo._hyperparams import read_file, resolve_algo_kwargs, resolve_policy_kwargs
 from cellgym.predictors.base.errors import CellgymError, CheckpointError
 from cellgym.registry import make_agent, specs
-from gymnasium.vector import AutoresetMode
 
 TASK = "CellEnv-Reprogram-HSC-v0"
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3", "maskable_ppo"]

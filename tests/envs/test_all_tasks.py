@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import anndata as ad
-import cellgym.envs  # noqa: F401  (registers the tasks)
 import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
+
+import cellgym.envs  # noqa: F401  (registers the tasks)
 from cellgym.envs.testing import check_task
 from cellgym.predictors.base import DataSpec
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import warnings
 
 import anndata as ad
-import cellgym.envs  # noqa: F401
 import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env
+
+import cellgym.envs  # noqa: F401
 from cellgym.envs.errors import InvalidActionError
 from cellgym.envs.reprogram import HSC_FATES, ReprogramEnv, ReprogramVectorEnv
 from cellgym.predictors.base import CellgymError, DataSpec, DataSpecError
 from cellgym.registry import make_predictor
-from gymnasium.utils.env_checker import check_env
 
 HSC = "CellEnv-Reprogram-HSC-v0"
 

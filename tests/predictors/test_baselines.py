@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from cellgym.predictors import UnknownPerturbationError, split
 from cellgym.predictors.baselines import (
     AdditiveBaseline,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from cellgym.predictors import CheckpointError, GeneMismatchError, Predictor, UnknownPerturbationError
 from cellgym.registry import specs
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
+
 from cellgym.predictors import (
     DataSpec,
     DataSpecError,

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from cellgym.predictors.base import UnknownPerturbationError
+
 from cellgym.predictors import DataSpec, DataSpecError, GeneMismatchError, Predictor, split
+from cellgym.predictors.base import UnknownPerturbationError
 from cellgym.predictors.evaluation import evaluate
 from cellgym.predictors.gem1 import Gem1Bulk, Gem1ClassifierReward, Gem1Module, Gem1SC, MetadataGroups
 from cellgym.registry import make_predictor, make_reward
@@ -238,8 +239,9 @@ def test_mcfaline23_cell_line_classification_far_above_chance(shared_data) -> No
 @pytest.mark.slow
 def test_plan_found_in_the_learned_world_succeeds_in_the_true_world(tmp_path, monkeypatch) -> None:
     """BFS in CellEnv-Reprogram-Screen-v0 (GEM-1 fitted on a grn.sergio screen), replayed in the SERGIO world."""
-    import cellgym.envs  # noqa: F401  (registers the tasks)
     import gymnasium as gym
+
+    import cellgym.envs  # noqa: F401  (registers the tasks)
     from cellgym.registry import make_agent
 
     monkeypatch.setenv("CELLGYM_CACHE", str(tmp_path))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from cellgym.predictors.base import DataSpecError, GeneMismatchError, UnknownPerturbationError
 from cellgym.predictors.grn import (
     BooleanNetwork,

@@ -6,9 +6,10 @@ import itertools
 
 import numpy as np
 import pytest
-from cellgym.predictors import metrics as M
 from scipy import stats
 from sklearn.metrics import r2_score
+
+from cellgym.predictors import metrics as M
 
 rng = np.random.default_rng(0)
 CTRL = rng.normal(size=30)

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from cellgym.predictors.base import DataSpecError, GeneMismatchError
 from cellgym.predictors.rewards import CentroidReward, ClassifierReward, EnergyDistanceReward
 from cellgym.registry import make_reward

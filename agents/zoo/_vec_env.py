@@ -1,9 +1,10 @@
 """A gymnasium ``VectorEnv`` (a task's native batched env) seen through SB3's ``VecEnv`` interface.
 
 SB3 expects the reset observation back in the step that ends an episode, with the last observation in
-``infos[i]["terminal_observation"]`` (gymnasium's ``AutoresetMode.SAME_STEP``). A native vector env that
-resets on the *next* step cannot be adapted without a fake transition per episode, so
-:func:`make_sb3_vec_env` then falls back to gymnasium's ``SyncVectorEnv`` in ``SAME_STEP`` mode.
+``infos[i]["terminal_observation"]`` (gymnasium's ``AutoresetMode.SAME_STEP``). :func:`make_sb3_vec_env`
+asks a task's native vector env for ``autoreset_mode="same_step"``; one that can only reset on the *next*
+step cannot be adapted without a fake transition per episode, so it then falls back to gymnasium's
+``SyncVectorEnv`` in ``SAME_STEP`` mode.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class GymnasiumVecEnv(VecEnv):
         idx = self._indices(indices)
         if attr_name == "action_masks" and hasattr(self.venv, "action_masks"):
             return [self.venv.action_masks] * len(idx)
+        if not hasattr(self.venv, "get_attr"):  # a native VectorEnv: one shared attribute (e.g. render_mode)
+            return [getattr(self.venv, attr_name)] * len(idx)
         values = self.venv.get_attr(attr_name)
         return [values[i] for i in idx]
 
@@ -130,15 +133,19 @@ def make_sb3_vec_env(task: str, n_envs: int, *, env_kwargs: dict[str, Any] | Non
                      monitor_path: str | Path | None = None) -> VecEnv:
     """An SB3 ``VecEnv`` of ``n_envs`` copies of ``task``, monitored (episode stats, monitor CSV).
 
-    Uses the task's native vector env (``gymnasium.make_vec``) when it autoresets in ``SAME_STEP`` mode (or
-    ``DISABLED`` with ``reset_mask``), else gymnasium's ``SyncVectorEnv`` in ``SAME_STEP`` mode. ``monitor_path`` (a file name without ``.monitor.csv``
+    Uses the task's native vector env (``gymnasium.make_vec``, asked for ``autoreset_mode="same_step"``) when
+    it autoresets in ``SAME_STEP`` mode (or ``DISABLED`` with ``reset_mask``), else gymnasium's ``SyncVectorEnv`` in ``SAME_STEP`` mode. ``monitor_path`` (a file name without ``.monitor.csv``
     or a folder) receives SB3's monitor CSV.
     """
     env_kwargs = dict(env_kwargs or {})
     spec = gymnasium.spec(task)
     venv = None
     if spec.vector_entry_point is not None:
-        venv = gymnasium.make_vec(task, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+        try:  # ask the native env for same-step autoreset (vector_entry_point takes it as a kwarg)
+            venv = gymnasium.make_vec(task, num_envs=n_envs, vectorization_mode="vector_entry_point",
+                                      **{"autoreset_mode": "same_step", **env_kwargs})
+        except TypeError:  # the native env has no autoreset_mode option
+            venv = gymnasium.make_vec(task, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
         if venv.metadata.get("autoreset_mode") not in SUPPORTED_MODES:
             log.info("%s: native vector env resets on the next step; using SyncVectorEnv", task)
             venv.close()

@@ -33,9 +33,12 @@ class ReprogramVectorEnv(VectorEnv):
     The world (predictor, reward model, embedding) is built once; each step is ONE call of the shared
     batched dynamics over all populations. Sub-env i is seeded with ``seed + i`` and draws its starting
     populations from its own generator, as in :class:`gymnasium.vector.SyncVectorEnv`, so the two give
-    identical rollouts. Episodes that end are reset on the next step (``AutoresetMode.NEXT_STEP``); the
-    step budget ``max_episode_steps`` truncates here (there is no TimeLimit wrapper around a vector env).
-    Arguments are those of :class:`ReprogramEnv` plus ``num_envs``.
+    identical rollouts. Episodes that end are reset on the next step (``autoreset_mode="next_step"``,
+    the default) or within the same step (``"same_step"``: the returned observation and info are the new
+    episode's, the ended one's are in ``infos["final_obs"]`` / ``infos["final_info"]`` with masks
+    ``_final_obs`` / ``_final_info``, as in ``SyncVectorEnv(autoreset_mode=AutoresetMode.SAME_STEP)``; SB3
+    needs this). The step budget ``max_episode_steps`` truncates here (there is no TimeLimit wrapper around a
+    vector env). Arguments are those of :class:`ReprogramEnv` plus ``num_envs`` and ``autoreset_mode``.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}  # noqa: RUF012
@@ -62,11 +65,19 @@ class ReprogramVectorEnv(VectorEnv):
         budget: int | None = None,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
         if render_mode is not None:
             raise ValueError(f"render_mode: this env does not render, got {render_mode!r}; pass None.")
+        modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
+        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else modes.get(str(autoreset_mode).lower())
+        if mode not in modes.values():
+            raise ValueError(f"autoreset_mode: expected 'next_step' or 'same_step' (or AutoresetMode.NEXT_STEP / "
+                             f"SAME_STEP), got {autoreset_mode!r}.")
+        self.autoreset_mode = mode
+        self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.dynamics = make_dynamics(
             world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor, reward=reward,
             context=context, n_cells=n_cells, n_components=n_components, cost=cost, success_bonus=success_bonus,
@@ -90,7 +101,7 @@ class ReprogramVectorEnv(VectorEnv):
         self._autoreset = np.zeros(num_envs, dtype=bool)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every sub-env (one batched transition); ended ones are reset instead (next-step autoreset)."""
+        """Step every sub-env (one batched transition); ended ones are reset on the next or the same step."""
         if self.state is None:
             raise RuntimeError("call reset() before step().")
         actions = np.asarray(actions)
@@ -116,8 +127,21 @@ class ReprogramVectorEnv(VectorEnv):
             self._reset_rows(np.flatnonzero(resetting))
             reward[resetting] = 0.0
             terminated[resetting] = truncated[resetting] = success[resetting] = False
-        self._autoreset = terminated | truncated
-        return self._obs(), reward, terminated, truncated, self._infos(success)
+        ended = terminated | truncated
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP or not ended.any():
+            self._autoreset = ended
+            return self._obs(), reward, terminated, truncated, self._infos(success)
+        # same-step autoreset: report the ended episodes' last obs/info, then start the next ones now
+        last_obs, last_info = self._obs(), self._infos(success)
+        final_obs = np.full(self.num_envs, None, dtype=object)
+        for i in np.flatnonzero(ended):
+            final_obs[i] = last_obs[i]
+        final_info = {k: v for k, v in last_info.items() if not k.startswith("_")}
+        final_info.update({f"_{k}": ended.copy() for k in list(final_info)})
+        self._reset_rows(np.flatnonzero(ended))
+        infos = self._infos(success & ~ended)
+        infos.update(final_obs=final_obs, _final_obs=ended.copy(), final_info=final_info, _final_info=ended.copy())
+        return self._obs(), reward, terminated, truncated, infos
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None

@@ -95,6 +95,15 @@ def test_adapter_rejects_next_step_autoreset() -> None:
         GymnasiumVecEnv(native)
 
 
+def test_make_sb3_vec_env_wraps_the_native_same_step_env() -> None:
+    from cellgym.envs.reprogram import ReprogramVectorEnv
+
+    venv = make_sb3_vec_env(TASK, 4)
+    native = venv.venv.venv  # VecMonitor -> GymnasiumVecEnv -> gymnasium VectorEnv
+    assert isinstance(native, ReprogramVectorEnv) and native.num_envs == 4
+    assert native.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+
+
 def test_save_load_roundtrip_acts_identically(tmp_path: Path) -> None:
     agent = make_agent("ppo", algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1}, seed=0)
     venv = make_sb3_vec_env(TASK, 2)

@@ -133,6 +133,57 @@ def test_make_vec_gives_the_native_env_with_one_transition_call_per_step() -> No
     assert masks.shape == (16, 17) and masks[:, -1].all()
 
 
+def test_native_same_step_autoreset_equals_sync_vector_env() -> None:
+    """``autoreset_mode="same_step"``: the native env replays SyncVectorEnv(SAME_STEP) step by step."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    n, seed = 4, 3
+    native = gym.make_vec(HSC, num_envs=n, vectorization_mode="vector_entry_point", autoreset_mode="same_step")
+    assert isinstance(native, ReprogramVectorEnv) and native.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert ReprogramVectorEnv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP  # class default untouched
+    sync = SyncVectorEnv([lambda: gym.make(HSC) for _ in range(n)], autoreset_mode=AutoresetMode.SAME_STEP)
+    calls = []
+    transition = native.dynamics.world.transition
+    original = transition.predictor.predict_batch
+
+    def counting(x: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return original(x, *args)
+
+    transition.predictor.predict_batch = counting
+    a, _ = native.reset(seed=seed)
+    b, _ = sync.reset(seed=seed)
+    np.testing.assert_array_equal(a, b)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(25):
+        actions = rng.integers(0, 17, n)  # 16 = stop
+        calls.clear()
+        oa, ra, ta, tra, ia = native.step(actions)
+        assert len(calls) <= 1  # one batched transition call (none when every sub-env stops)
+        ob, rb, tb, trb, ib = sync.step(actions)
+        np.testing.assert_array_equal(oa, ob)
+        np.testing.assert_allclose(ra, rb)
+        np.testing.assert_array_equal(ta, tb)
+        np.testing.assert_array_equal(tra, trb)
+        np.testing.assert_array_equal(ia["success"], ib["success"])
+        np.testing.assert_allclose(ia["distance"], ib["distance"])
+        ended = ta | tra
+        assert ("final_obs" in ia) == ("final_obs" in ib) == bool(ended.any())
+        if ended.any():
+            ends += int(ended.sum())
+            np.testing.assert_array_equal(ia["_final_obs"], ib["_final_obs"])
+            np.testing.assert_array_equal(ia["_final_info"], ib["_final_info"])
+            for i in np.flatnonzero(ended):
+                np.testing.assert_array_equal(ia["final_obs"][i], ib["final_obs"][i])
+                for key in ("success", "distance", "n_perturbations", "cost"):
+                    assert ia["final_info"][key][i] == pytest.approx(ib["final_info"][key][i])
+                assert sorted(ia["final_info"]["perturbations"][i]) == sorted(ib["final_info"]["perturbations"][i])
+    assert ends > 0
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        ReprogramVectorEnv(2, autoreset_mode="later")
+
+
 def _screen() -> ad.AnnData:
     """Controls, two single perturbations and their combination with additive effects (log1p scale)."""
     rng = np.random.default_rng(0)

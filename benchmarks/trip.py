@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cellgym.agents.celltrip import CellTripAgent
 from cellgym.envs.trip import TripParallelEnv
 

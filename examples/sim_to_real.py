@@ -2,14 +2,16 @@
 
 1. The ground-truth world is the Krumsiek 2011 Boolean myeloid network (``grn.boolean``), the
    transition of ``CellEnv-Reprogram-HSC-v0``.
-2. A perturbation screen is simulated from it (single and double knockouts / overexpressions).
-3. A perturbation-response predictor (default ``baseline.additive``) is fitted on that screen and
-   becomes the transition of the *learned* world (same task, ``predictor=``).
+2. A perturbation screen is simulated from it (``cellgym.envs.reprogram.hsc_screen``: single and double
+   knockouts / overexpressions, X = the 0/1 states; ``examples/hsc_screen.py`` writes it to a file).
+3. A perturbation-response predictor (default ``baseline.additive``) is fitted on that screen, saved to
+   a folder, and becomes the transition of the *learned* world (same task, ``predictor=FOLDER``).
 4. MaskablePPO is trained in the learned world, and, for reference, in the true world.
 5. Both agents' chosen perturbation sequences are replayed open-loop in the true world
    (what ``cellgym enjoy --truth grn.boolean`` does).
 
 Run: ``python examples/sim_to_real.py [--predictor baseline.linear] [--plot docs/sim_to_real.png]``.
+The same loop from the command line: see ``examples/hsc_screen.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import torch
 import cellgym.envs  # noqa: F401  (registers the CellEnv-* tasks)
 from cellgym.agents.zoo import load_hyperparams, make_sb3_vec_env
 from cellgym.agents.zoo._rollout import replay, run_episodes
-from cellgym.predictors.base import DataSpec
-from cellgym.predictors.grn import simulate_screen
+from cellgym.envs.reprogram import HSC_SCREEN_SPEC, hsc_screen
 from cellgym.registry import make_agent, make_predictor
 
 TASK = "CellEnv-Reprogram-HSC-v0"
@@ -54,18 +55,18 @@ if __name__ == "__main__":
     parser.add_argument("--predictor", nargs="+", default=["baseline.additive", "baseline.linear"],
                         help="predictors of the learned worlds")
     parser.add_argument("--plot", default=None, help="figure PNG")
+    parser.add_argument("--out", default="runs/fit", help="folder the fitted predictors are saved under")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    truth = make_predictor("grn.boolean", model="krumsiek11", dynamics="sync", n_steps=6)  # the task's own
-    screen = simulate_screen(truth, n_cells_per_condition=100, doubles=40, seed=0)
-    screen.X = screen.layers["simulated"].copy()  # the task's cells are Boolean states, not counts
-    true_env = gymnasium.make(TASK)
+    screen = hsc_screen(n_cells_per_condition=100, doubles=40, seed=0)
+    true_env = gymnasium.make(TASK, predictor="grn.boolean")  # the task's own simulator
     results = {"true world": score(train({}), true_env, true_env)}
     for name in args.predictor:
         learned = make_predictor(name)
-        learned.fit(screen, DataSpec(counts=None), seed=0)
-        results[name] = score(train({"predictor": learned}), gymnasium.make(TASK, predictor=learned), true_env)
+        learned.fit(screen, HSC_SCREEN_SPEC, seed=0)
+        folder = str(learned.save(f"{args.out}/hsc_{name.replace('.', '_')}"))  # = cellgym fit ... --out
+        results[name] = score(train({"predictor": folder}), gymnasium.make(TASK, predictor=folder), true_env)
     for world, r in results.items():
         print(f"trained in {world:>18}: success {r['success']:.0%} (distance {r['distance']:.2f}) there, "
               f"{r['true_success']:.0%} (distance {r['true_distance']:.2f}) replayed in the true world; "

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
+
 from cellgym.agents.base import Agent
 from cellgym.predictors.base import seeded
 from cellgym.predictors.base.errors import CellgymError, CheckpointError
@@ -232,22 +233,23 @@ class PositionDecoder(torch.nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def obs_dict_to_arrays(obs: dict[str, dict[str, np.ndarray]]
+def obs_dict_to_arrays(obs: dict[str, dict[str, Any]]
                        ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """PettingZoo observations -> (states (N, S), others (K, S), self pairs) for the policy.
 
-    The world gives every cell the same ``others`` array (one view per step); padding rows (no cell
-    attends to them) are dropped and each cell's own row is found from its ``others_mask``.
+    The world gives every cell the same ``others`` array (one view per step); padding rows are dropped
+    and each cell's own row (``self_slot``) is excluded from its attention.
     """
     from cellgym.envs.trip import TripConfigError
 
     values = list(obs.values())
-    states = torch.from_numpy(np.stack([o["self"] for o in values]))
-    mask = np.stack([o["others_mask"] for o in values]).astype(bool)
     first = values[0]["others"]
-    if not all(o["others"] is first or np.array_equal(o["others"], first) for o in values):
+    if not all(o["others"] is first for o in values) and \
+            not all(np.array_equal(o["others"], first) for o in values):
         raise TripConfigError("the CellTRIP policy needs one view shared by every cell (identical 'others'); "
                               "got different 'others' arrays per cell.")
-    n_real = int(mask.any(0).sum()) if len(values) > 1 else 0
-    rows, cols = np.nonzero(~mask[:, :n_real])
-    return states, torch.from_numpy(first[:n_real]), (torch.from_numpy(rows), torch.from_numpy(cols))
+    n_real = int(values[0]["n_others"])
+    states = torch.from_numpy(np.stack([o["self"] for o in values]))
+    slots = np.fromiter((o["self_slot"] for o in values), np.int64, len(values))
+    rows = np.flatnonzero(slots < n_real)
+    return states, torch.from_numpy(first[:n_real]), (torch.from_numpy(rows), torch.from_numpy(slots[rows]))

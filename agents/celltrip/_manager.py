@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+
 from cellgym.envs.trip import TripConfigError, TripObs
 
 from ._ppo import self_pairs

@@ -71,13 +71,13 @@ def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
 
 
 def _truth(args: argparse.Namespace) -> Any:
-    """The ``--truth`` predictor: a saved predictor folder, or a registered name made with ``--truth-kwargs``."""
-    from cellgym.predictors.base import Predictor
+    """The ``--truth`` predictor as the task's ``predictor=``: a saved folder or a registered name, which the
+    world resolves (``grn.boolean`` in the HSC task is the task's own simulator); with ``--truth-kwargs`` an
+    instance made with those."""
     from cellgym.registry import make_predictor
 
-    if Path(args.truth).is_dir():
-        return Predictor.load(args.truth)
-    return make_predictor(args.truth, **parse_kv(args.truth_kwargs, "--truth-kwargs"))
+    kwargs = parse_kv(args.truth_kwargs, "--truth-kwargs")
+    return make_predictor(args.truth, **kwargs) if kwargs else args.truth
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"success rate {np.mean([e.success for e in episodes]):.0%}, mean return "
           f"{np.mean([e.ret for e in episodes]):.3f}, mean steps {np.mean([e.steps for e in episodes]):.2f}"
-          + (f" | in {args.truth}: success rate {np.mean([t.success for t in truth]):.0%}" if truth else ""))
+          + (f" | in {args.truth}: success rate {np.mean([t.success for t in truth]):.0%}, mean steps "
+             f"{np.mean([t.steps for t in truth]):.2f}" if truth else ""))
     if args.plot:
         from cellgym.envs.reprogram._render import plot_episodes
 

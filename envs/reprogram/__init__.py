@@ -3,10 +3,11 @@
 from ._core import PopulationState, ReprogramDynamics, StepOutcome
 from ._env import ReprogramEnv
 from ._vector import ReprogramVectorEnv
-from ._worlds import HSC_FATES, HSC_VOCABULARY, World, resolve_predictor
+from ._worlds import HSC_FATES, HSC_SCREEN_SPEC, HSC_VOCABULARY, World, hsc_screen, resolve_predictor
 
 __all__ = [
     "HSC_FATES",
+    "HSC_SCREEN_SPEC",
     "HSC_VOCABULARY",
     "PopulationState",
     "ReprogramDynamics",
@@ -14,5 +15,6 @@ __all__ = [
     "ReprogramVectorEnv",
     "StepOutcome",
     "World",
+    "hsc_screen",
     "resolve_predictor",
 ]

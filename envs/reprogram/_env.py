@@ -193,7 +193,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | fate | str | "erythrocyte" | HSC goal: erythrocyte, megakaryocyte, monocyte or granulocyte |
     | adata, spec | AnnData, DataSpec | None | data world: the cells and their columns |
     | source, target | str or mask | None | data: perturbation label, "column=value" or mask; SERGIO: cell types (type0, type1) |
-    | predictor | str, path or Predictor | None | registered name (fitted and cached), saved folder or instance; SERGIO: a grn.sergio instance (e.g. ``network=`` a SERGIO folder) |
+    | predictor | str, path or Predictor | None | registered name, saved folder or instance; data: names fitted on adata (cached); HSC: default or "grn.boolean" is the true world, other names fitted on ``hsc_screen()``, learned ones need its 11 genes and 16 perturbations; SERGIO: a grn.sergio (name, folder or instance) |
     | reward | str or RewardModel | "target.energy" | data world reward model |
     | context | str | None | transition context (default: the source cells') |
     | n_cells | int | 32 | cells per population |

@@ -20,6 +20,8 @@ from cellgym.predictors.base import (
     Predictor,
     RewardModel,
     Transition,
+    UnknownPerturbationError,
+    check_genes,
     expression,
 )
 from cellgym.registry import get, make_predictor, make_reward
@@ -29,7 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HSC_FATES", "HSC_VOCABULARY", "SERGIO_THRESHOLD", "CellPoolSampler", "ProgenitorSampler", "SteadyStateSampler", "World", "build_world", "resolve_predictor"]
+__all__ = [
+    "HSC_FATES", "HSC_SCREEN_SPEC", "HSC_VOCABULARY", "SERGIO_THRESHOLD", "CellPoolSampler", "ProgenitorSampler",
+    "SteadyStateSampler", "World", "build_world", "hsc_screen", "resolve_predictor",
+]
 
 # Krumsiek et al. 2011 (PLoS ONE 6:e22649), Fig. 2: the four stable myeloid fates as the genes that are ON.
 HSC_FATES: dict[str, tuple[str, ...]] = {
@@ -46,6 +51,11 @@ HSC_PRIMED: tuple[str, ...] = ("Cebpa", "Gata1", "Fli1", "Scl")
 # lineages network over all six ordered type pairs and all 81 master KO/OE sets (steady states): the right
 # sets (and their supersets) end 0.03-0.06 of that distance from the target, every other set 0.43 or more.
 SERGIO_THRESHOLD = 0.15
+# The true worlds' own simulators (``predictor=None`` or their registered name).
+HSC_TRUTH: dict[str, Any] = {"model": "krumsiek11", "dynamics": "sync", "n_steps": 6}
+SERGIO_TRUTH: dict[str, Any] = {"network": "lineages", "overexpression": 1.0}
+# How a learned HSC predictor reads :func:`hsc_screen`: X holds the Boolean states, one context.
+HSC_SCREEN_SPEC = DataSpec(counts=None, context_key=None)
 
 
 @dataclass
@@ -139,16 +149,57 @@ def _check_dynamic(predictor: Predictor, world: str) -> None:
         raise DataSpecError(f"{world} world: expected a ready Predictor, got {type(predictor).__name__}.")
 
 
-def hsc_world(*, fate: str, n_cells: int, predictor: Predictor | None) -> World:
-    """Krumsiek 2011 myeloid Boolean network (synchronous updates, 6 per action) to fate ``fate``."""
+def hsc_screen(n_cells_per_condition: int = 100, doubles: int = 40, seed: int = 0) -> AnnData:
+    """The perturbation screen of the HSC world's simulator, ready to fit a learned HSC world on.
+
+    :func:`~cellgym.predictors.grn.simulate_screen` of the task's own ``grn.boolean`` (every single KO/OE of
+    the 11 genes and ``doubles`` random pairs), with ``X`` set to the simulated 0/1 states: the task's
+    cells are Boolean states, so a predictor fitted on counts would live in another space than the
+    goal. Fit with :data:`HSC_SCREEN_SPEC` (``cellgym fit ... --counts none --context-key none``);
+    ``obs['cell_type']`` is each cell's fate, not a context.
+    """
+    from cellgym.predictors.grn import simulate_screen
+
+    screen = simulate_screen(make_predictor("grn.boolean", **HSC_TRUTH), n_cells_per_condition=n_cells_per_condition,
+                             doubles=doubles, seed=seed)
+    screen.X = screen.layers.pop("simulated")
+    del screen.layers["counts"]  # nothing to normalise: a left-over counts layer would be picked up by counts='auto'
+    return screen
+
+
+def _resolve_world_predictor(predictor: str | Path | Predictor | None, truth: str, truth_kwargs: dict[str, Any],
+                             screen: Any, spec: DataSpec) -> Predictor:
+    """The world's own simulator (``None`` or its name ``truth``), else :func:`resolve_predictor`.
+
+    ``screen`` is called for the data to fit a registered name on (only then).
+    """
+    if predictor is None or (isinstance(predictor, str) and predictor == truth):
+        return make_predictor(truth, **truth_kwargs)
+    is_folder = not isinstance(predictor, Predictor) and Path(predictor).is_dir()
+    return resolve_predictor(predictor, None if isinstance(predictor, Predictor) or is_folder else screen(), spec)
+
+
+def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | None) -> World:
+    """Krumsiek 2011 myeloid Boolean network (synchronous updates, 6 per action) to fate ``fate``.
+
+    ``predictor``: ``None`` or ``"grn.boolean"`` (the true world), a saved predictor folder, a fitted
+    instance, or another registered name (fitted on :func:`hsc_screen`, cached). A learned predictor
+    must have the network's 11 genes and the task's 16 perturbations in its vocabulary.
+    """
     if fate not in HSC_FATES:
         raise DataSpecError(f"HSC fate {fate!r}: expected one of {sorted(HSC_FATES)}.")
-    predictor = predictor or make_predictor("grn.boolean", model="krumsiek11", dynamics="sync", n_steps=6)
+    predictor = _resolve_world_predictor(predictor, "grn.boolean", HSC_TRUTH, hsc_screen, HSC_SCREEN_SPEC)
     _check_dynamic(predictor, "HSC")
-    genes = list(predictor.genes)
+    genes = list(make_predictor("grn.boolean", **HSC_TRUTH).genes)
+    check_genes(genes, predictor.genes)  # GeneMismatchError naming the missing genes
+    vocabulary = [f"{g}_{kind}" for g in HSC_VOCABULARY for kind in ("KO", "OE")]
+    missing = [p for p in vocabulary if p not in set(predictor.perturbations)]
+    if missing:
+        raise UnknownPerturbationError(
+            f"HSC world: predictor {predictor.name!r} does not know {len(missing)} of the task's perturbations "
+            f"({missing[:6]}); fit it on a screen that has them all (cellgym.envs.reprogram.hsc_screen()).")
     target = torch.zeros(1, len(genes))
     target[0, [genes.index(g) for g in HSC_FATES[fate]]] = 1.0
-    vocabulary = [f"{g}_{kind}" for g in HSC_VOCABULARY for kind in ("KO", "OE")]
     sampler = ProgenitorSampler(genes, n_cells)
     rng = np.random.default_rng(0)
     fates = torch.zeros(len(HSC_FATES), len(genes))
@@ -166,7 +217,7 @@ def hsc_world(*, fate: str, n_cells: int, predictor: Predictor | None) -> World:
     )
 
 
-def sergio_world(*, source: str | None, target: str | None, n_cells: int, predictor: Predictor | None) -> World:
+def sergio_world(*, source: str | None, target: str | None, n_cells: int, predictor: str | Path | Predictor | None) -> World:
     """SERGIO cells (Dibaeinia & Sinha 2020) of cell type ``source`` to be turned into type ``target``.
 
     Default network: ``grn.sergio``'s shipped ``"lineages"`` network (no files needed; 20 genes, 4
@@ -179,10 +230,13 @@ def sergio_world(*, source: str | None, target: str | None, n_cells: int, predic
     log-normal noise (:class:`SteadyStateSampler`), so unperturbed populations stay at their type.
     Success threshold: ``SERGIO_THRESHOLD`` x the distance between the two types' steady states.
     """
-    predictor = predictor or make_predictor("grn.sergio", network="lineages", overexpression=1.0)
+    predictor = _resolve_world_predictor(predictor, "grn.sergio", SERGIO_TRUTH, lambda: None, DataSpec())
     _check_dynamic(predictor, "SERGIO")
     if not hasattr(predictor, "steady_state") or not hasattr(predictor, "network"):
-        raise DataSpecError(f"SERGIO world: expected a grn.sergio predictor, got {type(predictor).__name__}.")
+        raise DataSpecError(
+            f"SERGIO world: expected a grn.sergio simulator (name, saved folder or instance), got {predictor.name!r}: "
+            "its cell types are the simulator's steady states. For a learned SERGIO world use "
+            "CellEnv-Reprogram-Screen-v0 or CellEnv-Reprogram-v0 with the screen as adata=.")
     types = list(predictor.contexts)
     source = source if source is not None else types[0]
     target = target if target is not None else types[1]
@@ -286,8 +340,6 @@ def data_world(
     model = resolve_predictor(predictor, adata, spec)
     x = expression(adata, spec)
     if list(map(str, adata.var_names)) != list(model.genes):
-        from cellgym.predictors.base import check_genes
-
         check_genes(model.genes, adata.var_names)
         x = x[:, [list(map(str, adata.var_names)).index(g) for g in model.genes]]
     src = x[_select(adata, spec, "control" if source is None else source, "source")]

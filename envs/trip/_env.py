@@ -9,10 +9,11 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
-from cellgym.predictors.base.errors import CellgymError, DataSpecError
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
+
+from cellgym.predictors.base.errors import CellgymError, DataSpecError
 
 from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
 
@@ -70,14 +71,15 @@ class TripParallelEnv(ParallelEnv):
     ``Box(-1.0, 1.0, (dim,), float32)`` per cell: the force it applies (scaled by ``force``).
 
     ## Observation Space
-    ``Dict(self=Box(-inf, inf, (S,)), others=Box(-inf, inf, (K, S)), others_mask=MultiBinary(K))`` per
-    cell, with S = 2 * dim + F_in and K = min(max_cells, view_size).
+    ``Dict(self=Box(-inf, inf, (S,)), others=Box(-inf, inf, (K, S)), n_others=Discrete(K + 1),
+    self_slot=Discrete(K + 1))`` per cell, with S = 2 * dim + F_in and K = min(max_cells, view_size).
 
     | Component | Shape | Meaning |
     |---|---|---|
     | self | (S,) | own position (dim), velocity (dim), processed input features (F_in) |
     | others | (K, S) | rows of the cells in view (shared by every cell this step; zero padding) |
-    | others_mask | (K,) int8 | 1 where the row is a real cell other than this one |
+    | n_others | int | number of real rows in ``others`` (the rest is padding) |
+    | self_slot | int | row of ``others`` that is this cell (not to be attended to); K if it is not in view |
 
     The batched interface returns :class:`TripObs` (all rows once, and the view's indices).
 
@@ -224,7 +226,8 @@ class TripParallelEnv(ParallelEnv):
         self._observation_space = spaces.Dict({
             "self": spaces.Box(-np.inf, np.inf, (self.state_size,), np.float32),
             "others": spaces.Box(-np.inf, np.inf, (self.n_view, self.state_size), np.float32),
-            "others_mask": spaces.MultiBinary(self.n_view),
+            "n_others": spaces.Discrete(self.n_view + 1),
+            "self_slot": spaces.Discrete(self.n_view + 1),
         })
         self._action_space = spaces.Box(-1.0, 1.0, (self.dim,), np.float32)
         self.np_random, _ = seeding.np_random(None)
@@ -436,15 +439,16 @@ class TripParallelEnv(ParallelEnv):
     def _obs(self) -> TripObs:
         return TripObs(torch.cat([self.positions, self.velocities, self.inputs], 1), self.view)
 
-    def _obs_dict(self, obs: TripObs) -> dict[str, dict[str, np.ndarray]]:
+    def _obs_dict(self, obs: TripObs) -> dict[str, dict[str, Any]]:
         states = obs.states.numpy()
         view = obs.view.numpy()
         others = np.zeros((self.n_view, self.state_size), np.float32)
         others[: len(view)] = states[view]
-        mask = np.zeros((len(states), self.n_view), np.int8)
-        mask[:, : len(view)] = view[None, :] != np.arange(len(states))[:, None]
-        return {a: {"self": states[i], "others": others, "others_mask": mask[i]}
-                for i, a in enumerate(self.agents)}
+        slot = np.full(len(states), self.n_view)
+        slot[view] = np.arange(len(view))
+        n_others = len(view)
+        return {a: {"self": row, "others": others, "n_others": n_others, "self_slot": s}
+                for a, row, s in zip(self.agents, states, slot.tolist(), strict=True)}
 
 
 def fit_decoder(x: torch.Tensor, y: torch.Tensor, *, spatial: bool) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+
 from cellgym.predictors.base.errors import DataSpecError
 
 ModalityKind = Literal["counts", "log1p", "features", "spatial"]

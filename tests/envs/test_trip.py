@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from pettingzoo.test import parallel_api_test, parallel_seed_test
+
 from cellgym.envs.trip import (
     TripConfigError,
     TripParallelEnv,
@@ -17,7 +19,6 @@ from cellgym.envs.trip import (
 )
 from cellgym.predictors.base.errors import DataSpecError
 from cellgym.registry import is_parallel_task, make
-from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 TASKS = ["CellEnv-Trip-Integration-v0", "CellEnv-Trip-Imputation-v0"]
 
@@ -64,10 +65,10 @@ def test_dict_api_is_a_view_of_the_batched_step():
     np.testing.assert_array_equal(np.stack([o["self"] for o in obs_a.values()]), obs_b.states.numpy())
     first = next(iter(obs_a.values()))
     assert all(o["others"] is first["others"] for o in obs_a.values())  # one shared array, no copies
-    # a cell never sees itself
-    for i, o in enumerate(obs_a.values()):
-        own = np.nonzero((first["others"] == o["self"]).all(1))[0]
-        assert (o["others_mask"][own] == 0).all() and o["others_mask"].sum() == len(obs_a) - 1 - 0 * i
+    # each cell's self_slot is its own row of the shared view (so the policy can leave it out)
+    for o in obs_a.values():
+        np.testing.assert_array_equal(first["others"][o["self_slot"]], o["self"])
+        assert o["n_others"] == len(obs_a)
 
 
 def test_dynamics_follow_the_documented_update():

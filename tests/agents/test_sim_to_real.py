@@ -1,0 +1,91 @@
+"""Sim-to-real from the command line: a learned HSC world from a saved predictor folder, scored in the true world."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+import cellgym.envs  # noqa: F401
+from cellgym.agents.cli import main
+from cellgym.envs.reprogram import HSC_SCREEN_SPEC, hsc_screen
+from cellgym.predictors.base import GeneMismatchError, UnknownPerturbationError
+from cellgym.registry import make_predictor
+
+TASK = "CellEnv-Reprogram-HSC-v0"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cellgym fit --predictor baseline.additive`` on a small screen of the HSC world, saved to a folder."""
+    root = tmp_path_factory.mktemp("s2r")
+    hsc_screen(n_cells_per_condition=100, doubles=0).write_h5ad(root / "screen.h5ad")
+    out = root / "hsc_additive"
+    assert main(["fit", "--predictor", "baseline.additive", "--data", str(root / "screen.h5ad"), "--out", str(out),
+                 "--counts", "none", "--context-key", "none"]) == 0
+    return out
+
+
+def test_learned_world_from_folder_uses_the_fitted_effects(fitted: Path) -> None:
+    env = gymnasium.make(TASK, predictor=str(fitted)).unwrapped
+    _, info = env.reset(seed=0)
+    start = env.state.cells.clone()
+    env.step(env.perturbations.index("Gata1_OE"))
+    model = env.dynamics.world.transition.predictor
+    assert model.name == "baseline.additive"
+    effect = model.module.effects[0, model.perturbations.index("Gata1_OE")]
+    # a response model predicts from the source cells: start + the Gata1_OE effect, which is in 0/1 units
+    torch.testing.assert_close(env.state.cells, start + effect)
+    assert effect[model.genes.index("Gata1")] > 0.2 and info["distance"] > env.dynamics.threshold
+
+
+def test_enjoy_truth_replays_in_the_true_world(fitted: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["enjoy", "--env", TASK, "--algo", "greedy", "--episodes", "20", "--env-kwargs",
+                 f"predictor:{fitted}", "--truth", "grn.boolean"]) == 0
+    out = capsys.readouterr().out
+    truth = re.search(r"in grn\.boolean: success rate (\d+)%", out)
+    assert truth is not None, out
+    # greedy's choices in the additive world (Gata1_OE, Eklf_OE / Pu1_KO ...) reprogram most populations in truth
+    assert int(truth.group(1)) >= 50, out
+    # the replay ran in the task's own simulator: a solved episode ends exactly on the erythrocyte state
+    assert "in grn.boolean: success, distance 0.000" in out
+
+
+def test_learned_predictor_must_match_the_world() -> None:
+    screen = hsc_screen(n_cells_per_condition=5, doubles=0)
+    fewer = make_predictor("baseline.additive")
+    fewer.fit(screen[screen.obs["perturbation"].isin(["control", "Gata1_OE"])].copy(), HSC_SCREEN_SPEC)
+    with pytest.raises(UnknownPerturbationError, match="Gata2_KO"):
+        gymnasium.make(TASK, predictor=fewer)
+    other = make_predictor("baseline.additive")
+    other.fit(screen[:, [g for g in screen.var_names if g != "Gfi1"]].copy(), HSC_SCREEN_SPEC)
+    with pytest.raises(GeneMismatchError, match="Gfi1"):
+        gymnasium.make(TASK, predictor=other)
+
+
+def test_true_world_by_name_is_the_task_simulator() -> None:
+    a = gymnasium.make(TASK, predictor="grn.boolean").unwrapped
+    b = gymnasium.make(TASK).unwrapped
+    for env in (a, b):
+        env.reset(seed=3)
+        env.step(env.perturbations.index("Gata1_OE"))
+    assert a.dynamics.world.transition.predictor.config["n_steps"] == 6
+    torch.testing.assert_close(a.state.cells, b.state.cells)
+
+
+@pytest.mark.slow
+def test_sim_to_real_figure(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MaskablePPO trained (tuned hyperparameters) in the additive world succeeds in the true world."""
+    assert main(["train", "--env", TASK, "--algo", "maskable_ppo", "--seed", "0", "-f", str(tmp_path), "--no-progress",
+                 "--env-kwargs", f"predictor:{fitted}"]) == 0
+    capsys.readouterr()
+    assert main(["enjoy", "--env", TASK, "--algo", "maskable_ppo", "-f", str(tmp_path), "--episodes", "50",
+                 "--seed", "1000", "--truth", "grn.boolean"]) == 0
+    out = capsys.readouterr().out
+    rate = int(re.search(r"in grn\.boolean: success rate (\d+)%", out).group(1))
+    assert rate >= 80, out
+    assert np.isfinite(rate)

@@ -12,7 +12,8 @@ import yaml
 
 from cellgym.agents.base import Agent
 from cellgym.predictors.base import seeded
-from cellgym.predictors.base.errors import CellgymError, CheckpointError
+from cellgym.envs.trip import resolve_device
+from cellgym.predictors.base.errors import CheckpointError
 
 from ._ppo import CellTripConfig, EntityAttentionActorCritic, TrainResult, train
 
@@ -37,6 +38,10 @@ class CellTripAgent(Agent):
     -----
     ``learn(env, total_timesteps)`` counts environment steps; each step moves every cell, so the number
     of agent-steps is ``total_timesteps`` times the cells per episode.
+
+    Device: networks, decoders and rollouts live on ``device`` (default "cpu"; "cuda" for a GPU, "auto"
+    for CUDA when available). A world given to ``learn``/``act``/``manager`` is moved there with
+    ``env.to(device)``, so the whole step loop stays on one device; ``act`` on the dict API returns numpy.
     """
 
     name = "celltrip"
@@ -52,8 +57,7 @@ class CellTripAgent(Agent):
             raise TypeError(f"unknown CellTRIP hyperparameters {unknown} (closest: {hints}); "
                             f"expected some of {sorted(known)}.")
         self.config = CellTripConfig(**hyperparams)
-        if self.config.device != "cpu":  # the world's state lives on the CPU; a GPU path is not written yet
-            raise CellgymError(f"CellTRIP runs on device 'cpu' only for now; got device={self.config.device!r}.")
+        self.device = resolve_device(self.config.device)  # a clear TripConfigError (a CellgymError) if unusable
         self.model: EntityAttentionActorCritic | None = None
         self.env_spec: dict[str, Any] = {}
         self.decoders: dict[int, torch.nn.Module] = {}
@@ -63,9 +67,10 @@ class CellTripAgent(Agent):
     def _build(self, state_size: int, action_dim: int) -> EntityAttentionActorCritic:
         c = self.config
         return EntityAttentionActorCritic(state_size, action_dim, c.hidden_dim, c.n_heads, c.log_std_init,
-                                          c.popart_beta).to(c.device)
+                                          c.popart_beta).to(self.device)
 
     def _check_env(self, env: TripParallelEnv, seed: int | None = None) -> None:
+        env.to(self.device)  # the world's state follows the agent's device (no-op when already there)
         spec = {"state_size": env.state_size, "dim": env.dim}
         if self.model is None:
             with seeded(0 if seed is None else seed):  # weight initialisation draws from torch's global RNG
@@ -120,12 +125,13 @@ class CellTripAgent(Agent):
         """Forces for every live cell from the PettingZoo observation dict (batched in one forward)."""
         self._check_env(env)
         agents = list(obs)
-        states, others, exclude = obs_dict_to_arrays(obs)
+        states, others, (rows, cols) = obs_dict_to_arrays(obs)
+        dev = self.device
         with torch.no_grad():
-            mean, _ = self.model(states, others, exclude)
+            mean, _ = self.model(states.to(dev), others.to(dev), (rows.to(dev), cols.to(dev)))
             if not deterministic:
                 mean = mean + self.model.log_std.exp() * torch.randn_like(mean)
-        actions = mean.numpy()
+        actions = mean.cpu().numpy()
         return {a: actions[i] for i, a in enumerate(agents)}
 
     def act_batch(self, obs: Any, *, deterministic: bool = True) -> torch.Tensor:
@@ -171,12 +177,12 @@ class CellTripAgent(Agent):
         agent = cls(**{**config["hyperparams"], **kwargs})
         agent.env_spec = config["env_spec"]
         agent.model = agent._build(agent.env_spec["state_size"], agent.env_spec["dim"])
-        state = torch.load(path / "weights.pt", weights_only=True, map_location=agent.config.device)
+        state = torch.load(path / "weights.pt", weights_only=True, map_location=agent.device)
         agent.model.load_state_dict(state["model"])
         for k, (n_in, n_out, hidden) in config.get("decoders", {}).items():
             decoder = PositionDecoder(n_in, n_out, hidden)
             decoder.load_state_dict(state["decoders"][str(k)])
-            agent.decoders[int(k)] = decoder
+            agent.decoders[int(k)] = decoder.to(agent.device)
         return agent
 
     # ------------------------------------------------------------------------------------------ enjoy

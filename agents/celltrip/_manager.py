@@ -52,7 +52,7 @@ class TripManager:
 
     def __init__(self, agent: CellTripAgent, env: TripParallelEnv, *, cells: np.ndarray | None = None,
                  seed: int | None = None) -> None:
-        self.agent, self.env = agent, env
+        self.agent, self.env = agent, env.to(agent.device)
         options = {"cells": cells} if cells is not None else {"n_cells": env.max_cells}
         self.obs: TripObs = env.reset_batch(seed=seed, options=options)
         self._base_inputs = env.inputs.clone()
@@ -63,7 +63,7 @@ class TripManager:
     @property
     def positions(self) -> np.ndarray:
         """Current positions (N, d)."""
-        return self.env.positions.numpy().copy()
+        return self.env.positions.cpu().numpy().copy()
 
     def _step(self) -> tuple[torch.Tensor, bool]:
         model = self.agent.model
@@ -155,16 +155,17 @@ class TripManager:
         """
         from ._agent import PositionDecoder
 
-        x = self.env.positions
-        known_t = torch.ones(len(x), dtype=torch.bool) if known is None else torch.as_tensor(known, dtype=torch.bool)
+        x, device = self.env.positions, self.env.device
+        known_t = torch.ones(len(x), dtype=torch.bool, device=device) if known is None \
+            else torch.as_tensor(known, dtype=torch.bool, device=device)
         gen = torch.Generator().manual_seed(seed)
         errors = {}
         pairs = [(k, y[known_t]) for k, _, y in self.env.targets]
         for k, raw in (targets or {}).items():
             pairs = [p for p in pairs if p[0] != k]
-            pairs.append((k, self.env.modalities[k].transform(torch.as_tensor(np.asarray(raw, np.float32)))))
+            pairs.append((k, self.env.modalities[k].transform(torch.as_tensor(np.asarray(raw, np.float32))).to(device)))
         for k, ys in pairs:
-            decoder = PositionDecoder(x.shape[1], ys.shape[1], generator=gen)
+            decoder = PositionDecoder(x.shape[1], ys.shape[1], generator=gen).to(device)
             opt = torch.optim.Adam(decoder.parameters(), lr=3e-3, weight_decay=1e-4)
             xs = x[known_t]
             if len(xs) != len(ys):
@@ -172,7 +173,7 @@ class TripManager:
             decoder.mean.copy_(xs.mean(0))
             decoder.std.copy_(xs.std(0).clamp_min(1e-6))
             # early stopping on a random 20% of the known cells: the decoder sees few cells in many dimensions
-            order = torch.randperm(len(xs), generator=gen)
+            order = torch.randperm(len(xs), generator=gen).to(device)
             val, fit = order[: max(1, len(xs) // 5)], order[max(1, len(xs) // 5):]
             best, best_state = float("inf"), None
             for _ in range(self.agent.config.decoder_steps):
@@ -196,7 +197,7 @@ class TripManager:
             raise TripConfigError(f"no decoder for modality {modality}; call fit_decoders() after simulate().")
         with torch.no_grad():
             y = self.agent.decoders[modality](self.env.positions)
-        return self.env.modalities[modality].inverse(y).numpy()
+        return self.env.modalities[modality].inverse(y.cpu()).numpy()
 
     def get_state(self, impute: bool = True) -> dict[str, np.ndarray]:
         """Positions and each modality in normalised feature units; decoded from positions when ``impute``."""
@@ -241,7 +242,8 @@ class TripManager:
 
     def _apply(self) -> None:
         env = self.env
-        inputs, delta = self._base_inputs.clone(), torch.zeros_like(self._base_inputs)
+        inputs = self._base_inputs.cpu().clone()  # the fitted preprocessing runs on the CPU
+        delta = torch.zeros_like(inputs)
         idx = torch.from_numpy(env.cell_index)
         slices = env.input_slices()
         for k in {p[0] for p in self._perturbations}:
@@ -258,7 +260,7 @@ class TripManager:
             inputs[:, slices[k]] = mod.from_normalised(z)
             delta[:, slices[k]] = mod.from_normalised(z_action) - mod.from_normalised(z)
         env.set_inputs(inputs)
-        self._action_delta = delta if delta.abs().sum() > 0 else None
+        self._action_delta = delta.to(env.device) if delta.abs().sum() > 0 else None
         self.obs = env._obs()
 
     def simulate_perturbation(self, time: int) -> PerturbationResult:
@@ -277,7 +279,7 @@ class TripManager:
         self._apply()
         self.simulate(time)
         perturbed = self.positions
-        return PerturbationResult(start["positions"].numpy(), control, perturbed,
+        return PerturbationResult(start["positions"].cpu().numpy(), control, perturbed,
                                   np.linalg.norm(perturbed - control, axis=1))
 
     def prioritise(self, features: Sequence[int], targets: float | Sequence[float], *, modality: int = 0,
@@ -366,7 +368,7 @@ def recover_stages(agent: CellTripAgent, env: TripParallelEnv, origin: np.ndarra
     world = env.for_cells([rows if i == k_mod else None for i in range(len(env.modalities))],
                           target_modalities=[k_mod], max_cells=2 * n_pseudocells)
     manager = TripManager(agent, world, cells=np.arange(2 * n_pseudocells), seed=seed)
-    pseudo = torch.from_numpy(np.concatenate(centroids))
+    pseudo = torch.from_numpy(np.concatenate(centroids)).to(world.device)
     world.set_inputs(pseudo)
     world.targets = [(k_mod, mod, pseudo)]
     manager._base_inputs = pseudo.clone()
@@ -374,10 +376,10 @@ def recover_stages(agent: CellTripAgent, env: TripParallelEnv, origin: np.ndarra
     manager.simulate(agent.config.steady_state_steps)
     manager.fit_decoders(seed=seed)
     moved = pseudo.clone()
-    moved[:n_pseudocells] = pseudo[n_pseudocells:][torch.from_numpy(matching)]
+    moved[:n_pseudocells] = pseudo[n_pseudocells:][torch.from_numpy(matching).to(world.device)]
     world.set_inputs(moved)
     manager.obs = world._obs()
     trajectory = manager.simulate(time, record_every=record_every)[:, :n_pseudocells]
     with torch.no_grad():
-        states = agent.decoders[k_mod](torch.from_numpy(trajectory)).numpy()
+        states = agent.decoders[k_mod](torch.from_numpy(trajectory).to(world.device)).cpu().numpy()
     return StageRecovery(centroids[0], centroids[1], matching, trajectory, states)

@@ -62,7 +62,8 @@ class CellTripConfig:
     steady_state_steps: int = 100
     """Simulation length used to reach a steady state before fitting decoders (about the training horizon)."""
     device: str = "cpu"
-    """Torch device; only "cpu" is supported so far (the world's state lives on the CPU)."""
+    """Torch device of the networks and rollouts ("cpu", "cuda", "cuda:<i>", "auto"); the agent moves the
+    world there too (``env.to(device)``)."""
 
 
 @dataclass
@@ -235,13 +236,14 @@ class EntityAttentionActorCritic(nn.Module):
         if deterministic:
             action = mean
         else:
-            action = mean + self.log_std.exp() * torch.randn(mean.shape, generator=generator)
+            # drawn on the CPU generator and moved: the same seed gives the same noise on every device
+            action = mean + self.log_std.exp() * torch.randn(mean.shape, generator=generator).to(mean.device)
         return action, gaussian_log_prob(action, mean, self.log_std), self.critic.unnormalise(value_n)
 
 
 def self_pairs(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cell, column) pairs where the view's column k is the querying cell itself: (view[k], k)."""
-    return view, torch.arange(len(view))
+    return view, torch.arange(len(view), device=view.device)
 
 
 def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -371,7 +373,13 @@ def train(cfg: CellTripConfig, env: TripParallelEnv, model: EntityAttentionActor
     """Train ``model`` on ``env`` for ``total_timesteps`` environment steps (each moves every cell).
 
     Adaptive input rescaling runs on each rollout's states before the update; PopArt inside it.
+    ``env`` and ``model`` must be on the same device (:class:`CellTripAgent` moves the world to its own).
     """
+    device = next(model.parameters()).device
+    if env.device != device:
+        from cellgym.envs.trip import TripConfigError
+
+        raise TripConfigError(f"the world is on {env.device} and the network on {device}; call env.to({str(device)!r}).")
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     obs = env.reset_batch(seed=seed)

@@ -234,7 +234,7 @@ def sergio_world(*, source: str | None, target: str | None, n_cells: int, predic
     _check_dynamic(predictor, "SERGIO")
     if not hasattr(predictor, "steady_state") or not hasattr(predictor, "network"):
         raise DataSpecError(
-            f"SERGIO world: expected a grn.sergio simulator (name, saved folder or instance), got {predictor.name!r}: "
+            f"SERGIO world: expected a grn.sergio predictor (the simulator: name, saved folder or instance), got {predictor.name!r}: "
             "its cell types are the simulator's steady states. For a learned SERGIO world use "
             "CellEnv-Reprogram-Screen-v0 or CellEnv-Reprogram-v0 with the screen as adata=.")
     types = list(predictor.contexts)

@@ -125,8 +125,16 @@ class TripParallelEnv(ParallelEnv):
     | init_scale | float | 1/sqrt(dim) | std of the starting positions (norm ~1) |
     | reward_weights | dict | see Rewards | :class:`RewardWeights` fields |
     | episode_length | (int, int) | (100, 200) | range of the random horizon |
+    | device | str | "cpu" | torch device of the state and of every batched tensor (``"cuda"`` for a GPU) |
 
     ``cellgym.registry.make("CellEnv-Trip-Integration-v0")`` builds the default integration world.
+
+    ## Device
+    All state (positions, velocities, features, distance caches) lives on ``device``; ``step_batch`` and
+    ``reset_batch`` take and return tensors there, and the dict API converts to numpy at the boundary.
+    Random draws (starting positions, views) come from a CPU generator and are moved to ``device``, so a
+    seed gives the same episode on every device (up to floating-point differences of the arithmetic).
+    ``env.to(device)`` moves a world, its current episode included. The fitted preprocessing stays on the CPU.
 
     ## Vectorized environment
     None: the world is already batched over cells (``step_batch``).
@@ -159,7 +167,9 @@ class TripParallelEnv(ParallelEnv):
         reward_weights: dict[str, float] | None = None,
         episode_length: tuple[int, int] = (100, 200),
         preprocessing: Sequence[Modality] | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
+        self.device = resolve_device(device)
         raw = [_as_array(m, k) if m is not None else None for k, m in enumerate(modalities)]
         if not raw:
             raise TripConfigError("the CellTRIP world needs at least one modality; got none.")
@@ -208,7 +218,7 @@ class TripParallelEnv(ParallelEnv):
 
         self.modalities = list(preprocessing)
         self.raw = raw
-        self.features = [None if m is None else mod.transform(torch.from_numpy(m))
+        self.features = [None if m is None else mod.transform(torch.from_numpy(m)).to(self.device)
                          for mod, m in zip(self.modalities, raw, strict=True)]
         self.dim, self.view_size = int(dim), int(view_size)
         self.max_cells, self.min_cells = max_cells, min_cells
@@ -255,7 +265,7 @@ class TripParallelEnv(ParallelEnv):
         obs, rewards, terminated, truncated = self.step_batch(torch.from_numpy(batch))
         agents = self.agents
         out_obs = self._obs_dict(obs)
-        reward_dict = dict(zip(agents, rewards.tolist(), strict=True))
+        reward_dict = dict(zip(agents, rewards.tolist(), strict=True))  # .tolist() copies to the host
         term = dict.fromkeys(agents, terminated)
         trunc = dict.fromkeys(agents, truncated)
         infos: dict[str, dict] = {a: {} for a in agents}
@@ -279,7 +289,7 @@ class TripParallelEnv(ParallelEnv):
             Episode end for every cell (cells end together).
         """
         n = len(self.positions)
-        actions = torch.as_tensor(actions, dtype=torch.float32)
+        actions = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
         if actions.shape != (n, self.dim):
             raise TripConfigError(f"actions must have shape (n_cells, dim) = ({n}, {self.dim}); "
                                   f"got {tuple(actions.shape)}.")
@@ -337,13 +347,13 @@ class TripParallelEnv(ParallelEnv):
             cells = np.sort(self.np_random.choice(self.n_total, n, replace=False))
         self.cell_index = cells
         n = len(cells)
-        idx = torch.from_numpy(cells)
+        idx = torch.from_numpy(cells).to(self.device)
         self.inputs = torch.cat([self.features[k][idx] for k in self.input_modalities], 1) \
-            if self.input_modalities else torch.zeros(n, 0)
+            if self.input_modalities else torch.zeros(n, 0, device=self.device)
         self.targets = [(k, self.modalities[k], self.features[k][idx]) for k in self.target_modalities
                         if self.features[k] is not None]
-        self.positions = self.init_scale * torch.randn(n, self.dim, generator=self._torch_gen)
-        self.velocities = torch.zeros(n, self.dim)
+        self.positions = self.init_scale * torch.randn(n, self.dim, generator=self._torch_gen).to(self.device)
+        self.velocities = torch.zeros(n, self.dim, device=self.device)
         self.steps = 0
         self.horizon = int(self.np_random.integers(self.episode_length[0], self.episode_length[1] + 1))
         self._view_fixed = n <= self.view_size
@@ -351,7 +361,7 @@ class TripParallelEnv(ParallelEnv):
         if not self._view_fixed and n <= DENSE_DISTANCE_MAX_CELLS and self.targets:
             self._dense_dist = sum(_distances(y, y) for _, _, y in self.targets)
         if self._view_fixed:
-            self.view = torch.arange(n)
+            self.view = torch.arange(n, device=self.device)
             self._prepare_view()
         else:
             self._draw_view()
@@ -365,7 +375,7 @@ class TripParallelEnv(ParallelEnv):
         """Replace the current cells' processed input features (N, F_in), e.g. for in-silico clamping."""
         if inputs.shape != self.inputs.shape:
             raise TripConfigError(f"inputs must have shape {tuple(self.inputs.shape)}; got {tuple(inputs.shape)}.")
-        self.inputs = inputs.float()
+        self.inputs = inputs.to(self.device, torch.float32)
 
     def input_slices(self) -> dict[int, slice]:
         """Column range of each input modality inside the processed input features."""
@@ -387,9 +397,24 @@ class TripParallelEnv(ParallelEnv):
             view_size=self.view_size, dt=self.dt, force=self.force, friction=self.friction,
             max_velocity=self.max_velocity, bounds=self.bounds, init_scale=self.init_scale,
             reward_weights=asdict(self.reward_weights), episode_length=self.episode_length,
-            preprocessing=self.modalities)
+            preprocessing=self.modalities, device=self.device)
         kwargs.update(overrides)
         return TripParallelEnv(modalities, **kwargs)
+
+    def to(self, device: str | torch.device) -> TripParallelEnv:
+        """Move the world (features and the current episode's state) to ``device``; returns ``self``."""
+        device = resolve_device(device)
+        if device == self.device:
+            return self
+        self.device = device
+        self.features = [None if f is None else f.to(device) for f in self.features]
+        for name in ("inputs", "positions", "velocities", "view", "_n_others", "_dist_sum", "_dist_sq",
+                     "_dense_dist", "_phi_dist", "_phi_pin"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        if getattr(self, "targets", None) is not None:
+            self.targets = [(k, mod, y.to(device)) for k, mod, y in self.targets]
+        return self
 
     def close(self) -> None:
         """Nothing to release."""
@@ -397,7 +422,7 @@ class TripParallelEnv(ParallelEnv):
     # ---------------------------------------------------------------------------------------- internals
     def _draw_view(self) -> None:
         n = len(self.positions)
-        self.view = torch.randperm(n, generator=self._torch_gen)[: self.view_size]
+        self.view = torch.randperm(n, generator=self._torch_gen)[: self.view_size].to(self.device)
         self._prepare_view()
 
     def _prepare_view(self) -> None:
@@ -407,13 +432,13 @@ class TripParallelEnv(ParallelEnv):
         per episode and a new view only gathers its columns.
         """
         n, view = len(self.positions), self.view
-        self._n_others = len(view) - torch.zeros(n).index_fill_(0, view, 1.0)
+        self._n_others = len(view) - torch.zeros(n, device=self.device).index_fill_(0, view, 1.0)
         if self._dense_dist is not None:
             self._dist_sum = self._dense_dist[view]  # (K, N): rows of a symmetric matrix, a contiguous gather
         else:
-            self._dist_sum = sum((_distances(y[view], y) for _, _, y in self.targets), torch.zeros(len(view), n))
+            self._dist_sum = sum((_distances(y[view], y) for _, _, y in self.targets), torch.zeros(len(view), n, device=self.device))
         # sum_j |y_i - y_j|^2 in closed form, per modality
-        self._dist_sq = sum((_sum_sq_distances(y, y[view]) for _, _, y in self.targets), torch.zeros(n))
+        self._dist_sq = sum((_sum_sq_distances(y, y[view]) for _, _, y in self.targets), torch.zeros(n, device=self.device))
 
     def _distance_potential(self, x: torch.Tensor) -> torch.Tensor:
         """Minus the mean squared mismatch between env and modality distances to the cells in view, (N,).
@@ -423,7 +448,7 @@ class TripParallelEnv(ParallelEnv):
         A cell's distance to itself is 0 in every space, so it adds nothing.
         """
         if not self.targets:
-            return torch.zeros(len(x))
+            return torch.zeros(len(x), device=x.device)
         xv = x[self.view]
         cross = _distances(xv, x).mul_(self._dist_sum).sum(0)  # (K, N) layout
         err = len(self.targets) * _sum_sq_distances(x, xv) - 2 * cross + self._dist_sq
@@ -431,7 +456,7 @@ class TripParallelEnv(ParallelEnv):
 
     def _pinning_potential(self, x: torch.Tensor) -> torch.Tensor:
         """Minus the squared error of the best decoder from positions to each target modality, (N,)."""
-        err = torch.zeros(len(x))
+        err = torch.zeros(len(x), device=x.device)
         for _, mod, y in self.targets:
             err += (fit_decoder(x, y, spatial=mod.kind == "spatial") - y).pow(2).sum(1)
         return -err
@@ -440,8 +465,8 @@ class TripParallelEnv(ParallelEnv):
         return TripObs(torch.cat([self.positions, self.velocities, self.inputs], 1), self.view)
 
     def _obs_dict(self, obs: TripObs) -> dict[str, dict[str, Any]]:
-        states = obs.states.numpy()
-        view = obs.view.numpy()
+        states = obs.states.cpu().numpy()
+        view = obs.view.cpu().numpy()
         others = np.zeros((self.n_view, self.state_size), np.float32)
         others[: len(view)] = states[view]
         slot = np.full(len(states), self.n_view)
@@ -462,8 +487,31 @@ def fit_decoder(x: torch.Tensor, y: torch.Tensor, *, spatial: bool) -> torch.Ten
     if spatial:
         u, _, vh = torch.linalg.svd(xc.T @ yc, full_matrices=False)
         return xc @ (u @ vh) + ym
-    gram = xc.T @ xc + 1e-4 * torch.eye(x.shape[1])
+    gram = xc.T @ xc + 1e-4 * torch.eye(x.shape[1], device=x.device)
     return xc @ torch.linalg.solve(gram, xc.T @ yc) + ym
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device` ("auto": CUDA when available, else CPU); a clear error if unusable."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TripConfigError(f"device {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:<index>' "
+                              "or 'auto'.") from None
+    if out.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TripConfigError(f"device {str(device)!r} requested but torch.cuda.is_available() is False; "
+                                  "use device='cpu' (or install a CUDA build of torch on a GPU machine).")
+        if out.index is not None and out.index >= torch.cuda.device_count():
+            raise TripConfigError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
+                                  f"device(s) exist.")
+        if out.index is None:
+            out = torch.device("cuda", torch.cuda.current_device())
+    elif out.type != "cpu":
+        raise TripConfigError(f"device {str(device)!r} is not supported by the CellTRIP world; use 'cpu' or 'cuda'.")
+    return out
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -201,6 +201,27 @@ def test_unseen_perturbation_only_when_declared(fitted: Gem1SC, data: ad.AnnData
     assert np.isfinite(out.X).all()
 
 
+def test_unseen_perturbation_gets_roughly_the_mean_training_effect(fitted: Gem1SC, data: ad.AnnData) -> None:
+    # an unseen-but-declared single carries no information of its own: its predicted delta should point
+    # where the average training perturbation does (what baseline.mean predicts), not elsewhere
+    from cellgym.predictors.base import expression
+
+    x = expression(data, SPEC)
+    labels = data.obs["perturbation"].to_numpy()
+    ctrl = labels == "control"
+    mean_effect = np.mean([x[labels == p].mean(0) - x[ctrl].mean(0) for p in ("A", "B", "C", "A+B")], axis=0)
+    fitted.config["extra_perturbations"] = ["Z"]
+    try:
+        with pytest.warns(UserWarning, match="not seen in training"):
+            pred = fitted.predict_batch(torch.from_numpy(x[ctrl]), fitted.encode_perturbations(["Z"] * int(ctrl.sum())))
+    finally:
+        fitted.config["extra_perturbations"] = []
+    delta = pred.numpy().mean(0) - x[ctrl].mean(0)
+    r = np.corrcoef(delta, mean_effect)[0, 1]
+    print(f"unseen Z: pearson(predicted delta, mean training effect) = {r:.3f}")
+    assert r > 0.7, f"generic effect correlates {r:.2f} with the mean training effect"
+
+
 def test_transition_sample_mode_is_seeded(fitted: Gem1SC, data: ad.AnnData) -> None:
     x = torch.from_numpy(np.log1p(data.X[:10].toarray() / data.X[:10].toarray().sum(1, keepdims=True) * 1e4))
     pert = fitted.encode_perturbations(["A"] * 10)

@@ -18,7 +18,8 @@ import numpy as np
 
 from cellgym.predictors.base.errors import CellgymError
 
-from ._train import make_config, next_run_dir, parse_kv, train, write_config
+from ._options import parse_kv
+from ._train import make_config, next_run_dir, train, write_config
 
 __all__ = ["COLUMNS", "add_parser", "benchmark", "run"]
 

@@ -16,7 +16,7 @@ import yaml
 
 from cellgym.predictors.base.errors import CellgymError
 
-from ._train import parse_kv
+from ._options import parse_kv
 
 __all__ = ["add_parser", "find_run", "load_agent", "run"]
 

@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from cellgym.predictors.base.errors import DataSpecError
-
-if TYPE_CHECKING:
-    from anndata import AnnData
+from ._options import add_data_options, load_data, parse_filters, spec_from_args
 
 SPLITS = ("perturbations", "combos", "contexts", "random")
-DEFAULT_CONTEXT_KEY = "cell_type"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,60 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="DIR", help="where metrics.csv and per_perturbation.csv go (default runs/evaluate/<data>_<split>_<k>)")
     p.add_argument("--test-fraction", type=float, metavar="F", help="fraction held out when --holdout is not given (default 0.5 for combos, else 0.3)")
     p.add_argument("--de-k", type=int, default=20, metavar="K", help="k of the top-k DE-gene metrics (default 20)")
-    spec = p.add_argument_group("data spec (which obs columns mean what)")
-    spec.add_argument("--perturbation-key", default="perturbation", help="obs column of perturbation labels (default perturbation)")
-    spec.add_argument("--control", default="control", help="label of control cells (default control)")
-    spec.add_argument("--context-key", help=f"obs column of cell type / line (default {DEFAULT_CONTEXT_KEY} when present; 'none' for one context)")
-    spec.add_argument("--batch-key", help="obs column of technical batches")
-    spec.add_argument("--counts", default="auto", help="where raw counts live: auto (default), X, a layer name, or none")
-    spec.add_argument("--subset", nargs="+", default=[], metavar="COLUMN=VALUE", help="keep only cells with these obs values (same column: any of; different columns: all of)")
-    spec.add_argument("--exclude", nargs="+", default=[], metavar="COLUMN=VALUE", help="drop cells with these obs values")
+    add_data_options(p)
     p.set_defaults(run=run)
-
-
-def parse_filters(items: list[str], option: str) -> dict[str, list[str]]:
-    """``["dataset=a", "dataset=b", "x=1"]`` -> ``{"dataset": ["a", "b"], "x": ["1"]}``; bad syntax raises."""
-    out: dict[str, list[str]] = {}
-    for item in items:
-        column, sep, value = item.partition("=")
-        if not sep or not column or not value:
-            raise DataSpecError(f"{option} {item!r}: expected COLUMN=VALUE, e.g. {option} dataset=norman19.")
-        out.setdefault(column, []).append(value)
-    return out
-
-
-def apply_filters(adata: AnnData, subset: dict[str, list[str]], exclude: dict[str, list[str]]) -> AnnData:
-    """Cells matching every ``subset`` column (any of its values) and none of the ``exclude`` values."""
-    import numpy as np
-
-    keep = np.ones(adata.n_obs, dtype=bool)
-    for option, filters in (("--subset", subset), ("--exclude", exclude)):
-        for column, values in filters.items():
-            if column not in adata.obs.columns:
-                raise DataSpecError(f"{option}: adata.obs has no column {column!r}; columns are {list(adata.obs.columns)}.")
-            col = adata.obs[column].astype(str)
-            missing = [v for v in values if not (col == v).any()]
-            if missing:
-                present = col.value_counts().index[:10].tolist()
-                raise DataSpecError(f"{option}: no cell has {column}={missing[0]!r}; values are e.g. {present}.")
-            hit = col.isin(values).to_numpy()
-            keep &= hit if option == "--subset" else ~hit
-    if not keep.any():
-        raise DataSpecError("--subset/--exclude leave no cells; loosen them.")
-    return adata[keep].copy() if not keep.all() else adata
-
-
-def read_data(path: str) -> AnnData:
-    """Read an ``.h5ad``; a missing or unreadable file raises :class:`DataSpecError` (one line)."""
-    import anndata
-
-    file = Path(path)
-    if not file.is_file():
-        raise DataSpecError(f"--data {path!r}: no such file. Pass the path of an .h5ad file.")
-    try:
-        return anndata.read_h5ad(file)
-    except Exception as exc:  # h5py/anndata raise many types for a file that is not an AnnData
-        raise DataSpecError(f"--data {path!r} is not a readable .h5ad file ({type(exc).__name__}: {exc}).") from exc
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -111,27 +54,15 @@ def run(args: argparse.Namespace) -> int:
     """Validate the options and the data, evaluate, print the table, write the CSVs."""
     import pandas as pd
 
-    from cellgym.predictors import DataSpec, split, validate
+    from cellgym.predictors import split, validate
     from cellgym.predictors.evaluation import METRICS, evaluate
     from cellgym.registry import get
 
-    subset = parse_filters(args.subset, "--subset")
-    exclude = parse_filters(args.exclude, "--exclude")
+    parse_filters(args.subset, "--subset"), parse_filters(args.exclude, "--exclude")  # syntax first
     for name in args.predictors:
         get("predictors", name)  # unknown names fail before any work, with close matches
-    adata = apply_filters(read_data(args.data), subset, exclude)
-    if args.context_key is None:
-        context_key = DEFAULT_CONTEXT_KEY if DEFAULT_CONTEXT_KEY in adata.obs.columns else None
-    else:
-        context_key = None if args.context_key.lower() == "none" else args.context_key
-    counts = None if args.counts.lower() == "none" else args.counts
-    spec = DataSpec(
-        perturbation_key=args.perturbation_key,
-        control=args.control,
-        context_key=context_key,
-        batch_key=args.batch_key,
-        counts=counts,
-    )
+    adata = load_data(args)
+    spec = spec_from_args(args, adata.obs.columns)
     validate(adata, spec)
     sp = split(adata, spec, args.split, seed=args.seed, holdout=args.holdout, test_fraction=args.test_fraction)
     result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k)

@@ -19,11 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cellgym.predictors.base.errors import DataSpecError
 
-from ._evaluate import DEFAULT_CONTEXT_KEY, apply_filters, parse_filters, read_data
+from ._options import add_data_options, load_data, parse_kv, spec_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,31 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictor-kwargs", nargs="+", default=[], metavar="KEY:VALUE",
                    help="constructor options, VALUE parsed as YAML, e.g. likelihood:multinomial 'groups:{technical: [bio_rep]}'")
     p.add_argument("--tensorboard-log", "-tb", metavar="DIR", help="write TensorBoard scalars here")
-    spec = p.add_argument_group("data spec (which obs columns mean what)")
-    spec.add_argument("--perturbation-key", default="perturbation", help="obs column of perturbation labels (default perturbation)")
-    spec.add_argument("--control", default="control", help="label of control cells (default control)")
-    spec.add_argument("--context-key", help=f"obs column of cell type / line (default {DEFAULT_CONTEXT_KEY} when present; 'none' for one context)")
-    spec.add_argument("--batch-key", help="obs column of technical batches")
-    spec.add_argument("--dose-key", help="obs column of numeric doses")
-    spec.add_argument("--time-key", help="obs column of numeric times")
-    spec.add_argument("--counts", default="auto", help="where raw counts live: auto (default), X, a layer name, or none")
-    spec.add_argument("--subset", nargs="+", default=[], metavar="COLUMN=VALUE", help="keep only cells with these obs values")
-    spec.add_argument("--exclude", nargs="+", default=[], metavar="COLUMN=VALUE", help="drop cells with these obs values")
+    add_data_options(p)
     p.set_defaults(run=run)
-
-
-def parse_kwargs(items: list[str]) -> dict[str, Any]:
-    """``["a:1", "b:{x: [y]}"]`` -> ``{"a": 1, "b": {"x": ["y"]}}`` (values through ``yaml.safe_load``)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition(":")
-        if not sep or not key:
-            raise DataSpecError(f"--predictor-kwargs {item!r}: expected KEY:VALUE, e.g. n_hidden:256.")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise DataSpecError(f"--predictor-kwargs {item!r}: the value is not valid YAML ({exc}).") from exc
-    return out
 
 
 class ProgressLogger:
@@ -102,21 +77,6 @@ class ProgressLogger:
             self.writer.close()
 
 
-def spec_from_args(args: argparse.Namespace, columns: Any) -> Any:
-    """The :class:`DataSpec` the options describe."""
-    from cellgym.predictors import DataSpec
-
-    if args.context_key is None:
-        context_key = DEFAULT_CONTEXT_KEY if DEFAULT_CONTEXT_KEY in columns else None
-    else:
-        context_key = None if args.context_key.lower() == "none" else args.context_key
-    return DataSpec(
-        perturbation_key=args.perturbation_key, control=args.control, context_key=context_key,
-        batch_key=args.batch_key, dose_key=args.dose_key, time_key=args.time_key,
-        counts=None if args.counts.lower() == "none" else args.counts,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate, fit, save."""
     import pandas as pd
@@ -129,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2:
         raise DataSpecError(f"--batch-size must be >= 2, got {args.batch_size}.")
     spec_entry = get("predictors", args.predictor)  # unknown names fail first, with close matches
-    predictor = make_predictor(args.predictor, **parse_kwargs(args.predictor_kwargs))
-    adata = apply_filters(read_data(args.data), parse_filters(args.subset, "--subset"), parse_filters(args.exclude, "--exclude"))
+    predictor = make_predictor(args.predictor, **parse_kv(args.predictor_kwargs, "--predictor-kwargs"))
+    adata = load_data(args)
     spec = spec_from_args(args, adata.obs.columns)
     validate(adata, spec, require_counts=predictor.needs_counts)
     writer = None

@@ -19,12 +19,14 @@ import yaml
 
 from cellgym.predictors.base.errors import CellgymError
 
+from ._options import parse_kv
+
 #: environment steps on a PettingZoo task when -n is not given. Each step moves every cell, so 3000 steps
 #: at 300 cells are ~0.9M agent-steps (a few minutes on one core); on CellEnv-Trip-Integration-v0 this
 #: lifts kNN label agreement from 0.21 to 0.73 (benchmarks/trip.py integration --steps 3000).
 PARALLEL_TIMESTEPS = 3_000
 
-__all__ = ["add_parser", "make_config", "next_run_dir", "parse_kv", "run", "train", "write_config"]
+__all__ = ["add_parser", "make_config", "next_run_dir", "run", "train", "write_config"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,17 +55,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
     p.set_defaults(run=run)
-
-
-def parse_kv(items: list[str], flag: str) -> dict[str, Any]:
-    """``["a:1", "b:[64, 64]"]`` -> ``{"a": 1, "b": [64, 64]}`` (each value read with ``yaml.safe_load``)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition(":")
-        if not sep or not key:
-            raise CellgymError(f"{flag} {item!r}: expected KEY:VALUE, e.g. {flag} n_steps:128.")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def next_run_dir(folder: str | Path, algo: str, task: str) -> Path:

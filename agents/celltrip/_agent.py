@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from cellgym.agents.base import Agent
-from cellgym.predictors.base import seeded
 from cellgym.envs.trip import resolve_device
+from cellgym.predictors.base import seeded
 from cellgym.predictors.base.errors import CheckpointError
 
 from ._ppo import CellTripConfig, EntityAttentionActorCritic, TrainResult, train
@@ -166,7 +166,11 @@ class CellTripAgent(Agent):
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> CellTripAgent:
-        """Read an agent written by :meth:`save` (``yaml.safe_load`` + ``torch.load(weights_only=True)``)."""
+        """Read an agent written by :meth:`save` (``yaml.safe_load`` + ``torch.load(weights_only=True)``).
+
+        ``kwargs`` override saved hyperparameters (e.g. ``device="cpu"``); without one, the saved device is
+        used, except that a CUDA-trained agent loads on the CPU where CUDA is unavailable.
+        """
         path = Path(path)
         if not (path / "config.yaml").is_file() or not (path / "weights.pt").is_file():
             raise CheckpointError(f"{path} is not a saved CellTRIP agent: expected config.yaml and weights.pt there.")
@@ -174,7 +178,10 @@ class CellTripAgent(Agent):
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path} has CellTRIP checkpoint format {config.get('format_version')}; "
                                   f"this cellgym reads format {FORMAT_VERSION}.")
-        agent = cls(**{**config["hyperparams"], **kwargs})
+        hyperparams = {**config["hyperparams"], **kwargs}
+        if "device" not in kwargs and str(hyperparams.get("device")).startswith("cuda") and not torch.cuda.is_available():
+            hyperparams["device"] = "cpu"  # a GPU-trained checkpoint loads on a CPU-only machine
+        agent = cls(**hyperparams)
         agent.env_spec = config["env_spec"]
         agent.model = agent._build(agent.env_spec["state_size"], agent.env_spec["dim"])
         state = torch.load(path / "weights.pt", weights_only=True, map_location=agent.device)

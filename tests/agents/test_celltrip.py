@@ -208,3 +208,69 @@ def test_each_clamping_changes_what_it_should():
     m.add_perturbation([3], 5.0, clamping="action")
     torch.testing.assert_close(env.inputs, base)  # inputs stay; the force changes through the JVP
     assert m._action_delta is not None and m._action_delta.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------- device
+def test_learn_on_explicit_cpu_keeps_networks_rollouts_and_world_on_cpu():
+    env = world(device="cpu")
+    agent = CellTripAgent(device="cpu", **FAST).learn(env, 20, seed=0)
+    assert agent.device == torch.device("cpu") and env.device == torch.device("cpu")
+    assert {p.device.type for p in agent.model.parameters()} == {"cpu"}
+    assert {b.device.type for d in agent.decoders.values() for b in d.state_dict().values()} == {"cpu"}
+    obs = env.reset_batch(seed=0)
+    assert agent.act_batch(obs).device.type == "cpu" and env.positions.device.type == "cpu"
+    obs, _ = env.reset(seed=0)
+    actions = agent.act(obs, env)
+    assert all(isinstance(a, np.ndarray) for a in actions.values())
+
+
+def test_cuda_without_a_gpu_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(TripConfigError, match=r"device 'cuda' requested but torch.cuda.is_available\(\) is False"):
+        CellTripAgent(device="cuda")
+    with pytest.raises(TripConfigError, match="not a torch device"):
+        make_agent("celltrip", device="cdua")
+
+
+def test_cli_passes_device_to_celltrip(tmp_path, capsys):
+    from cellgym.agents.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code = main(["train", "--env", "CellEnv-Trip-Integration-v0", "--algo", "celltrip", "--device", "cuda",
+                 "-n", "5", "-f", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "torch.cuda.is_available() is False" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # failed before any run folder was written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_brief_training_on_cuda_gives_cpu_shaped_outputs(tmp_path):
+    cpu_env, gpu_env = world(), world()
+    cpu = CellTripAgent(**FAST).learn(cpu_env, 40, seed=0)
+    gpu = CellTripAgent(device="cuda", **FAST).learn(gpu_env, 40, seed=0)
+    assert gpu_env.positions.is_cuda and all(p.is_cuda for p in gpu.model.parameters())
+    assert gpu.result.history.keys() == cpu.result.history.keys()
+    assert all(np.isfinite(v).all() for v in gpu.result.history.values())
+    obs, _ = gpu_env.reset(seed=1)
+    actions = gpu.act(obs, gpu_env)
+    assert next(iter(actions.values())).shape == (gpu_env.dim,) and isinstance(actions["cell_0"], np.ndarray)
+    manager = gpu.manager(gpu_env, seed=0)
+    manager.simulate(5)
+    state = manager.get_state()
+    ref = cpu.manager(cpu_env, seed=0).get_state()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in ref.items()}
+    loaded = CellTripAgent.load(gpu.save(tmp_path / "gpu"), device="cpu")  # a GPU checkpoint loads on the CPU
+    assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
+
+
+def test_a_cuda_checkpoint_loads_on_a_cpu_only_machine(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    path = CellTripAgent(**FAST).learn(world(), 20, seed=0).save(tmp_path / "a")
+    config = (path / "config.yaml").read_text()
+    (path / "config.yaml").write_text(config.replace("device: cpu", "device: cuda"))
+    assert CellTripAgent.load(path).device == torch.device("cpu")
+    with pytest.raises(TripConfigError, match="is_available"):
+        CellTripAgent.load(path, device="cuda")  # an explicit request is honoured, and fails clearly

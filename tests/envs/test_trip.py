@@ -200,3 +200,52 @@ def test_bdtnp_drosophila_loads_as_a_three_dimensional_spatial_modality(shared_d
     env.reset_batch(seed=0)
     _, r, _, _ = env.step_batch(torch.zeros(200, 32))
     assert torch.isfinite(r).all()
+
+
+# ------------------------------------------------------------------------------------------------- device
+def _tensors_on(env, device: str) -> set[str]:
+    state = [env.positions, env.velocities, env.inputs, env.view, env._dist_sum, env._phi_dist, env._phi_pin,
+             *(f for f in env.features if f is not None), *(y for _, _, y in env.targets)]
+    return {t.device.type for t in state} | {device}
+
+
+@pytest.mark.parametrize("view_size", [256, 16])  # all cells in view, and a sampled view
+def test_explicit_cpu_device_keeps_every_tensor_there_and_matches_the_default(view_size):
+    env = small(TASKS[0], view_size=view_size, device="cpu")
+    default = small(TASKS[0], view_size=view_size)
+    obs, ref = env.reset_batch(seed=4), default.reset_batch(seed=4)
+    actions = torch.rand(len(obs.states), env.dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    obs, rewards, _, _ = env.step_batch(actions)
+    ref, ref_rewards, _, _ = default.step_batch(actions)
+    assert env.device == torch.device("cpu") and _tensors_on(env, "cpu") == {"cpu"}
+    assert obs.states.device.type == rewards.device.type == obs.view.device.type == "cpu"
+    torch.testing.assert_close(obs.states, ref.states, rtol=0, atol=0)
+    torch.testing.assert_close(rewards, ref_rewards, rtol=0, atol=0)
+    assert env.to("cpu") is env and env.for_cells(env.raw).device == env.device
+
+
+def test_unusable_devices_fail_with_one_clear_error():
+    with pytest.raises(TripConfigError, match="not a torch device"):
+        small(TASKS[0], device="gpu0")
+    with pytest.raises(TripConfigError, match="not supported"):
+        small(TASKS[0], device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(TripConfigError, match=r"'cuda' requested but torch.cuda.is_available\(\) is False"):
+            small(TASKS[0], device="cuda")
+        assert small(TASKS[0], device="auto").device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_world_matches_the_cpu_world():
+    cpu, gpu = small(TASKS[1], view_size=16), small(TASKS[1], view_size=16, device="cuda")
+    a, b = cpu.reset_batch(seed=2), gpu.reset_batch(seed=2)
+    assert b.states.is_cuda and b.view.is_cuda and _tensors_on(gpu, "cuda") == {"cuda"}
+    torch.testing.assert_close(b.states.cpu(), a.states)  # same seed, same episode on both devices
+    actions = torch.rand(len(a.states), cpu.dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    (a, ra, _, _), (b, rb, _, _) = cpu.step_batch(actions), gpu.step_batch(actions)  # CPU actions are moved
+    assert rb.is_cuda and rb.shape == ra.shape
+    torch.testing.assert_close(rb.cpu(), ra, rtol=1e-4, atol=1e-4)
+    obs, _ = gpu.reset(seed=1)
+    assert isinstance(next(iter(obs.values()))["self"], np.ndarray)
+    moved = cpu.to("cuda")
+    assert moved.positions.is_cuda and moved.step_batch(actions.cuda())[1].is_cuda

@@ -106,12 +106,16 @@ class ProgenitorSampler:
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         """One population (N, G) float32 of 0/1 states."""
-        u = rng.uniform(size=1 + len(self.primed))
-        p = np.zeros(self.n_genes)
-        p[self.gata2] = 0.9
-        p[self.pu1] = 0.5 + 0.5 * u[0]
-        p[self.primed] = u[1:]
-        return (rng.uniform(size=(self.n_cells, self.n_genes)) < p).astype(np.float32)
+        return self.draw(rng, 1)[0]
+
+    def draw(self, rng: np.random.Generator, n_populations: int) -> np.ndarray:
+        """``n_populations`` populations (n_populations, N, G) float32, each with its own priming ``u``."""
+        u = rng.uniform(size=(n_populations, 1, 1 + len(self.primed)))
+        p = np.zeros((n_populations, 1, self.n_genes))
+        p[..., self.gata2] = 0.9
+        p[..., self.pu1] = 0.5 + 0.5 * u[..., 0]
+        p[..., self.primed] = u[..., 1:]
+        return (rng.uniform(size=(n_populations, self.n_cells, self.n_genes)) < p).astype(np.float32)
 
 
 class SteadyStateSampler:
@@ -150,21 +154,68 @@ def _check_dynamic(predictor: Predictor, world: str) -> None:
 
 
 def hsc_screen(n_cells_per_condition: int = 100, doubles: int = 40, seed: int = 0) -> AnnData:
-    """The perturbation screen of the HSC world's simulator, ready to fit a learned HSC world on.
+    """The perturbation screen of the HSC world's simulator, run from the task's own start cells.
 
-    :func:`~cellgym.predictors.grn.simulate_screen` of the task's own ``grn.boolean`` (every single KO/OE of
-    the 11 genes and ``doubles`` random pairs), with ``X`` set to the simulated 0/1 states: the task's
-    cells are Boolean states, so a predictor fitted on counts would live in another space than the
-    goal. Fit with :data:`HSC_SCREEN_SPEC` (``cellgym fit ... --counts none --context-key none``);
-    ``obs['cell_type']`` is each cell's fate, not a context.
+    Screen design (what a learned HSC world is fitted on):
+
+    - **Start cells**: the progenitor-like states ``CellEnv-Reprogram-HSC-v0`` starts its episodes from
+      (:class:`ProgenitorSampler`), each cell with its own priming draw, so every condition sees the
+      whole range of populations the task draws.
+    - **Conditions**: every single knockout / overexpression of the 11 genes (22) and ``doubles``
+      random pairs on different genes; each condition's ``n_cells_per_condition`` cells are fresh start
+      states run for one task step (``HSC_TRUTH``: 6 synchronous updates) under the perturbation
+      (``grn.boolean``'s ``sample_batch``), i.e. exactly what one action of the task does.
+    - **Controls** (``"control"``): start states run the same 6 updates unperturbed (time-matched, as in
+      a real screen), so an effect is perturbed minus unperturbed after one step. Controls taken at time
+      0 instead (the start states themselves) were measured to be worse: every effect then carries the
+      unperturbed drift (Gata2 1 -> 0), an additive model counts it twice in a two-action episode, and
+      MaskablePPO trained in that world stopped after one action (0% success replayed in the true world).
+
+    Parameters
+    ----------
+    n_cells_per_condition
+        Cells per condition (control included).
+    doubles
+        Number of random double perturbations (pairs of singles on different genes).
+    seed
+        Seed of every draw; the same seed gives the same AnnData.
+
+    Returns
+    -------
+    AnnData (C x n_cells_per_condition cells, 11 genes): ``X`` float32 0/1 states (the task's cells; no
+    counts, so fit with :data:`HSC_SCREEN_SPEC`: ``cellgym fit ... --counts none --context-key none``),
+    ``obs['perturbation']`` (``control``, ``A``, ``A+B``), ``obs['cell_type']`` each cell's fate (not a
+    context), ``uns['grn']`` the simulator config and screen design.
     """
-    from cellgym.predictors.grn import simulate_screen
+    import anndata as ad
+    import pandas as pd
 
-    screen = simulate_screen(make_predictor("grn.boolean", **HSC_TRUTH), n_cells_per_condition=n_cells_per_condition,
-                             doubles=doubles, seed=seed)
-    screen.X = screen.layers.pop("simulated")
-    del screen.layers["counts"]  # nothing to normalise: a left-over counts layer would be picked up by counts='auto'
-    return screen
+    if n_cells_per_condition < 1 or doubles < 0:
+        raise DataSpecError(f"hsc_screen: expected n_cells_per_condition >= 1 and doubles >= 0, "
+                            f"got {n_cells_per_condition} and {doubles}.")
+    truth = make_predictor("grn.boolean", **HSC_TRUTH)
+    genes = list(truth.genes)
+    singles = list(truth.perturbations)
+    target_gene = [p.rsplit("_", 1)[0] for p in singles]
+    pairs = [(i, j) for i in range(len(singles)) for j in range(i + 1, len(singles)) if target_gene[i] != target_gene[j]]
+    if doubles > len(pairs):
+        raise DataSpecError(f"hsc_screen: doubles={doubles}, but only {len(pairs)} pairs act on different genes.")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(pairs), size=doubles, replace=False))
+    conditions = ["control", *singles, *(f"{singles[pairs[k][0]]}+{singles[pairs[k][1]]}" for k in chosen)]
+    labels = np.repeat(np.asarray(conditions, dtype=object), n_cells_per_condition)
+    starts = ProgenitorSampler(genes, 1).draw(rng, labels.size)[:, 0]  # (C n, G): one priming draw per cell
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    x = truth.sample_batch(torch.from_numpy(starts), truth.encode_perturbations(labels), generator=generator).numpy()
+    obs = pd.DataFrame({"perturbation": pd.Categorical(labels.astype(str), categories=conditions),
+                        "cell_type": pd.Categorical(truth.attractor_label(x))})
+    obs.index = obs.index.astype(str)
+    config = {k: ("" if v is None else v) for k, v in truth.config.items()}  # h5ad cannot store None
+    uns = {"grn": {"predictor": truth.name, "config": config, "seed": int(seed), "conditions": conditions,
+                   "n_cells_per_condition": int(n_cells_per_condition),
+                   "design": "task start states run one task step (6 sync updates) under each condition, control unperturbed",
+                   "rules": dict(truth.network.rules)}}
+    return ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)), uns=uns)
 
 
 def _resolve_world_predictor(predictor: str | Path | Predictor | None, truth: str, truth_kwargs: dict[str, Any],

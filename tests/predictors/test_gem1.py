@@ -201,25 +201,39 @@ def test_unseen_perturbation_only_when_declared(fitted: Gem1SC, data: ad.AnnData
     assert np.isfinite(out.X).all()
 
 
-def test_unseen_perturbation_gets_roughly_the_mean_training_effect(fitted: Gem1SC, data: ad.AnnData) -> None:
-    # an unseen-but-declared single carries no information of its own: its predicted delta should point
-    # where the average training perturbation does (what baseline.mean predicts), not elsewhere
-    from cellgym.predictors.base import expression
+def simulate_weak_and_strong(n: int = 1500, g: int = 40, seed: int = 0) -> ad.AnnData:
+    """Counts of a screen like Papalexi's: weak singles W1..W6 share one effect; S1, S2 have strong effects
+    that only half of their cells show (the others escape the knockout)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(["control"] * 3 + [f"W{i}" for i in range(1, 7)] + ["S1", "S2"], n)
+    base = np.log(rng.gamma(2.0, 1.0, g))
+    shared = rng.normal(0, 0.4, g) * (rng.random(g) < 0.5)
+    strong = {s: rng.normal(0, 2.5, g) * (rng.random(g) < 0.3) for s in ("S1", "S2")}
+    is_w = np.char.startswith(labels.astype(str), "W")
+    shows = rng.random(n) < 0.5
+    logits = base + is_w[:, None] * shared
+    for s, eff in strong.items():
+        logits += ((labels == s) & shows)[:, None] * eff
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    counts = rng.poisson(probs * rng.integers(150, 400, n)[:, None]).astype(np.float32)
+    obs = pd.DataFrame({"perturbation": labels, "batch": rng.choice(["b1", "b2"], n)}, index=[f"c{i}" for i in range(n)])
+    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
 
-    x = expression(data, SPEC)
-    labels = data.obs["perturbation"].to_numpy()
-    ctrl = labels == "control"
-    mean_effect = np.mean([x[labels == p].mean(0) - x[ctrl].mean(0) for p in ("A", "B", "C", "A+B")], axis=0)
-    fitted.config["extra_perturbations"] = ["Z"]
-    try:
-        with pytest.warns(UserWarning, match="not seen in training"):
-            pred = fitted.predict_batch(torch.from_numpy(x[ctrl]), fitted.encode_perturbations(["Z"] * int(ctrl.sum())))
-    finally:
-        fitted.config["extra_perturbations"] = []
-    delta = pred.numpy().mean(0) - x[ctrl].mean(0)
-    r = np.corrcoef(delta, mean_effect)[0, 1]
-    print(f"unseen Z: pearson(predicted delta, mean training effect) = {r:.3f}")
-    assert r > 0.7, f"generic effect correlates {r:.2f} with the mean training effect"
+
+@pytest.mark.xfail(strict=True, reason="known bug (issue 4): GEM-1's generic effect for unseen singles is dominated by the "
+                   "strong perturbations and the weak shared effect is absorbed by the technical/biological posteriors; "
+                   "on Papalexi held-out perturbations gem1.nb scores 0.053 vs baseline.mean 0.156")
+def test_unseen_single_at_least_as_good_as_the_mean_baseline() -> None:
+    # held-out weak singles share the effect of the training weak singles, which baseline.mean captures
+    data = simulate_weak_and_strong()
+    spec = DataSpec(batch_key="batch")
+    sp_ = split(data, spec, "perturbations", seed=0, holdout=["W5", "W6"])
+    res = evaluate(data, spec, sp_, ["baseline.mean", Gem1SC(n_hidden=64, extra_perturbations=["W5", "W6"])],
+                   fit_kwargs={"gem1.sc": {"epochs": 25}})
+    r = res.metrics["pearson_delta"]
+    print(f"held-out weak singles, pearson_delta: baseline.mean {r['baseline.mean']:.3f}, gem1.sc {r['gem1.sc']:.3f}")
+    assert r["baseline.mean"] > 0.4  # the simulation gives the mean baseline something to find
+    assert r["gem1.sc"] >= r["baseline.mean"]
 
 
 def test_transition_sample_mode_is_seeded(fitted: Gem1SC, data: ad.AnnData) -> None:

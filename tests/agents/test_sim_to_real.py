@@ -9,6 +9,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from anndata import AnnData
 
 import cellgym.envs  # noqa: F401
 from cellgym.agents.cli import main
@@ -19,15 +20,25 @@ from cellgym.registry import make_predictor
 TASK = "CellEnv-Reprogram-HSC-v0"
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``cellgym fit --predictor baseline.additive`` on a small screen of the HSC world, saved to a folder."""
-    root = tmp_path_factory.mktemp("s2r")
-    hsc_screen(n_cells_per_condition=100, doubles=0).write_h5ad(root / "screen.h5ad")
+def _fit_additive(root: Path, screen: AnnData) -> Path:
+    """``cellgym fit --predictor baseline.additive`` on ``screen``, saved to a folder under ``root``."""
+    screen.write_h5ad(root / "screen.h5ad")
     out = root / "hsc_additive"
     assert main(["fit", "--predictor", "baseline.additive", "--data", str(root / "screen.h5ad"), "--out", str(out),
                  "--counts", "none", "--context-key", "none"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An additive learned world from a small singles-only screen (fast)."""
+    return _fit_additive(tmp_path_factory.mktemp("s2r"), hsc_screen(n_cells_per_condition=100, doubles=0))
+
+
+@pytest.fixture(scope="module")
+def fitted_documented(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The additive learned world of the README: the documented screen (singles + 40 doubles)."""
+    return _fit_additive(tmp_path_factory.mktemp("s2r_doc"), hsc_screen())
 
 
 def test_learned_world_from_folder_uses_the_fitted_effects(fitted: Path) -> None:
@@ -88,10 +99,14 @@ def test_true_world_by_name_is_the_task_simulator() -> None:
 
 
 @pytest.mark.slow
-def test_sim_to_real_figure(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """MaskablePPO trained (tuned hyperparameters) in the additive world succeeds in the true world."""
+def test_sim_to_real_figure(fitted_documented: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MaskablePPO trained (tuned hyperparameters) in the README's additive world succeeds in the true world.
+
+    The documented screen matters: from a singles-only screen the same agent transfers in only ~6% of
+    episodes (measured), from the documented one in 100% (training seeds 0 and 1).
+    """
     assert main(["train", "--env", TASK, "--algo", "maskable_ppo", "--seed", "0", "-f", str(tmp_path), "--no-progress",
-                 "--env-kwargs", f"predictor:{fitted}"]) == 0
+                 "--env-kwargs", f"predictor:{fitted_documented}"]) == 0
     capsys.readouterr()
     assert main(["enjoy", "--env", TASK, "--algo", "maskable_ppo", "-f", str(tmp_path), "--episodes", "50",
                  "--seed", "1000", "--truth", "grn.boolean"]) == 0

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..base import DataSpec, FitReport, Predictor, PredictorModule, check_genes
+from ..base import DataSpec, Predictor, PredictorModule
 from ..base.errors import DataSpecError
+from ._model import BooleanPredictor
 from ._sergio import SERGIO_NETWORKS, SergioNetwork
 
 if TYPE_CHECKING:
-    from anndata import AnnData
 
-    from ..base import FitData
+    pass
 
 __all__ = ["SergioModule", "SergioPredictor"]
 
@@ -188,14 +188,9 @@ class SergioPredictor(Predictor):
             [index[g] for g in genes], list(kinds),
         ).eval()
 
-    def fit(self, adata: AnnData | None = None, spec: DataSpec | None = None, **kwargs: Any) -> FitReport:
-        """Nothing to fit; with data, only checks that its genes are the network's genes (in order)."""
-        if adata is not None:
-            check_genes(self.genes, [str(g) for g in adata.var_names])
-        return FitReport(epochs=0, seconds=0.0, n_obs=0 if adata is None else adata.n_obs)
-
-    def _fit(self, data: FitData, **kwargs: Any) -> FitReport:
-        return FitReport(epochs=0, seconds=0.0, n_obs=int(data.x.shape[0]))
+    # a simulator fits nothing: the same no-op fit (a gene check when given data) as the Boolean one
+    fit = BooleanPredictor.fit
+    _fit = BooleanPredictor._fit
 
     @torch.no_grad()
     def sample_batch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,10 +11,6 @@ from ..base import DataSpec, Predictor, PredictorModule
 from ..base.errors import DataSpecError
 from ._model import BooleanPredictor
 from ._sergio import SERGIO_NETWORKS, SergioNetwork
-
-if TYPE_CHECKING:
-
-    pass
 
 __all__ = ["SergioModule", "SergioPredictor"]
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "benchmark": "cellgym.agents.cli._benchmark",
     "fit": "cellgym.agents.cli._fit",
     "predict": "cellgym.agents.cli._predict",
+    "embed-genes": "cellgym.agents.cli._embed_genes",
 }
 
 

@@ -6,5 +6,16 @@ Every source reports the genes it lacks; nothing is zero-filled silently.
 """
 
 from ._files import GeneEmbeddingError, GeneEmbeddings, load_embeddings, save_embeddings
+from ._text import DEFAULT_TEXT_MODEL, SentenceEmbedder, TextEncoder, embed_descriptions, read_descriptions
 
-__all__ = ["GeneEmbeddingError", "GeneEmbeddings", "load_embeddings", "save_embeddings"]
+__all__ = [
+    "DEFAULT_TEXT_MODEL",
+    "GeneEmbeddingError",
+    "GeneEmbeddings",
+    "SentenceEmbedder",
+    "TextEncoder",
+    "embed_descriptions",
+    "load_embeddings",
+    "read_descriptions",
+    "save_embeddings",
+]

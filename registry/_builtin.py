@@ -23,6 +23,8 @@ register("predictors", "gem1.nb", "cellgym.predictors.gem1:Gem1NB",
          "GEM-1 metadata-conditioned VAE with a negative-binomial decoder (counts).")
 register("predictors", "gem1.sc", "cellgym.predictors.gem1:Gem1SC",
          "GEM-1 single-cell VAE: per-cell library size, NB training, multinomial sampling.")
+register("predictors", "galaxy", "cellgym.predictors.galaxy:GalaxyPredictor",
+         "Galaxy/SATURN cross-species model: macrogenes from gene embeddings, X_galaxy, perturbation transfer.")
 
 # --- reward models --------------------------------------------------------------------------------------
 register("rewards", "target.energy", "cellgym.predictors.rewards:EnergyDistanceReward",
@@ -33,6 +35,8 @@ register("rewards", "target.classifier", "cellgym.predictors.rewards:ClassifierR
          "1 - mean probability of the target label under a classifier fitted on labelled cells.")
 register("rewards", "gem1.classifier", "cellgym.predictors.gem1:Gem1ClassifierReward",
          "1 - mean probability of the goal label under a GEM-1 model's biological latent classifier.")
+register("rewards", "galaxy.embedding", "cellgym.predictors.galaxy:GalaxyEmbeddingReward",
+         "Centroid distance to goal cells (any species) in a galaxy model's shared X_galaxy space.")
 
 # --- agents ---------------------------------------------------------------------------------------------
 register("agents", "random", "cellgym.agents.planning:RandomAgent",

@@ -21,6 +21,7 @@ from typing import Any
 
 from cellgym.predictors.base.errors import DataSpecError
 
+from . import _fit_species
 from ._options import add_data_options, load_data, parse_kv, spec_from_args
 
 
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a predictor on an .h5ad and save it",
                        description="Fit any registered predictor on an AnnData file and save it to a folder.")
     p.add_argument("--predictor", required=True, metavar="NAME", help="registered predictor name (see `cellgym list predictors`)")
-    p.add_argument("--data", required=True, metavar="H5AD", help="AnnData file (.h5ad)")
+    p.add_argument("--data", required=True, nargs="+", metavar="H5AD", help="AnnData file (.h5ad); one per species for galaxy")
     p.add_argument("--out", required=True, metavar="DIR", help="folder the fitted predictor is saved to")
     p.add_argument("--epochs", type=int, help="epochs (default: the predictor's own)")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="constructor options, VALUE parsed as YAML, e.g. likelihood:multinomial 'groups:{technical: [bio_rep]}'")
     p.add_argument("--tensorboard-log", "-tb", metavar="DIR", help="write TensorBoard scalars here")
     add_data_options(p)
+    _fit_species.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -89,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2:
         raise DataSpecError(f"--batch-size must be >= 2, got {args.batch_size}.")
     spec_entry = get("predictors", args.predictor)  # unknown names fail first, with close matches
+    if _fit_species.wants_species(args):
+        writer = None
+        if args.tensorboard_log:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=args.tensorboard_log)
+        return _fit_species.run(args, parse_kv(args.predictor_kwargs, "--predictor-kwargs"), ProgressLogger(args.epochs, writer))
+    args.data = args.data[0]
     predictor = make_predictor(args.predictor, **parse_kv(args.predictor_kwargs, "--predictor-kwargs"))
     adata = load_data(args)
     spec = spec_from_args(args, adata.obs.columns)

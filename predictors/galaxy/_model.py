@@ -369,7 +369,8 @@ class GalaxyPredictor(Predictor):
     def macrogene_expression(self, adata: AnnData, species: str) -> np.ndarray:
         """Macrogene expression (N, K) of a species' cells (log1p X or counts per the fitted spec)."""
         x = self._species_x(adata, species)
-        return (torch.from_numpy(x) @ self.module.weights(self.config["species"].index(species))).numpy()
+        # numpy, as Macrogenes.transform computes it, so saved weights reproduce these values bit for bit
+        return x @ self.module.weights(self.config["species"].index(species)).numpy()
 
     def embed(self, adata: AnnData, species: str) -> np.ndarray:
         """``X_galaxy`` (N, n_latent) of a species' cells."""

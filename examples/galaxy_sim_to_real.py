@@ -107,7 +107,7 @@ def world_kwargs(bed: dict, predictor) -> dict:
     return {"world": "data", "adata": b, "spec": SPEC, "predictor": predictor, "source": ct == "type0",
             "target": ct == "type1", "reward": "target.energy", "budget": 6,
             # explicit context: data_world's default reads `source or "control"`, which fails for a boolean mask
-            "context": "" if isinstance(predictor, GalaxyPredictor) else "type0"}
+            "context": "type0"}
 
 
 def score(agent, env, true_env, episodes: int) -> dict[str, float]:

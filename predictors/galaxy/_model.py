@@ -28,6 +28,12 @@ head: ``x + decode_t(z + delta) - decode_t(z)``.
 - ``"latent"``: the source's latent deltas are used as they are;
 - ``"macrogene"``: the source's deltas in (standardised) macrogene space are added to the target's
   control cells' macrogene expression and encoded; the mean latent change is the delta;
+Contexts are the target species' ``spec.context_key`` values (for the predictor contract); the transferred
+effect is the same in every context (the source's pooled effect). One AnnData (split by
+``spec.species_key``, else a single species) also fits: with one species and no embeddings, the genes'
+loadings on the data's principal components (co-expression) are the gene embedding, and ``galaxy`` is a
+latent-shift perturbation model within that species.
+
 - ``"basal"``: latents are mapped between species by a linear regression (scikit-learn
   ``LinearRegression``) fitted on mutual-nearest-neighbour pairs of the two species' control cells in
   ``X_galaxy``; the source delta is carried through its linear part.
@@ -36,7 +42,6 @@ head: ``x + decode_t(z + delta) - decode_t(z)``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -51,6 +56,7 @@ from ..base import DataSpec, DataSpecError, FitReport, Predictor, expression, se
 from ..genes import GeneEmbeddings, load_embeddings
 from ._macrogenes import Macrogenes, build_macrogenes
 from ._module import GalaxyModule
+from ._testbed import pca_gene_embeddings
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -155,16 +161,10 @@ class GalaxyPredictor(Predictor):
         path}``, or ready ``macrogenes``. The source species' ``spec.perturbation_key`` column labels
         its perturbed cells; species without that column count as all control.
         """
-        from anndata import AnnData
 
-        if isinstance(adata, AnnData) or not isinstance(adata, Mapping) or len(adata) < 2:
-            raise DataSpecError(
-                "galaxy.fit needs {species: AnnData} for at least two species (e.g. {'human': a, 'mouse': b}) and "
-                "their gene embeddings; from the command line: cellgym fit --predictor galaxy --data A.h5ad B.h5ad "
-                "--species human mouse --protein-embeddings A.pt B.pt --out DIR."
-            )
-        spec = dataclasses.replace(spec or DataSpec(), context_key=None)
+        spec = spec or DataSpec()
         cfg = self.config
+        adata = self._by_species(adata, spec)
         species = list(cfg["species"] or adata)
         if sorted(species) != sorted(adata):
             raise DataSpecError(f"galaxy species {species} differ from the data's {list(adata)}.")
@@ -179,10 +179,16 @@ class GalaxyPredictor(Predictor):
                     if absent:
                         raise DataSpecError(f"{modality} embeddings: none given for species {absent}; pass one per species.")
                     modal[modality] = {s: _as_embeddings(given[s], modality) for s in species}
-            if not modal:
+            if not modal and len(species) > 1:
                 raise DataSpecError("galaxy.fit needs gene embeddings: protein_embeddings= and/or text_embeddings= "
                                     "({species: .pt file or GeneEmbeddings}), or macrogenes=.")
-            macrogenes = build_macrogenes(genes, modal, n_macrogenes=cfg["n_macrogenes"], seed=0 if seed is None else seed)
+            if not modal:  # one species: the data's own co-expression (PCA loadings) as the gene embedding
+                modal = {"protein": {s: pca_gene_embeddings(x[s], genes[s], dim=min(32, len(genes[s]))) for s in species}}
+            n_genes = min(sum(len(g) for g in genes.values()), cfg["n_macrogenes"])
+            if n_genes < cfg["n_macrogenes"]:
+                log.warning("galaxy: %d macrogenes requested but the species have %d genes in all; using %d",
+                            cfg["n_macrogenes"], n_genes, n_genes)
+            macrogenes = build_macrogenes(genes, modal, n_macrogenes=n_genes, seed=0 if seed is None else seed)
         for s in species:
             for m, lost in macrogenes.missing.get(s, {}).items():
                 if lost:
@@ -192,7 +198,7 @@ class GalaxyPredictor(Predictor):
         labels = {s: data[s].obs[spec.perturbation_key].astype(str).to_numpy() for s in species}
         perturbed = [s for s in species if (labels[s] != spec.control).any()]
         source = cfg["source"] or (perturbed[0] if perturbed else species[0])
-        target = cfg["target"] or next(s for s in species if s != source)
+        target = cfg["target"] or next((s for s in species if s != source), source)
         for what, s in (("source", source), ("target", target)):
             if s not in species:
                 raise DataSpecError(f"galaxy {what} species {s!r} is not among the data's species {species}.")
@@ -201,7 +207,8 @@ class GalaxyPredictor(Predictor):
         self.species_genes = genes
         self.genes = genes[target]
         self.perturbations = sorted({p for lab in np.unique(labels[source]) for p in spec.split_label(lab)})
-        self.contexts = [""]
+        ctx_key = spec.context_key
+        self.contexts = sorted(data[target].obs[ctx_key].astype(str).unique()) if ctx_key and ctx_key in data[target].obs else [""]
         key = cfg["celltype_key"]
         self.celltypes = sorted({str(v) for s in species if key and key in data[s].obs for v in data[s].obs[key].astype(str)})
         self.macrogene_sizes = macrogenes.sizes
@@ -210,6 +217,24 @@ class GalaxyPredictor(Predictor):
             report = self._train(data, x, labels, spec, epochs, batch_size, device, seed, logger)
         self.module.eval()
         return report
+
+    def _by_species(self, adata: Any, spec: DataSpec) -> dict[str, AnnData]:
+        """``{species: AnnData}`` from a mapping, or from one AnnData split by ``spec.species_key`` (else one species)."""
+        from anndata import AnnData
+
+        if isinstance(adata, Mapping) and adata and all(isinstance(a, AnnData) for a in adata.values()):
+            return dict(adata)
+        if not isinstance(adata, AnnData):
+            raise DataSpecError(
+                "galaxy.fit takes {species: AnnData} (e.g. {'human': a, 'mouse': b}) with their gene embeddings, or one "
+                "AnnData (split by spec.species_key); from the command line: cellgym fit --predictor galaxy --data A.h5ad "
+                "B.h5ad --species human mouse --protein-embeddings A.pt B.pt --out DIR."
+            )
+        key = spec.species_key
+        if key is not None and key in adata.obs:
+            col = adata.obs[key].astype(str)
+            return {s: adata[(col == s).to_numpy()].copy() for s in col.unique()}
+        return {(self.config["species"] or ["species"])[0]: adata}
 
     def _with_labels(self, adata: AnnData, spec: DataSpec, species: str) -> AnnData:
         if spec.perturbation_key not in adata.obs:
@@ -224,6 +249,8 @@ class GalaxyPredictor(Predictor):
     def _build_module(self) -> None:
         cfg = self.config
         species = cfg["species"]
+        if list(self.genes) != self.species_genes[cfg["target"]]:
+            raise ValueError(f"the genes ({len(self.genes)}) differ from the target species' {len(self.species_genes[cfg['target']])}")
         self.module = GalaxyModule(
             sum(self.macrogene_sizes), [len(self.species_genes[s]) for s in species], len(self.celltypes),
             len(self.perturbations), n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"], dropout=cfg["dropout"],

@@ -132,8 +132,8 @@ def test_outputs_reload_and_reproduce_macrogene_expression(tmp_path, pbmc_model,
 def test_fit_rejects_bad_input(pbmc_bed) -> None:
     from cellgym.predictors import DataSpecError
 
-    with pytest.raises(DataSpecError, match="at least two species"):
-        GalaxyPredictor().fit(pbmc_bed.a)
+    with pytest.raises(DataSpecError, match=r"galaxy\.fit takes"):
+        GalaxyPredictor().fit(pbmc_bed.a.X)
     with pytest.raises(DataSpecError, match="gene embeddings"):
         GalaxyPredictor().fit({"A": pbmc_bed.a, "B": pbmc_bed.b})
     with pytest.raises(DataSpecError, match=r"species \['B'\]"):

@@ -17,8 +17,6 @@ import torch
 
 from cellgym.envs.trip import TripConfigError, TripObs
 
-from ._ppo import self_pairs
-
 if TYPE_CHECKING:
     from cellgym.envs.trip import TripParallelEnv
 
@@ -72,10 +70,9 @@ class TripManager:
         if self._action_delta is not None:
             # 'action' clamping: first-order change of the force, J_action(inputs) @ delta (a JVP).
             view = self.obs.view
-            exclude = self_pairs(view)
             tangent = torch.zeros_like(self.obs.states)
             tangent[:, 2 * self.env.dim:] = self._action_delta
-            _, jvp = torch.func.jvp(lambda s: model(s, s[view], exclude)[0], (self.obs.states,), (tangent,))
+            _, jvp = torch.func.jvp(lambda s: model.policy(s, view)[0], (self.obs.states,), (tangent,))
             action = action + jvp.detach()
         self.obs, reward, _, truncated = self.env.step_batch(action)
         return reward, truncated

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ class CellTripConfig:
     """Width of the embeddings and the trunk."""
     n_heads: int = 1
     """Attention heads (hidden_dim must be divisible by it); 1 is ~4x faster than 4 at large N on CPU."""
+    ff_mult: int = 0
+    """0: a 2-layer ReLU trunk on [self, pooled]. >0: CellTRIP's block instead: attention output
+    projection, residual + LayerNorm, a ``ff_mult``-times-wide MLP, residual + LayerNorm."""
+    actor_hidden: int = 0
+    """0: a linear actor head; >0: one hidden ReLU layer this wide (CellTRIP: 256)."""
     log_std_init: float = -1.0
     """Initial log standard deviation of the Gaussian policy."""
     popart_beta: float = 0.1
@@ -74,6 +80,14 @@ class TrainResult:
     agent_steps: int
     seconds: float
     history: dict[str, list[float]] = field(default_factory=dict)
+
+
+CELLTRIP_SIZE = {"hidden_dim": 128, "n_heads": 2, "ff_mult": 4, "actor_hidden": 256}
+"""CellTRIP's default policy size (attention width 128, 2 heads, LayerNorms, 4x MLP block, 256-wide actor
+head): 314k parameters for 64 + 32 input features and dim 32. ``CellTripAgent(**CELLTRIP_SIZE)``."""
+
+ATTENTION_CHUNK_ELEMENTS = 1 << 22
+"""Gathered key/value entries per chunk of cells in the neighbour attention (16 MB of float32)."""
 
 
 # ============================================================================================ networks
@@ -172,7 +186,8 @@ class EntityAttentionActorCritic(nn.Module):
     """
 
     def __init__(self, state_size: int, action_dim: int, hidden_dim: int = 64, n_heads: int = 1,
-                 log_std_init: float = -0.5, popart_beta: float = 0.1) -> None:
+                 log_std_init: float = -0.5, popart_beta: float = 0.1, ff_mult: int = 0,
+                 actor_hidden: int = 0) -> None:
         super().__init__()
         if hidden_dim % n_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by n_heads ({n_heads}).")
@@ -183,13 +198,16 @@ class EntityAttentionActorCritic(nn.Module):
                                          nn.Linear(hidden_dim, hidden_dim))
         self.query = nn.Linear(hidden_dim, hidden_dim)
         self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)
-        self.trunk = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
-                                   nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
-        self.actor = nn.Linear(hidden_dim, action_dim)
+        if ff_mult > 0:  # CellTRIP's transformer-style block
+            self.trunk = TransformerBlock(hidden_dim, ff_mult)
+        else:
+            self.trunk = ConcatTrunk(hidden_dim)
+        last = nn.Linear(actor_hidden or hidden_dim, action_dim)
+        self.actor = nn.Sequential(nn.Linear(hidden_dim, actor_hidden), nn.ReLU(), last) if actor_hidden else last
         self.critic = PopArtHead(hidden_dim, popart_beta)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
-        nn.init.orthogonal_(self.actor.weight, 0.01)
-        nn.init.zeros_(self.actor.bias)
+        nn.init.orthogonal_(last.weight, 0.01)
+        nn.init.zeros_(last.bias)
 
     def first_layers(self) -> list[nn.Linear]:
         """The layers fed by the standardised input (corrected by adaptive input rescaling)."""
@@ -226,19 +244,91 @@ class EntityAttentionActorCritic(nn.Module):
         scores[:, exclude[0], exclude[1]] = float("-inf")
         attn = torch.softmax(scores, dim=-1)
         pooled = (attn @ vh).transpose(0, 1).reshape(n, hd)
-        z = self.trunk(torch.cat([h_self, pooled], dim=-1))
+        z = self.trunk(h_self, pooled)
         return self.actor(z), self.critic(z)
+
+    def forward_neighbours(self, states: torch.Tensor, tokens: torch.Tensor,
+                           index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action means and normalised values when every cell sees its own cells (the neighbour view).
+
+        Keys and values are computed once per token row, then gathered as (chunk, k, hidden) tensors for
+        chunks of cells and attended with ``F.scaled_dot_product_attention`` (one query per cell), so
+        memory stays bounded at any N and the work is O(N k hidden).
+
+        Parameters
+        ----------
+        states : Tensor of shape (N, S)
+            The querying cells.
+        tokens : Tensor of shape (M, S)
+            Rows the cells attend to (the batched world passes ``states`` itself).
+        index : LongTensor of shape (N, k)
+            Row i: the rows of ``tokens`` that cell i attends to.
+        """
+        h_self = self.self_embed(self.standardiser(states))
+        q = self.query(h_self)
+        kv = self.key_value(self.other_embed(self.standardiser(tokens)))
+        n, hd = q.shape
+        k = index.shape[1]
+        heads, head = self.n_heads, hd // self.n_heads
+        rows = max(1, ATTENTION_CHUNK_ELEMENTS // (2 * hd * k))
+        pooled = []
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            c = stop - start
+            kvc = kv[index[start:stop]]  # (c, k, 2 hd)
+            kc = kvc[..., :hd].view(c, k, heads, head).transpose(1, 2)  # (c, H, k, h)
+            vc = kvc[..., hd:].view(c, k, heads, head).transpose(1, 2)
+            qc = q[start:stop].view(c, heads, 1, head)
+            pooled.append(F.scaled_dot_product_attention(qc, kc, vc).view(c, hd))
+        z = self.trunk(h_self, torch.cat(pooled) if len(pooled) > 1 else pooled[0])
+        return self.actor(z), self.critic(z)
+
+    def policy(self, states: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action means and normalised values for the world's states and view (1-D shared or 2-D per cell)."""
+        if view.ndim == 2:
+            return self.forward_neighbours(states, states, view)
+        return self(states, states[view], self_pairs(view))
 
     def act(self, obs: TripObs, *, deterministic: bool = False, generator: torch.Generator | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions, their log-probabilities and unnormalised values for a batched observation."""
-        mean, value_n = self(obs.states, obs.states[obs.view], self_pairs(obs.view))
+        mean, value_n = self.policy(obs.states, obs.view)
         if deterministic:
             action = mean
         else:
             # drawn on the CPU generator and moved: the same seed gives the same noise on every device
             action = mean + self.log_std.exp() * torch.randn(mean.shape, generator=generator).to(mean.device)
         return action, gaussian_log_prob(action, mean, self.log_std), self.critic.unnormalise(value_n)
+
+
+class ConcatTrunk(nn.Sequential):
+    """cellgym's default trunk: a 2-layer ReLU MLP on [own embedding, pooled attention].
+
+    A ``Sequential`` so that its parameter names (``trunk.0.weight``, ...) are those of saved agents."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+
+    def forward(self, h_self: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(N, hidden) features for the heads."""
+        return super().forward(torch.cat([h_self, pooled], dim=-1))
+
+
+class TransformerBlock(nn.Module):
+    """CellTRIP's block: output projection, residual + LayerNorm, ``ff_mult``x MLP, residual + LayerNorm."""
+
+    def __init__(self, hidden_dim: int, ff_mult: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(hidden_dim, hidden_dim)
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.ff = nn.Sequential(nn.Linear(hidden_dim, ff_mult * hidden_dim), nn.ReLU(),
+                                nn.Linear(ff_mult * hidden_dim, hidden_dim))
+        self.norm2 = nn.LayerNorm(hidden_dim)
+
+    def forward(self, h_self: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, hidden) features for the heads."""
+        z = self.norm1(h_self + self.out(pooled))
+        return self.norm2(z + self.ff(z))
 
 
 def self_pairs(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,7 +427,7 @@ def update(model: EntityAttentionActorCritic, optimizer: torch.optim.Optimizer, 
             kl, clipped, count = 0.0, 0.0, 0
             for t in steps:
                 obs = ro.obs[t]
-                mean, value_n = model(obs.states, obs.states[obs.view], self_pairs(obs.view))
+                mean, value_n = model.policy(obs.states, obs.view)
                 new_log_prob = gaussian_log_prob(ro.actions[t], mean, model.log_std)
                 log_ratio = new_log_prob - ro.log_probs[t]
                 ratio = log_ratio.exp()

@@ -86,8 +86,9 @@ CELLTRIP_SIZE = {"hidden_dim": 128, "n_heads": 2, "ff_mult": 4, "actor_hidden": 
 """CellTRIP's default policy size (attention width 128, 2 heads, LayerNorms, 4x MLP block, 256-wide actor
 head): 314k parameters for 64 + 32 input features and dim 32. ``CellTripAgent(**CELLTRIP_SIZE)``."""
 
-ATTENTION_CHUNK_ELEMENTS = 1 << 22
-"""Gathered key/value entries per chunk of cells in the neighbour attention (16 MB of float32)."""
+ATTENTION_CHUNK_ELEMENTS = 1 << 18
+"""Gathered key/value entries per chunk of cells in the neighbour attention (1 MB of float32: the chunk
+stays in cache between the gather and the attention; 16 MB chunks measured 1.2-2.6x slower)."""
 
 
 # ============================================================================================ networks
@@ -275,7 +276,7 @@ class EntityAttentionActorCritic(nn.Module):
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             c = stop - start
-            kvc = kv[index[start:stop]]  # (c, k, 2 hd)
+            kvc = kv.index_select(0, index[start:stop].reshape(-1)).view(c, k, 2 * hd)  # 2x faster than kv[idx]
             kc = kvc[..., :hd].view(c, k, heads, head).transpose(1, 2)  # (c, H, k, h)
             vc = kvc[..., hd:].view(c, k, heads, head).transpose(1, 2)
             qc = q[start:stop].view(c, heads, 1, head)

@@ -21,8 +21,9 @@ from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
 DENSE_DISTANCE_MAX_CELLS = 8192
 """Up to this many cells the (N, N) modality distances are computed once per episode (N^2 floats)."""
 
-PAIR_CHUNK_ELEMENTS = 1 << 22
-"""Gathered (cell, neighbour, feature) entries per chunk of the neighbour view's pair computations (16 MB)."""
+PAIR_CHUNK_ELEMENTS = 1 << 18
+"""Gathered (cell, neighbour, feature) entries per chunk of the neighbour view's pair computations (1 MB,
+so a chunk stays in cache)."""
 
 View = Literal["sampled", "all", "neighbours"]
 
@@ -611,7 +612,7 @@ def _pair_distances(y: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     rows = max(1, PAIR_CHUNK_ELEMENTS // max(1, k * y.shape[1]))
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        diff = y[pairs[start:stop]] - y[start:stop, None, :]
+        diff = y.index_select(0, pairs[start:stop].reshape(-1)).view(stop - start, k, -1) - y[start:stop, None, :]
         torch.linalg.vector_norm(diff, dim=2, out=out[start:stop])
     return out
 

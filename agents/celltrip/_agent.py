@@ -82,8 +82,12 @@ class CellTripAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ learn
     def learn(self, env: TripParallelEnv, total_timesteps: int, *, seed: int | None = None,
-              tensorboard_log: str | Path | None = None, progress_bar: bool = False) -> CellTripAgent:
+              tensorboard_log: str | Path | None = None, progress_bar: bool = False,
+              collector: Any = None) -> CellTripAgent:
         """Train on ``env`` for ``total_timesteps`` environment steps, then fit decoders at steady state.
+
+        ``collector``: where rollouts come from (default: ``env`` in this process); pass a
+        :class:`~cellgym.agents.celltrip.RayCollector` to collect in Ray actors (one learner updates here).
 
         TensorBoard scalars (when ``tensorboard_log`` is given): ``rollout/reward_per_cell``,
         ``rollout/velocity``, ``train/*`` losses, ``time/agent_steps_per_s`` and, once decoders are fitted,
@@ -103,7 +107,7 @@ class CellTripAgent(Agent):
         try:
             self.result = train(self.config, env, self.model, int(total_timesteps), seed=seed,
                                 logger=None if writer is None else writer.add_scalar,
-                                progress=None if bar is None else bar.update)
+                                progress=None if bar is None else bar.update, collector=collector)
             manager = self.manager(env, seed=seed)
             manager.simulate(self.config.steady_state_steps)
             errors = manager.fit_decoders()

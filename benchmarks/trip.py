@@ -167,15 +167,16 @@ class Config:
 
 def peak_rss_gb(n: int, view: str, size: str) -> float:
     """Peak RSS (GB) of a fresh process that builds this configuration and runs 2 steps."""
+    # VmHWM of the child's own address space (ru_maxrss would carry over the parent's peak through fork/exec)
     code = (f"import sys; sys.argv = ['trip.py']; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch;"
-            "torch.set_num_threads(1); import trip, resource;"
+            "torch.set_num_threads(1); import trip;"
             f"c = trip.Config({n}, {view!r}, {size!r}); c.run(2);"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     if out.returncode != 0:
         return float("nan")
-    return int(out.stdout.strip().splitlines()[-1]) / 1e6  # ru_maxrss is in KB on Linux
+    return int(out.stdout.strip().splitlines()[-1]) / 1e6  # kB -> GB
 
 
 def speed(cells: list[int], views: list[str], sizes: list[str], rounds: int, block: int, rss: bool,

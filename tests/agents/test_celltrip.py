@@ -282,7 +282,8 @@ def test_neighbour_attention_equals_shared_attention_when_every_cell_is_a_neighb
     nbr = world(view="neighbours", n_neighbours=79, n_random=0)
     agent = CellTripAgent(**FAST, **size)
     agent._check_env(ref)
-    obs_r, obs_n = ref.reset_batch(seed=0, options={"n_cells": 80}), nbr.reset_batch(seed=0, options={"n_cells": 80})
+    cells = {"cells": np.arange(80)}
+    obs_r, obs_n = ref.reset_batch(seed=0, options=cells), nbr.reset_batch(seed=0, options=cells)
     mean_r, value_r = agent.model.policy(obs_r.states, obs_r.view)
     mean_n, value_n = agent.model.policy(obs_n.states, obs_n.view)
     torch.testing.assert_close(mean_n, mean_r, rtol=1e-4, atol=1e-5)

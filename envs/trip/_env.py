@@ -455,11 +455,13 @@ class TripParallelEnv(ParallelEnv):
         self.device = device
         self.features = [None if f is None else f.to(device) for f in self.features]
         for name in ("inputs", "positions", "velocities", "view", "_n_others", "_dist_sum", "_dist_sq",
-                     "_dense_dist", "_phi_dist", "_phi_pin", "_pair_dist", "_pair_dist_sq"):
+                     "_dense_dist", "_phi_dist", "_phi_pin", "_pair_dist", "_pair_dist_sq", "_knn"):
             if getattr(self, name, None) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         if getattr(self, "targets", None) is not None:
             self.targets = [(k, mod, y.to(device)) for k, mod, y in self.targets]
+        if self._knn_cache is not None:
+            self._knn_cache = (self._knn_cache[0], self._knn_cache[1].to(device))
         return self
 
     def close(self) -> None:

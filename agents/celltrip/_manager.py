@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cellgym.envs.trip import TripConfigError, TripObs
 
@@ -72,7 +73,9 @@ class TripManager:
             view = self.obs.view
             tangent = torch.zeros_like(self.obs.states)
             tangent[:, 2 * self.env.dim:] = self._action_delta
-            _, jvp = torch.func.jvp(lambda s: model.policy(s, view)[0], (self.obs.states,), (tangent,))
+            # forward-mode AD runs through SDPA's math kernel (the fused CPU kernel has no forward AD)
+            with sdpa_kernel(SDPBackend.MATH):
+                _, jvp = torch.func.jvp(lambda s: model.policy(s, view)[0], (self.obs.states,), (tangent,))
             action = action + jvp.detach()
         self.obs, reward, _, truncated = self.env.step_batch(action)
         return reward, truncated

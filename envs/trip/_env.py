@@ -417,7 +417,10 @@ class TripParallelEnv(ParallelEnv):
 
     # ------------------------------------------------------------------------------ perturbation hooks
     def set_inputs(self, inputs: torch.Tensor) -> None:
-        """Replace the current cells' processed input features (N, F_in), e.g. for in-silico clamping."""
+        """Replace the current cells' processed input features (N, F_in), e.g. for in-silico clamping.
+
+        The neighbour view's graph stays that of the cells' own (unclamped) modalities for the episode.
+        """
         if inputs.shape != self.inputs.shape:
             raise TripConfigError(f"inputs must have shape {tuple(self.inputs.shape)}; got {tuple(inputs.shape)}.")
         self.inputs = inputs.to(self.device, torch.float32)

@@ -1,83 +1,307 @@
-"""CellTRIP benchmarks: speed of world + policy, and what a trained model shows (imputation, integration).
+"""CellTRIP benchmarks: speed of world + policy at population scale, and what a trained model shows.
 
-``speed``: steps per second, batched interface vs PettingZoo dict API.
+``speed``: policy + environment steps (batched interface, random weights, no gradient), dim 32, two
+modalities of 64 and 32 features (both input and target). For each N, every configuration below is built
+first and then stepped in turns (blocks of ``--block`` steps, ``--rounds`` rounds), so every ratio printed
+compares configurations measured side by side in this invocation:
 
-Single thread, random weights, dim 32, two modalities of 64 and 32 features (both input and target),
-N = 100, 1000, 4000 cells; once with the reference implementation's view (every cell sees all others up
-to 1000 cells, a 1000-cell sample beyond) and once with cellgym's default view (``view_size=256``).
-The reference CellTRIP implementation measured 393, 30.5 and 6.5 steps/s on this kind of machine with
-the same settings; ratios are printed next to it.
+- views: ``reference`` (CellTRIP's: all cells up to 1000, a 1000-cell sample redrawn every step beyond),
+  ``sampled`` (cellgym's ``view_size=256``), ``neighbours`` (32 nearest cells in modality space + 8 random);
+- policy sizes: cellgym's default (width 64, 1 head) and CellTRIP's (width 128, 2 heads, LayerNorms, 4x MLP,
+  256-wide actor head; ``CELLTRIP_SIZE``);
+- ``dense``: a plain all-pairs implementation of the same step (torch.cdist distances recomputed every step,
+  ``nn.MultiheadAttention`` over the view, CellTRIP's policy size), the reference the ratios divide by.
 
-    .venv/bin/python benchmarks/trip.py speed [--min-seconds 3]
-    .venv/bin/python benchmarks/trip.py merfish [--steps 3000]      # needs ../shared/data
-    .venv/bin/python benchmarks/trip.py integration [--steps 3000]
+CPU-ms/step is this process's CPU time (all threads) per step; steps/s and agent-steps/s are per CPU-second
+(wall-clock steps/s in brackets: the machine may be shared). Peak RSS is measured per configuration in a
+fresh child process (reset + 2 steps).
+
+    .venv/bin/python benchmarks/trip.py speed [--cells 1000 4000 10000 100000] [--plot docs/trip_scale.png]
+    .venv/bin/python benchmarks/trip.py threads [--cells 4000]        # 1 vs 2 torch threads, interleaved
+    .venv/bin/python benchmarks/trip.py knn [--cells 100000]          # kNN libraries, time and recall
+    .venv/bin/python benchmarks/trip.py merfish [--steps 3000] [--view neighbours]  # needs ../shared/data
+    .venv/bin/python benchmarks/trip.py integration [--steps 3000] [--view neighbours]
     .venv/bin/python benchmarks/trip.py perturbation [--steps 3000]   # uses cellgym.predictors.grn
     .venv/bin/python benchmarks/trip.py stages [--steps 3000]
 """
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. With the default (spin) policy
+# two torch threads on a shared 2-core machine measured 5-9x slower than one; passive, within 1.2x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
+import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from cellgym.agents.celltrip import CellTripAgent
+from cellgym.agents.celltrip._ppo import CELLTRIP_SIZE
 from cellgym.envs.trip import TripParallelEnv
 
-REFERENCE = {100: 393.0, 1000: 30.5, 4000: 6.5}
+VIEWS = {"reference": {"view": "sampled", "view_size": 1000}, "sampled": {"view": "sampled", "view_size": 256},
+         "neighbours": {"view": "neighbours", "n_neighbours": 32, "n_random": 8}}
+SIZES = {"cellgym": {}, "celltrip": CELLTRIP_SIZE}
 
 
-def make_world(n_cells: int, view_size: int, seed: int = 0) -> TripParallelEnv:
+def make_world(n_cells: int, seed: int = 0, **kwargs) -> TripParallelEnv:
     rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(n_cells, 8))
-    m1 = latent @ rng.normal(size=(8, 64)) + 0.3 * rng.normal(size=(n_cells, 64))
-    m2 = latent @ rng.normal(size=(8, 32)) + 0.3 * rng.normal(size=(n_cells, 32))
-    return TripParallelEnv([m1, m2], kinds=["features", "features"], dim=32, view_size=view_size,
-                           episode_length=(10**9, 10**9))
+    latent = rng.normal(size=(n_cells, 8)).astype(np.float32)
+    m1 = latent @ rng.normal(size=(8, 64)).astype(np.float32) + 0.3 * rng.normal(size=(n_cells, 64)).astype(np.float32)
+    m2 = latent @ rng.normal(size=(8, 32)).astype(np.float32) + 0.3 * rng.normal(size=(n_cells, 32)).astype(np.float32)
+    return TripParallelEnv([m1, m2], kinds=["features", "features"], dim=32, episode_length=(10**9, 10**9), **kwargs)
 
 
-def steps_per_second(env: TripParallelEnv, agent: CellTripAgent, *, dict_api: bool, min_seconds: float) -> tuple[float, float]:
-    gen = torch.Generator().manual_seed(0)
-    if dict_api:
-        obs, _ = env.reset(seed=0)
-        step = lambda o: env.step(agent.act(o, env, deterministic=False))[0]  # noqa: E731
-    else:
-        obs = env.reset_batch(seed=0)
-        step = lambda o: env.step_batch(agent.model.act(o, generator=gen)[0])[0]  # noqa: E731
-    with torch.no_grad():
-        obs = step(obs)  # warm-up
-        n, start, cpu = 0, time.perf_counter(), time.process_time()
-        while n < 3 or time.perf_counter() - start < min_seconds:
-            obs = step(obs)
-            n += 1
-    # The machine is shared: CPU time of this (single-threaded) process is the fairer clock; wall is printed too.
-    return n / (time.process_time() - cpu), n / (time.perf_counter() - start)
+# ------------------------------------------------------------------------------------- dense reference
+class DenseReferencePolicy(nn.Module):
+    """CellTRIP's default policy written plainly: MLP embeddings, ``nn.MultiheadAttention`` of every cell
+    over the view's embeddings (self masked), residual + LayerNorm, 4x MLP, residual + LayerNorm, 256-wide
+    actor head, linear critic."""
+
+    def __init__(self, state_size: int, dim: int, width: int = 128, heads: int = 2) -> None:
+        super().__init__()
+        self.self_embed = nn.Sequential(nn.Linear(state_size, width), nn.ReLU(), nn.Linear(width, width))
+        self.other_embed = nn.Sequential(nn.Linear(state_size, width), nn.ReLU(), nn.Linear(width, width))
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, width))
+        self.actor = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, dim))
+        self.critic = nn.Linear(width, 1)
+        self.log_std = nn.Parameter(torch.full((dim,), -1.0))
+
+    def forward(self, states: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        q = self.self_embed(states)[None]
+        kv = self.other_embed(states[view])[None]
+        mask = view[None, :] == torch.arange(len(states))[:, None]  # (N, V): True = not attended (self)
+        pooled, _ = self.attention(q, kv, kv, attn_mask=mask, need_weights=False)
+        z = self.norm1(q + pooled)
+        z = self.norm2(z + self.ff(z))[0]
+        self.critic(z)
+        mean = self.actor(z)
+        return mean + self.log_std.exp() * torch.randn_like(mean)
 
 
-def speed(cells: list[int], min_seconds: float) -> None:
-    print("steps/s per CPU-second of this process (wall-clock steps/s in brackets; the machine is shared)")
-    print("| view | N | batched steps/s | agent-steps/s | vs reference | dict-API steps/s | dict overhead |")
-    print("|---|---|---|---|---|---|---|")
-    for label, view_size in (("reference (all <=1000, sample 1000)", 1000), ("cellgym default (256)", 256)):
-        for n in cells:
-            env = make_world(n, view_size)
-            agent = CellTripAgent()
-            agent._check_env(env)
-            batched, batched_wall = steps_per_second(env, agent, dict_api=False, min_seconds=min_seconds)
-            dicts, dicts_wall = steps_per_second(env, agent, dict_api=True, min_seconds=min_seconds)
-            print(f"| {label} | {n} | {batched:.1f} ({batched_wall:.1f}) | {batched * n:,.0f} | "
-                  f"{batched / REFERENCE[n]:.2f}x (ref {REFERENCE[n]}) | {dicts:.1f} ({dicts_wall:.1f}) | "
-                  f"{batched / dicts:.2f}x |", flush=True)
+class DenseReferenceWorld:
+    """The same world step written plainly: all-pairs distances to the view recomputed every step."""
+
+    def __init__(self, env: TripParallelEnv, view_size: int, seed: int = 0) -> None:
+        self.env, self.view_size = env, view_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.ys = env.features
+        self.inputs = torch.cat(env.features, 1)
+        n = len(self.inputs)
+        self.x = torch.randn(n, env.dim, generator=self.gen) / math.sqrt(env.dim)
+        self.v = torch.zeros(n, env.dim)
+
+    def potential(self, x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        e = torch.cdist(x, x[view])
+        err = sum(((e - torch.cdist(y, y[view])) ** 2).sum(1) for y in self.ys)
+        pin = 0.0
+        for y in self.ys:
+            xc = torch.cat([x, torch.ones(len(x), 1)], 1)
+            coef = torch.linalg.lstsq(xc, y).solution
+            pin = pin + ((xc @ coef - y) ** 2).sum(1)
+        return -err / (len(view) - 1) - pin - 0.1 * x.norm(dim=1)
+
+    def step(self, policy: DenseReferencePolicy) -> torch.Tensor:
+        env, n = self.env, len(self.x)
+        view = torch.randperm(n, generator=self.gen)[: self.view_size] if n > self.view_size else torch.arange(n)
+        states = torch.cat([self.x, self.v, self.inputs], 1)
+        a = policy(states, view).clamp(-1, 1)
+        v = ((self.v + env.dt * env.force * a).clamp(-env.max_velocity, env.max_velocity)) * (1 - env.friction)
+        x = self.x + env.dt * v
+        reward = self.potential(x, view) - self.potential(self.x, view) - 0.001 * v.pow(2).sum(1) - 1e-4 * a.pow(2).sum(1)
+        self.x, self.v = x, v
+        return reward
+
+
+# -------------------------------------------------------------------------------------------- speed
+class Config:
+    """One configuration to time: a world and a policy, or the dense reference."""
+
+    def __init__(self, n: int, view: str, size: str) -> None:
+        self.n, self.view, self.size = n, view, size
+        self.cpu = self.wall = 0.0
+        self.steps = 0
+        if view == "dense":
+            env = make_world(n, view="sampled", view_size=n)  # only its processed features are used
+            env.reset_batch(seed=0)
+            self.world = DenseReferenceWorld(env, VIEWS["reference"]["view_size"])
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                self.model = DenseReferencePolicy(env.state_size, env.dim)
+            self.params = sum(p.numel() for p in self.model.parameters())
+            self._step = lambda: self.world.step(self.model)
+            return
+        self.env = make_world(n, **VIEWS[view])
+        agent = CellTripAgent(**SIZES[size])
+        agent._check_env(self.env, seed=0)
+        self.model = agent.model
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.gen = torch.Generator().manual_seed(0)
+        self.obs = self.env.reset_batch(seed=0)
+
+    @property
+    def label(self) -> str:
+        return "dense reference (CellTRIP size, reference view)" if self.view == "dense" else f"{self.view}, {self.size}"
+
+    def step(self) -> None:
+        if self.view == "dense":
+            self._step()
+        else:
+            self.obs = self.env.step_batch(self.model.act(self.obs, generator=self.gen)[0])[0]
+
+    @torch.no_grad()
+    def run(self, steps: int) -> None:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.cpu += time.process_time() - cpu
+        self.wall += time.perf_counter() - wall
+        self.steps += steps
+
+
+def peak_rss_gb(n: int, view: str, size: str) -> float:
+    """Peak RSS (GB) of a fresh process that builds this configuration and runs 2 steps."""
+    # VmHWM of the child's own address space (ru_maxrss would carry over the parent's peak through fork/exec)
+    code = (f"import sys; sys.argv = ['trip.py']; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch;"
+            "torch.set_num_threads(1); import trip;"
+            f"c = trip.Config({n}, {view!r}, {size!r}); c.run(2);"
+            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        return float("nan")
+    return int(out.stdout.strip().splitlines()[-1]) / 1e6  # kB -> GB
+
+
+def speed(cells: list[int], views: list[str], sizes: list[str], rounds: int, block: int, rss: bool,
+          plot: str | None) -> list[dict]:
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; torch threads "
+          f"{torch.get_num_threads()}")
+    rows = []
+    for n in cells:
+        configs = [Config(n, v, s) for v in views for s in sizes if v != "dense"]
+        if "dense" in views and n <= 10_000:
+            configs.append(Config(n, "dense", "celltrip"))
+        for c in configs:
+            c.run(1)  # warm-up (not counted)
+            c.cpu = c.wall = 0.0
+            c.steps = 0
+        for _ in range(rounds):  # interleaved: every configuration gets a block per round
+            for c in configs:
+                c.run(block)
+        load = os.getloadavg()[0]
+        print(f"\nN = {n:,} (load average {load:.1f}; {rounds} rounds x {block} steps per configuration)")
+        print("| configuration | params | CPU-ms/step | steps/s (wall) | agent-steps/s | peak RSS GB | vs dense |")
+        print("|---|---|---|---|---|---|---|")
+        dense = next((c for c in configs if c.view == "dense"), None)
+        for c in configs:
+            ms = 1000 * c.cpu / c.steps
+            sps, wall_sps = c.steps / c.cpu, c.steps / c.wall
+            mem = peak_rss_gb(n, c.view, c.size) if rss else float("nan")
+            ratio = f"{(dense.cpu / dense.steps) / (c.cpu / c.steps):.1f}x" if dense is not None else "-"
+            print(f"| {c.label} | {c.params:,} | {ms:.1f} | {sps:.2f} ({wall_sps:.2f}) | {sps * n:,.0f} | "
+                  f"{mem:.2f} | {ratio} |", flush=True)
+            rows.append({"n": n, "view": c.view, "size": c.size, "params": c.params, "cpu_ms": ms,
+                         "steps_per_s": sps, "wall_steps_per_s": wall_sps, "peak_rss_gb": mem, "load": load})
+        del configs
+    if plot:
+        plot_scaling(rows, plot)
+    return rows
+
+
+def plot_scaling(rows: list[dict], path: str) -> None:
+    """Log-log CPU-ms per step against N, one line per configuration, with a slope-1 guide."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for key in sorted({(r["view"], r["size"]) for r in rows}):
+        pts = sorted((r["n"], r["cpu_ms"]) for r in rows if (r["view"], r["size"]) == key)
+        ax.loglog(*zip(*pts, strict=True), "o-", label=", ".join(key))
+    ns = np.array(sorted({r["n"] for r in rows}), dtype=float)
+    base = min(r["cpu_ms"] for r in rows if r["n"] == ns[0])
+    ax.loglog(ns, base * ns / ns[0], "k:", label="linear in N")
+    ax.set_xlabel("cells N")
+    ax.set_ylabel("CPU-ms per policy + env step")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    print(f"plot written to {path}")
+
+
+def threads(cells: list[int], rounds: int, block: int) -> None:
+    """The neighbour step at 1 and 2 torch threads, interleaved in one process (OMP_WAIT_POLICY as set)."""
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {os.getloadavg()[0]:.1f}")
+    print("| N | configuration | threads | CPU-ms/step | wall-ms/step |\n|---|---|---|---|---|")
+    for n in cells:
+        for view in ("sampled", "neighbours"):
+            c = Config(n, view, "celltrip")
+            times = {1: [0.0, 0.0, 0], 2: [0.0, 0.0, 0]}
+            c.run(1)
+            for _ in range(rounds):
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    c.cpu = c.wall = 0.0
+                    c.steps = 0
+                    c.run(block)
+                    times[t][0] += c.cpu
+                    times[t][1] += c.wall
+                    times[t][2] += c.steps
+            for t, (cpu, wall, steps) in times.items():
+                print(f"| {n:,} | {view}, celltrip | {t} | {1000 * cpu / steps:.1f} | {1000 * wall / steps:.1f} |",
+                      flush=True)
+    torch.set_num_threads(1)
+
+
+def knn(cells: list[int], k: int = 32) -> None:
+    """Build time (CPU-s) and recall@k of each kNN backend on the benchmark's modality features."""
+    from cellgym.envs.trip import knn_graph
+
+    for n in cells:
+        env = make_world(n, view="neighbours")
+        env.reset_batch(seed=0)
+        x = env.inputs
+        queries = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:500]
+        d = torch.cdist(x[queries], x)
+        d[torch.arange(len(queries)), queries] = float("inf")
+        exact = d.topk(k, largest=False).indices
+        print(f"N = {n:,}, {x.shape[1]} features, k = {k}, load average {os.getloadavg()[0]:.1f}")
+        print("| backend | CPU-s | wall-s | recall@k |\n|---|---|---|---|")
+        for backend in ("faiss", "pynndescent", "exact"):
+            if backend == "exact" and n > 50_000:
+                continue
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                graph = knn_graph(x, k, backend=backend)
+            except ImportError as err:
+                print(f"| {backend} | not installed ({err}) | | |")
+                continue
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(exact, graph[queries], strict=True)])
+            print(f"| {backend} | {cpu:.1f} | {wall:.1f} | {recall:.3f} |", flush=True)
 
 
 # ------------------------------------------------------------------------------------- MERFISH imputation
 MERFISH = Path(__file__).resolve().parents[2] / "shared/data/spatial/merfish_allen_visp_253genes.h5ad"
 
 
-def merfish_imputation(steps: int, seed: int = 0, n_reference: int = 700) -> dict[str, float]:
+def merfish_imputation(steps: int, seed: int = 0, n_reference: int = 700, views: tuple[str, ...] = ("sampled",)
+                       ) -> dict[str, float]:
     """Impute held-out cells' (x, y) in µm from expression; CellTRIP next to kNN and linear regression.
 
     80/20 random split of cells. CellTRIP trains on episodes of 256 training cells; to impute, the
@@ -99,6 +323,7 @@ def merfish_imputation(steps: int, seed: int = 0, n_reference: int = 700) -> dic
     test, train = order[: len(counts) // 5], order[len(counts) // 5:]
     env = TripParallelEnv([counts[train], coords[train]], kinds=["counts", "spatial"], names=["rna", "spatial"],
                           input_modalities=[0], target_modalities=[1], max_cells=256, episode_length=(50, 100))
+    worlds = {v: env.for_cells([counts[train], coords[train]], max_cells=256, **VIEWS[v]) for v in views}
     expr = env.modalities[0]
     x_train = expr.transform(torch.from_numpy(counts[train])).numpy()
     x_test = expr.transform(torch.from_numpy(counts[test])).numpy()
@@ -112,8 +337,9 @@ def merfish_imputation(steps: int, seed: int = 0, n_reference: int = 700) -> dic
         results[f"kNN regression (k={k}) on 64 PCs"] = rmse(knn.predict(x_test))
     results["linear regression on 64 PCs"] = rmse(LinearRegression().fit(x_train, coords[train]).predict(x_test))
 
-    def celltrip_rmse(agent: CellTripAgent) -> float:
-        reference = rng.choice(len(train), n_reference, replace=False)
+    reference = rng.choice(len(train), n_reference, replace=False)  # the same reference cells for every model
+
+    def celltrip_rmse(agent: CellTripAgent, env: TripParallelEnv = env) -> float:
         world = env.for_cells([np.concatenate([counts[train][reference], counts[test]]), None],
                               max_cells=n_reference + len(test))
         manager = agent.manager(world, cells=np.arange(n_reference + len(test)), seed=seed)
@@ -125,11 +351,12 @@ def merfish_imputation(steps: int, seed: int = 0, n_reference: int = 700) -> dic
     untrained = CellTripAgent()
     untrained._check_env(env)
     results["CellTRIP, untrained policy (random weights)"] = celltrip_rmse(untrained)
-    start = time.process_time()
-    agent = CellTripAgent().learn(env, steps, seed=seed)
-    cpu = time.process_time() - start
-    results[f"CellTRIP, trained {steps} steps ({agent.result.agent_steps:,} agent-steps, {cpu:.0f} CPU-s)"] = \
-        celltrip_rmse(agent)
+    for view, world in worlds.items():
+        start = time.process_time()
+        agent = CellTripAgent().learn(world, steps, seed=seed)
+        cpu = time.process_time() - start
+        results[f"CellTRIP, {view} view, trained {steps} steps ({agent.result.agent_steps:,} agent-steps, "
+                f"{cpu:.0f} CPU-s)"] = celltrip_rmse(agent, world)
     print(f"MERFISH VISp, {len(train)} training / {len(test)} held-out cells, seed {seed}")
     print("| method | held-out RMSE of (x, y), µm |\n|---|---|")
     for name, value in results.items():
@@ -146,24 +373,34 @@ def knn_label_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float
     return float((labels[nn_idx] == labels[:, None]).mean())
 
 
-def integration(steps: int, seed: int = 0) -> dict[str, float]:
-    """kNN label agreement of cell types in the space before and after simulating the trained policy."""
+def integration(steps: int, seed: int = 0, views: tuple[str, ...] = ("sampled",), n_cells: int = 300
+                ) -> dict[str, float]:
+    """kNN label agreement of cell types in the space before and after simulating the trained policy.
+
+    Training episodes hold 256 of the ``n_cells`` cells; the space is read off a simulation of all of them.
+    """
     from cellgym.registry import make
 
-    env = make("CellEnv-Trip-Integration-v0", n_cells=300, seed=seed, episode_length=(50, 100))
-    labels = env.labels
-    results = {f"modality {m.name} (processed)": knn_label_agreement(f.numpy(), labels)
-               for m, f in zip(env.modalities, env.features, strict=True)}
-    untrained = CellTripAgent()
-    untrained._check_env(env)
-    agent = CellTripAgent().learn(env, steps, seed=seed)
-    for name, policy in (("untrained policy", untrained), (f"trained policy ({steps} steps)", agent)):
-        manager = policy.manager(env, cells=np.arange(env.n_total), seed=seed + 1)
-        start = knn_label_agreement(manager.positions, labels)
-        manager.simulate(agent.config.steady_state_steps)
-        results[f"space at reset (random positions), {name}"] = start
-        results[f"space after {agent.config.steady_state_steps} steps, {name}"] = \
-            knn_label_agreement(manager.positions, labels)
+    results: dict[str, float] = {}
+    for view in views:
+        env = make("CellEnv-Trip-Integration-v0", n_cells=n_cells, seed=seed, episode_length=(50, 100),
+                   max_cells=min(256, n_cells), **VIEWS[view])
+        labels = env.labels
+        if not results:
+            results = {f"modality {m.name} (processed)": knn_label_agreement(f.numpy(), labels)
+                       for m, f in zip(env.modalities, env.features, strict=True)}
+        untrained = CellTripAgent()
+        untrained._check_env(env)
+        agent = CellTripAgent().learn(env, steps, seed=seed)
+        full = env.for_cells([env.raw[0], env.raw[1]])  # every cell, same preprocessing and view
+        full.labels = labels
+        for name, policy in (("untrained policy", untrained), (f"trained policy ({steps} steps)", agent)):
+            manager = policy.manager(full, cells=np.arange(full.n_total), seed=seed + 1)
+            start = knn_label_agreement(manager.positions, labels)
+            manager.simulate(agent.config.steady_state_steps)
+            results[f"{view} view: space at reset (random positions), {name}"] = start
+            results[f"{view} view: space after {agent.config.steady_state_steps} steps, {name}"] = \
+                knn_label_agreement(manager.positions, labels)
     print("| space | kNN (k=10) cell-type agreement |\n|---|---|")
     for name, value in results.items():
         print(f"| {name} | {value:.3f} |")
@@ -266,20 +503,34 @@ def stages(steps: int, seed: int = 0) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["speed", "merfish", "integration", "perturbation", "stages"])
-    parser.add_argument("--min-seconds", type=float, default=3.0)
-    parser.add_argument("--cells", type=int, nargs="+", default=[100, 1000, 4000])
+    parser.add_argument("what", choices=["speed", "threads", "knn", "merfish", "integration", "perturbation",
+                                         "stages"])
+    parser.add_argument("--cells", type=int, nargs="+", default=None,
+                        help="speed: 1000 4000 10000 100000; threads: 4000; knn: 100000")
+    parser.add_argument("--views", nargs="+", default=None,
+                        help="speed: reference sampled neighbours dense; merfish/integration: sampled neighbours")
+    parser.add_argument("--sizes", nargs="+", default=["cellgym", "celltrip"], choices=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block", type=int, default=2, help="steps per configuration per round")
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-configuration peak-RSS child processes")
+    parser.add_argument("--plot", default=None, help="speed: write a log-log plot of CPU-ms/step against N")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (speed)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if args.what == "speed":
-        speed(args.cells, args.min_seconds)
+        speed(args.cells or [1000, 4000, 10_000, 100_000], args.views or ["reference", "sampled", "neighbours", "dense"],
+              args.sizes, args.rounds, args.block, not args.no_rss, args.plot)
+    elif args.what == "threads":
+        threads(args.cells or [4000], args.rounds, args.block)
+    elif args.what == "knn":
+        knn(args.cells or [100_000])
     elif args.what == "merfish":
-        merfish_imputation(args.steps, args.seed)
+        merfish_imputation(args.steps, args.seed, views=tuple(args.views or ["sampled", "neighbours"]))
     elif args.what == "integration":
-        integration(args.steps, args.seed)
+        integration(args.steps, args.seed, views=tuple(args.views or ["sampled", "neighbours"]))
     elif args.what == "perturbation":
         perturbation(args.steps, args.seed)
     else:

@@ -2,12 +2,30 @@
 
 from ._agent import CellTripAgent, PositionDecoder, obs_dict_to_arrays
 from ._manager import PerturbationResult, StageRecovery, TripManager, recover_stages
-from ._ppo import CellTripConfig, EntityAttentionActorCritic, TrainResult, train
+from ._ppo import (
+    CELLTRIP_SIZE,
+    CellTripConfig,
+    EntityAttentionActorCritic,
+    LocalCollector,
+    TrainResult,
+    train,
+)
+
+
+def __getattr__(name: str):
+    if name == "RayCollector":  # needs the optional ray extra: imported on first use
+        from ._ray import RayCollector
+
+        return RayCollector
+    raise AttributeError(name)
+
 
 __all__ = [
+    "CELLTRIP_SIZE",
     "CellTripAgent",
     "CellTripConfig",
     "EntityAttentionActorCritic",
+    "LocalCollector",
     "PerturbationResult",
     "PositionDecoder",
     "StageRecovery",

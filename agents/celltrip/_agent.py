@@ -67,7 +67,7 @@ class CellTripAgent(Agent):
     def _build(self, state_size: int, action_dim: int) -> EntityAttentionActorCritic:
         c = self.config
         return EntityAttentionActorCritic(state_size, action_dim, c.hidden_dim, c.n_heads, c.log_std_init,
-                                          c.popart_beta).to(self.device)
+                                          c.popart_beta, c.ff_mult, c.actor_hidden).to(self.device)
 
     def _check_env(self, env: TripParallelEnv, seed: int | None = None) -> None:
         env.to(self.device)  # the world's state follows the agent's device (no-op when already there)
@@ -82,8 +82,12 @@ class CellTripAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ learn
     def learn(self, env: TripParallelEnv, total_timesteps: int, *, seed: int | None = None,
-              tensorboard_log: str | Path | None = None, progress_bar: bool = False) -> CellTripAgent:
+              tensorboard_log: str | Path | None = None, progress_bar: bool = False,
+              collector: Any = None) -> CellTripAgent:
         """Train on ``env`` for ``total_timesteps`` environment steps, then fit decoders at steady state.
+
+        ``collector``: where rollouts come from (default: ``env`` in this process); pass a
+        :class:`~cellgym.agents.celltrip.RayCollector` to collect in Ray actors (one learner updates here).
 
         TensorBoard scalars (when ``tensorboard_log`` is given): ``rollout/reward_per_cell``,
         ``rollout/velocity``, ``train/*`` losses, ``time/agent_steps_per_s`` and, once decoders are fitted,
@@ -103,7 +107,7 @@ class CellTripAgent(Agent):
         try:
             self.result = train(self.config, env, self.model, int(total_timesteps), seed=seed,
                                 logger=None if writer is None else writer.add_scalar,
-                                progress=None if bar is None else bar.update)
+                                progress=None if bar is None else bar.update, collector=collector)
             manager = self.manager(env, seed=seed)
             manager.simulate(self.config.steady_state_steps)
             errors = manager.fit_decoders()
@@ -125,10 +129,17 @@ class CellTripAgent(Agent):
         """Forces for every live cell from the PettingZoo observation dict (batched in one forward)."""
         self._check_env(env)
         agents = list(obs)
-        states, others, (rows, cols) = obs_dict_to_arrays(obs)
         dev = self.device
+        values = list(obs.values())
         with torch.no_grad():
-            mean, _ = self.model(states.to(dev), others.to(dev), (rows.to(dev), cols.to(dev)))
+            if len(values) > 1 and values[0]["others"] is not values[1]["others"] \
+                    and values[0]["self_slot"] == len(values[0]["others"]):
+                # the neighbour view: every cell its own rows, never itself
+                states, tokens, index = neighbour_obs_to_arrays(obs)
+                mean, _ = self.model.forward_neighbours(states.to(dev), tokens.to(dev), index.to(dev))
+            else:
+                states, others, (rows, cols) = obs_dict_to_arrays(obs)
+                mean, _ = self.model(states.to(dev), others.to(dev), (rows.to(dev), cols.to(dev)))
             if not deterministic:
                 mean = mean + self.model.log_std.exp() * torch.randn_like(mean)
         actions = mean.cpu().numpy()
@@ -266,3 +277,12 @@ def obs_dict_to_arrays(obs: dict[str, dict[str, Any]]
     slots = np.fromiter((o["self_slot"] for o in values), np.int64, len(values))
     rows = np.flatnonzero(slots < n_real)
     return states, torch.from_numpy(first[:n_real]), (torch.from_numpy(rows), torch.from_numpy(slots[rows]))
+
+
+def neighbour_obs_to_arrays(obs: dict[str, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PettingZoo observations of the neighbour view -> (states (N, S), tokens (N k, S), index (N, k))."""
+    values = list(obs.values())
+    k = int(values[0]["n_others"])
+    states = torch.from_numpy(np.stack([o["self"] for o in values]))
+    tokens = torch.from_numpy(np.stack([o["others"][:k] for o in values])).reshape(len(values) * k, -1)
+    return states, tokens, torch.arange(len(values) * k).view(len(values), k)

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cellgym.envs.trip import TripConfigError, TripObs
-
-from ._ppo import self_pairs
 
 if TYPE_CHECKING:
     from cellgym.envs.trip import TripParallelEnv
@@ -72,10 +71,11 @@ class TripManager:
         if self._action_delta is not None:
             # 'action' clamping: first-order change of the force, J_action(inputs) @ delta (a JVP).
             view = self.obs.view
-            exclude = self_pairs(view)
             tangent = torch.zeros_like(self.obs.states)
             tangent[:, 2 * self.env.dim:] = self._action_delta
-            _, jvp = torch.func.jvp(lambda s: model(s, s[view], exclude)[0], (self.obs.states,), (tangent,))
+            # forward-mode AD runs through SDPA's math kernel (the fused CPU kernel has no forward AD)
+            with sdpa_kernel(SDPBackend.MATH):
+                _, jvp = torch.func.jvp(lambda s: model.policy(s, view)[0], (self.obs.states,), (tangent,))
             action = action + jvp.detach()
         self.obs, reward, _, truncated = self.env.step_batch(action)
         return reward, truncated

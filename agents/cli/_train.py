@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--trained-agent", default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint folder (a run's model/ or checkpoints/step_N/)")
     p.add_argument("--backend", default="sb3", choices=["sb3", "ray"],
-                   help='sb3 (default) or ray: RLlib PPO, needs pip install "cellgym[ray]"')
+                   help='sb3 (default) or ray (RLlib PPO; --algo celltrip: rollouts in Ray actors), needs pip install "cellgym[ray]"')
     p.add_argument("--num-env-runners", type=int, default=0, help="--backend ray: remote sampling workers")
     p.add_argument("--config", default=None, help="reproduce a run from its config.yml")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -119,11 +119,16 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         _import_ray()  # a clear install hint before anything else
         from cellgym.registry import is_parallel_task
 
-        if args.algo != "ppo":
-            raise CellgymError(f"--backend ray trains RLlib PPO: pass --algo ppo (got {args.algo!r}).")
-        if is_parallel_task(args.env):
-            raise CellgymError(f"--backend ray: {args.env} is a multi-agent task; its Dict observations need an "
-                               "attention RLModule that is not written yet. Use --algo celltrip (sb3 backend).")
+        if args.algo == "celltrip":
+            if not is_parallel_task(args.env):
+                raise CellgymError(f"--backend ray --algo celltrip trains on a CellTRIP world; {args.env} is not one.")
+            if args.num_env_runners < 1:
+                raise CellgymError("--backend ray --algo celltrip: pass --num-env-runners N (>= 1) Ray actors.")
+        elif args.algo != "ppo":
+            raise CellgymError(f"--backend ray trains RLlib PPO (--algo ppo) or CellTRIP (--algo celltrip); "
+                               f"got {args.algo!r}.")
+        elif is_parallel_task(args.env):
+            raise CellgymError(f"--backend ray --algo ppo: {args.env} is a multi-agent task; use --algo celltrip.")
         if args.trained_agent:
             raise CellgymError("--backend ray cannot resume from a checkpoint (-i) yet.")
     config = make_config(args.env, args.algo, seed=args.seed,
@@ -202,7 +207,7 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     import numpy as np
     import torch
 
-    if config.get("backend") == "ray":
+    if config.get("backend") == "ray" and not config.get("parallel"):
         from cellgym.agents.zoo._ray import train_ray
 
         return train_ray(config, run_dir, tb_dir=tb_dir, progress_bar=progress_bar)
@@ -263,7 +268,17 @@ def _train_parallel(config: dict[str, Any], run_dir: Path, tb_dir: Path, progres
     hp = config["hyperparams"]
     env = make(config["task"], **hp["env_kwargs"])
     agent = make_agent(config["algo"], **hp["agent_kwargs"])
-    agent.learn(env, config["n_timesteps"], seed=config["seed"], tensorboard_log=str(tb_dir),
-                progress_bar=progress_bar)
+    collector = None
+    if config.get("backend") == "ray":  # rollouts in Ray actors, the update here
+        from cellgym.agents.celltrip._ray import RayCollector
+
+        collector = RayCollector(config["task"], hp["env_kwargs"], hp["agent_kwargs"], config["num_env_runners"],
+                                 seed=config["seed"])
+    try:
+        agent.learn(env, config["n_timesteps"], seed=config["seed"], tensorboard_log=str(tb_dir),
+                    progress_bar=progress_bar, collector=collector)
+    finally:
+        if collector is not None:
+            collector.close()
     agent.save(run_dir / "model")
     return ""

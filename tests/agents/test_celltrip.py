@@ -274,3 +274,53 @@ def test_a_cuda_checkpoint_loads_on_a_cpu_only_machine(tmp_path):
     assert CellTripAgent.load(path).device == torch.device("cpu")
     with pytest.raises(TripConfigError, match="is_available"):
         CellTripAgent.load(path, device="cuda")  # an explicit request is honoured, and fails clearly
+
+
+@pytest.mark.parametrize("size", [{}, {"hidden_dim": 32, "n_heads": 2, "ff_mult": 4, "actor_hidden": 48}])
+def test_neighbour_attention_equals_shared_attention_when_every_cell_is_a_neighbour(size):
+    ref = world(view="all")
+    nbr = world(view="neighbours", n_neighbours=79, n_random=0)
+    agent = CellTripAgent(**FAST, **size)
+    agent._check_env(ref)
+    cells = {"cells": np.arange(80)}
+    obs_r, obs_n = ref.reset_batch(seed=0, options=cells), nbr.reset_batch(seed=0, options=cells)
+    mean_r, value_r = agent.model.policy(obs_r.states, obs_r.view)
+    mean_n, value_n = agent.model.policy(obs_n.states, obs_n.view)
+    torch.testing.assert_close(mean_n, mean_r, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(value_n, value_r, rtol=1e-4, atol=1e-5)
+    # chunked over cells: many small chunks give the same result (and gradients flow through them)
+    from cellgym.agents.celltrip import _ppo
+
+    old, _ppo.ATTENTION_CHUNK_ELEMENTS = _ppo.ATTENTION_CHUNK_ELEMENTS, 1
+    try:
+        chunked, _ = agent.model.policy(obs_n.states, obs_n.view)
+        chunked.sum().backward()
+    finally:
+        _ppo.ATTENTION_CHUNK_ELEMENTS = old
+    torch.testing.assert_close(chunked, mean_n, rtol=1e-5, atol=1e-6)
+    assert agent.model.query.weight.grad.abs().sum() > 0
+
+
+def test_neighbour_view_dict_and_batched_actions_agree():
+    env = world(view="neighbours", n_neighbours=8, n_random=2)
+    agent = CellTripAgent(**FAST)
+    obs, _ = env.reset(seed=0, options={"n_cells": 50})
+    batched = env.reset_batch(seed=0, options={"n_cells": 50})
+    actions = agent.act(obs, env)
+    np.testing.assert_allclose(np.stack(list(actions.values())), agent.act_batch(batched).numpy(), atol=1e-5)
+
+
+def test_policy_learns_with_the_neighbour_view():
+    env = world(view="neighbours", n_neighbours=12, n_random=4)
+    agent = make_agent("celltrip", **{**FAST, "n_steps": 50})
+    agent.learn(env, 300, seed=0)
+    explained = agent.result.history["train/explained_variance"]
+    assert np.mean(explained[-3:]) > explained[0] + 0.05, explained
+
+
+def test_celltrip_size_has_celltrips_parameter_count():
+    from cellgym.agents.celltrip._ppo import CELLTRIP_SIZE
+
+    model = CellTripAgent(**CELLTRIP_SIZE)._build(2 * 32 + 96, 32)
+    assert 305_000 < sum(p.numel() for p in model.parameters()) < 320_000  # CellTRIP reports 314k
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())

@@ -180,3 +180,68 @@ def test_ray_backend_trains_and_logs_the_biology(tmp_path: Path) -> None:
     assert {"cell/success_rate", "cell/distance_to_goal", "rollout/ep_rew_mean"} <= set(ea.Tags()["scalars"])
     success = [e.value for e in ea.Scalars("cell/success_rate")]
     assert success[-1] > success[0]  # RLlib PPO learns the task too
+
+
+TRIP = "CellEnv-Trip-Integration-v0"
+TRIP_KW = {"n_cells": 80, "min_cells": 40, "max_cells": 80, "episode_length": (15, 25), "view": "neighbours",
+           "n_neighbours": 8, "n_random": 2}
+TRIP_FAST = {"n_steps": 20, "batch_steps": 5, "n_epochs": 2, "decoder_steps": 20, "steady_state_steps": 10}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ray(), reason='ray[rllib] is not installed (pip install "cellgym[ray]" in its own venv)')
+def test_ray_celltrip_one_runner_reproduces_local_training_and_two_runners_learn() -> None:
+    import ray
+
+    from cellgym.agents.celltrip import CellTripAgent
+    from cellgym.agents.celltrip._ray import RayCollector
+    from cellgym.registry import make
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        local = CellTripAgent(**TRIP_FAST).learn(make(TRIP, **TRIP_KW), 60, seed=4)
+        histories = []
+        for _ in range(2):
+            collector = RayCollector(TRIP, TRIP_KW, TRIP_FAST, 1, seed=4)
+            remote = CellTripAgent(**TRIP_FAST).learn(make(TRIP, **TRIP_KW), 60, seed=4, collector=collector)
+            collector.close()
+            histories.append(remote.result.history)
+        assert histories[0]["rollout/reward_per_cell"] == histories[1]["rollout/reward_per_cell"]  # same seed
+        # one runner is the single-process run: same episodes, same actions, same updates
+        np.testing.assert_allclose(histories[0]["rollout/reward_per_cell"], local.result.history["rollout/reward_per_cell"],
+                                   rtol=1e-5)
+        np.testing.assert_allclose(histories[0]["train/value_loss"], local.result.history["train/value_loss"], rtol=1e-4)
+        collector = RayCollector(TRIP, TRIP_KW, {**TRIP_FAST, "n_steps": 50}, 2, seed=0)
+        two = CellTripAgent(**{**TRIP_FAST, "n_steps": 50}).learn(make(TRIP, **TRIP_KW), 300, seed=0, collector=collector)
+        collector.close()
+        assert two.result.env_steps == 300
+        explained = two.result.history["train/explained_variance"]
+        assert np.mean(explained[-3:]) > explained[0] + 0.05, explained  # the critic learns from both runners
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ray(), reason='ray[rllib] is not installed (pip install "cellgym[ray]" in its own venv)')
+def test_ray_backend_trains_celltrip_with_env_runners(tmp_path: Path) -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["train", "--env", TRIP, "--algo", "celltrip", "--backend", "ray", "--num-env-runners", "2",
+                     "-n", "60", "-f", str(tmp_path), "--no-progress",
+                     "--env-kwargs", "n_cells:80", "max_cells:60", "view:'neighbours'",
+                     "--hyperparams", "n_steps:20", "batch_steps:5", "decoder_steps:20",
+                     "steady_state_steps:10"]) == 0
+    finally:
+        ray.shutdown()
+    run_dir = tmp_path / "celltrip" / f"{TRIP}_1"
+    assert (run_dir / "model" / "weights.pt").is_file()
+    assert yaml.safe_load((run_dir / "config.yml").read_text())["num_env_runners"] == 2
+    assert "rollout/reward_per_cell" in _events(run_dir).Tags()["scalars"]
+
+
+def test_ray_backend_celltrip_needs_runners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray")
+    assert main(["train", "--env", TRIP, "--algo", "celltrip", "--backend", "ray", "-f", str(tmp_path)]) == 2
+    assert "--num-env-runners" in capsys.readouterr().err

@@ -249,3 +249,81 @@ def test_cuda_world_matches_the_cpu_world():
     assert isinstance(next(iter(obs.values()))["self"], np.ndarray)
     moved = cpu.to("cuda")
     assert moved.positions.is_cuda and moved.step_batch(actions.cuda())[1].is_cuda
+
+
+# ------------------------------------------------------------------------------------------ neighbour view
+@pytest.mark.parametrize("task", TASKS)
+def test_neighbour_rewards_equal_all_pairs_when_every_cell_is_a_neighbour(task):
+    """k = N - 1 neighbours and no random cells: the O(N k) reward is the all-pairs reward."""
+    ref = make(task, n_cells=50, episode_length=(20, 20), view="all")
+    nbr = make(task, n_cells=50, episode_length=(20, 20), view="neighbours", n_neighbours=49, n_random=0)
+    obs_n = nbr.reset_batch(seed=1)
+    # drawn cells come in reverse Cuthill-McKee order of their kNN graph (memory locality), not sorted
+    assert sorted(nbr.cell_index) == list(range(50)) and list(nbr.cell_index) != list(range(50))
+    obs_r = ref.reset_batch(seed=1, options={"cells": nbr.cell_index})
+    assert obs_r.view.shape == (50,) and obs_n.view.shape == (50, 49)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a = torch.rand(50, ref.dim, generator=gen) * 2 - 1
+        _, r_ref, *_ = ref.step_batch(a)
+        _, r_nbr, *_ = nbr.step_batch(a)
+        torch.testing.assert_close(r_nbr, r_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(nbr._phi_dist, ref._phi_dist, rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_view_is_the_knn_graph_plus_random_other_cells():
+    env = make(TASKS[0], n_cells=120, view="neighbours", n_neighbours=10, n_random=3)
+    obs = env.reset_batch(seed=0)
+    n = len(env.agents)
+    assert obs.view.shape == (n, 13)
+    assert not (obs.view == torch.arange(n)[:, None]).any()  # never itself
+    # the first 10 columns are each cell's 10 nearest cells in the processed inputs
+    d = torch.cdist(env.inputs, env.inputs).fill_diagonal_(float("inf"))
+    exact = d.topk(10, largest=False).indices
+    assert (torch.sort(obs.view[:, :10], 1).values == torch.sort(exact, 1).values).float().mean() > 0.99
+    # same seed, same view; another seed, other random cells (the kNN graph is reused for the same cells)
+    again = make(TASKS[0], n_cells=120, view="neighbours", n_neighbours=10, n_random=3).reset_batch(seed=0)
+    torch.testing.assert_close(again.view, obs.view)
+    other = env.reset_batch(seed=1, options={"cells": env.cell_index})
+    torch.testing.assert_close(other.view[:, :10], obs.view[:, :10])
+    assert not torch.equal(other.view[:, 10:], obs.view[:, 10:])
+    # the reward stays fixed-pair: the view does not change within an episode
+    step_obs, *_ = env.step_batch(torch.zeros(n, env.dim))
+    assert torch.equal(step_obs.view, other.view)
+
+
+def test_neighbour_view_passes_the_pettingzoo_api_and_seed_tests():
+    kw = {"view": "neighbours", "n_neighbours": 6, "n_random": 2}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No agents present but not all possible_agents")
+        parallel_api_test(small(TASKS[0], **kw), num_cycles=30)
+    parallel_seed_test(lambda: small(TASKS[1], **kw), num_cycles=30)
+    env = small(TASKS[0], **kw)
+    obs, _ = env.reset(seed=0, options={"n_cells": 20})
+    batched = env.reset_batch(seed=0, options={"n_cells": 20})
+    for i, o in enumerate(obs.values()):
+        assert o["n_others"] == 8 and o["self_slot"] == env.n_view == 8
+        np.testing.assert_array_equal(o["others"], batched.states[batched.view[i]].numpy())
+
+
+@pytest.mark.parametrize("backend", ["faiss", pytest.param("pynndescent", marks=pytest.mark.slow)])  # numba JIT: minutes
+def test_approximate_knn_backends_find_the_exact_neighbours(backend):
+    from cellgym.envs.trip import knn_graph
+
+    pytest.importorskip(backend)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 12, generator=gen) + 4 * torch.randn(6, 12, generator=gen).repeat(100, 1)
+    exact = knn_graph(x, 8, backend="exact")
+    approx = knn_graph(x, 8, backend=backend)
+    assert approx.shape == (600, 8) and not (approx == torch.arange(600)[:, None]).any()
+    recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 8 for a, b in zip(exact, approx, strict=True)])
+    assert recall > 0.95, recall
+    d = torch.cdist(x, x).fill_diagonal_(float("inf"))
+    torch.testing.assert_close(torch.sort(exact, 1).values, torch.sort(d.topk(8, largest=False).indices, 1).values)
+
+
+def test_bad_view_arguments_are_one_clear_error():
+    with pytest.raises(TripConfigError, match="view must be"):
+        small(TASKS[0], view="nearest")
+    with pytest.raises(TripConfigError, match="n_random"):
+        small(TASKS[0], view="neighbours", n_random=-1)

@@ -152,6 +152,7 @@ class StateEmbedding(Predictor):
     """
 
     name: ClassVar[str] = "state.embedding"
+    response_model: ClassVar[bool] = False  # embeds cells; predict_batch raises
 
     def __init__(
         self,
@@ -282,6 +283,7 @@ class StateEmbeddingReward(RewardModel):
     """
 
     name: ClassVar[str] = "state.embedding"
+    response_model: ClassVar[bool] = False  # embeds cells; predict_batch raises
 
     def __init__(self, predictor: StateEmbedding | str | Path | None = None, target: np.ndarray | torch.Tensor | None = None) -> None:
         if predictor is None or target is None:

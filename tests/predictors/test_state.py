@@ -184,6 +184,16 @@ def test_st_save_load_exact_and_batch_equals_sets(tmp_path, fitted: StateTransit
     assert out.shape == (20, G) and (out.X >= 0).all()
 
 
+def test_st_same_seed_same_model(data: ad.AnnData) -> None:
+    a, b, c = (StateTransition(**FAST, perturbation_features="onehot") for _ in range(3))
+    a.fit(data, SPEC, epochs=2, seed=1)
+    b.fit(data, SPEC, epochs=2, seed=1)
+    c.fit(data, SPEC, epochs=2, seed=2)
+    sa, sb, sc = (m.module.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
 def test_st_sinkhorn_and_mse_losses_train(data: ad.AnnData) -> None:
     pytest.importorskip("geomloss")
     for loss in ("sinkhorn", "mse"):

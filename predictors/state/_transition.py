@@ -285,8 +285,9 @@ class StateTransition(Predictor):
                        if self.config["perturbation_features"] == "onehot" else
                        f"their targets have no embedding in {getattr(self, '_sources', 'the gene-embedding sources')}")
                 raise UnknownPerturbationError(
-                    f"state.transition cannot predict unseen perturbation(s) {bad[:10]}: {why}. Use "
-                    "perturbation_features='genes' with gene_embeddings that cover their target genes."
+                    f"state.transition cannot predict unseen perturbation(s) {bad[:10]}: {why}. Refit with "
+                    "perturbation_features='genes' and gene_embeddings=[...] that cover their target genes "
+                    "(e.g. a protein-embedding .pt file)."
                 )
         return out
 

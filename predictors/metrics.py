@@ -31,6 +31,7 @@ __all__ = [
     "direction_agreement",
     "discrimination_score",
     "energy_distance",
+    "energy_distance_torch",
     "mae",
     "mae_delta",
     "mse",
@@ -226,7 +227,27 @@ def energy_distance(
             ys = ys[np.sort(rng.choice(ys.shape[0], max_cells, replace=False))]
     tx = torch.as_tensor(np.asarray(xs, dtype=np.float64))
     ty = torch.as_tensor(np.asarray(ys, dtype=np.float64))
-    dxy = torch.cdist(tx, ty).mean()
-    dxx = torch.cdist(tx, tx).mean()
-    dyy = torch.cdist(ty, ty).mean()
-    return float(2 * dxy - dxx - dyy)
+    return float(energy_distance_torch(tx, ty))
+
+
+def energy_distance_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` in torch, batched and differentiable.
+
+    The one implementation of the statistic (:func:`energy_distance` calls it): V-statistics over all
+    pairs with Euclidean norms, i.e. the MMD with kernel ``-||x - y||`` that State (Adduri et al. 2025)
+    trains its set model with.
+
+    Parameters
+    ----------
+    x, y
+        Tensors (..., N, G) and (..., M, G): one pair of sets per leading index.
+
+    Returns
+    -------
+    Tensor (...) of distances (a 0-d tensor for plain (N, G), (M, G) inputs).
+    """
+
+    def mean_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(a, b).mean((-1, -2))  # cdist's backward is finite at zero distance (the diagonal)
+
+    return 2.0 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)

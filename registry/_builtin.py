@@ -13,6 +13,10 @@ register("predictors", "baseline.additive", "cellgym.predictors.baselines:Additi
          "Control plus the sum of the single-perturbation effects (for combinations).")
 register("predictors", "baseline.linear", "cellgym.predictors.baselines:LinearBaseline",
          "Linear model of Ahlmann-Eltze, Huber & Anders 2025: PCA gene embedding, ridge on both sides.")
+register("predictors", "state.transition", "cellgym.predictors.state:StateTransition",
+         "State set transformer (Adduri et al. 2025): control-cell set + perturbation -> perturbed set, energy-distance loss.")
+register("predictors", "state.embedding", "cellgym.predictors.state:StateEmbedding",
+         "State cell embedding (SE): cells as sentences of top genes, gene-embedding tokens, obsm['X_state'].")
 register("predictors", "grn.boolean", "cellgym.predictors.grn:BooleanPredictor",
          "Ground-truth Boolean gene-network simulator (default: Krumsiek 2011 myeloid model), Boolean or BoolODE dynamics.")
 register("predictors", "grn.sergio", "cellgym.predictors.grn:SergioPredictor",
@@ -33,6 +37,8 @@ register("rewards", "target.centroid", "cellgym.predictors.rewards:CentroidRewar
          "Euclidean or cosine distance between the population centroid and the target centroid.")
 register("rewards", "target.classifier", "cellgym.predictors.rewards:ClassifierReward",
          "1 - mean probability of the target label under a classifier fitted on labelled cells.")
+register("rewards", "state.embedding", "cellgym.predictors.state:StateEmbeddingReward",
+         "Energy distance of the population to the goal cells in a State SE embedding space.")
 register("rewards", "gem1.classifier", "cellgym.predictors.gem1:Gem1ClassifierReward",
          "1 - mean probability of the goal label under a GEM-1 model's biological latent classifier.")
 register("rewards", "galaxy.embedding", "cellgym.predictors.galaxy:GalaxyEmbeddingReward",

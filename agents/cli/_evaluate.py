@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import add_data_options, load_data, parse_filters, spec_from_args
+from cellgym.predictors.base._data import SPLIT_KINDS
 
-SPLITS = ("perturbations", "combos", "contexts", "random")
+from ._options import add_data_options, load_data, parse_filters, parse_kv, spec_from_args
+
+SPLITS = SPLIT_KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,14 +31,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, metavar="H5AD", help="AnnData file (.h5ad)")
     p.add_argument("--split", required=True, choices=SPLITS, help="what is held out")
-    p.add_argument("--holdout", nargs="+", metavar="VALUE", help="perturbations (or contexts) to hold out; default: a seeded random choice")
+    p.add_argument("--holdout", nargs="+", metavar="VALUE",
+                   help="perturbations (or contexts; for fewshot the one context) to hold out; default: a seeded random choice")
     p.add_argument("--predictors", nargs="+", required=True, metavar="NAME", help="registered predictor names (see `cellgym list predictors`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, fitting and subsampling (default 0)")
     p.add_argument("--output", metavar="DIR", help="where metrics.csv and per_perturbation.csv go (default runs/evaluate/<data>_<split>_<k>)")
     p.add_argument("--test-fraction", type=float, metavar="F", help="fraction held out when --holdout is not given (default 0.5 for combos, else 0.3)")
     p.add_argument("--de-k", type=int, default=20, metavar="K", help="k of the top-k DE-gene metrics (default 20)")
+    p.add_argument("--fit-kwargs", nargs="+", default=[], metavar="NAME:KEY:VALUE",
+                   help="fit() options per predictor, VALUE parsed as YAML, e.g. gem1.bulk:epochs:5 state.transition:epochs:50")
     add_data_options(p)
     p.set_defaults(run=run)
+
+
+def _fit_kwargs(items: list[str]) -> dict[str, dict]:
+    """``["gem1.bulk:epochs:5"]`` -> ``{"gem1.bulk": {"epochs": 5}}``."""
+    out: dict[str, dict] = {}
+    for item in items:
+        name, _, rest = item.partition(":")
+        out.setdefault(name, {}).update(parse_kv([rest], f"--fit-kwargs {name}:"))
+    return out
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -59,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
     from cellgym.registry import get
 
     parse_filters(args.subset, "--subset"), parse_filters(args.exclude, "--exclude")  # syntax first
+    fit_kwargs = _fit_kwargs(args.fit_kwargs)
     for name in args.predictors:
         get("predictors", name)  # unknown names fail before any work, with close matches
     adata = load_data(args)
     spec = spec_from_args(args, adata.obs.columns)
     validate(adata, spec)
     sp = split(adata, spec, args.split, seed=args.seed, holdout=args.holdout, test_fraction=args.test_fraction)
-    result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k)
+    result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, fit_kwargs=fit_kwargs)
 
     out = _output_dir(args)
     out.mkdir(parents=True, exist_ok=True)

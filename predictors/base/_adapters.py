@@ -62,6 +62,10 @@ class Transition:
         """
         base = cells if (self.predictor.dynamic or source is None) else source
         b, n, g = base.shape
+        predict_sets = getattr(self.predictor, "predict_sets", None)  # set models (state.transition): one set each
+        if predict_sets is not None:
+            ctx = torch.full((b,), self.context_index, dtype=torch.long, device=base.device)
+            return predict_sets(base, applied.to(base.dtype), ctx)
         flat = base.reshape(b * n, g)
         pert = applied.to(flat.dtype).repeat_interleave(n, dim=0)
         ctx = torch.full((b * n,), self.context_index, dtype=torch.long, device=flat.device)

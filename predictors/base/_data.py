@@ -28,8 +28,8 @@ __all__ = [
     "validate",
 ]
 
-SplitKind = Literal["perturbations", "combos", "contexts", "random"]
-SPLIT_KINDS: tuple[str, ...] = ("perturbations", "combos", "contexts", "random")
+SplitKind = Literal["perturbations", "combos", "contexts", "fewshot", "random"]
+SPLIT_KINDS: tuple[str, ...] = ("perturbations", "combos", "contexts", "fewshot", "random")
 TARGET_SUM = 1e4  # counts are normalised to this library size before log1p (scanpy's convention)
 
 
@@ -351,11 +351,16 @@ def split(
         ``"combos"``: combinations ``A+B`` whose singles ``A`` and ``B`` both stay in training are held out.
         ``"contexts"``: the perturbed cells of whole contexts (cell types / lines) are held out; their
         control cells stay in training as the input to predict from (scGen's held-out cell-type benchmark).
+        ``"fewshot"``: within one context (``holdout``, or a seeded random one), a ``test_fraction`` of its
+        perturbations is held out, choosing only perturbations other contexts measured (they stay in
+        training there); the context's other perturbations stay in training (State's few-shot setting,
+        Adduri et al. 2025). ``Split.holdout`` lists ``"context/perturbation"``.
         ``"random"``: a random fraction of the perturbed cells.
     seed
         Seed of the random choice; the same (adata, spec, kind, seed) gives the same split.
     holdout
-        The perturbation labels or contexts to hold out, instead of a random choice.
+        The perturbation labels or contexts to hold out, instead of a random choice (``"fewshot"``: the
+        one context).
     test_fraction
         Fraction of eligible perturbations / contexts / cells held out when ``holdout`` is None
         (rounded half up, at least one). Default: 0.5 for ``"combos"`` (combinations are few and their
@@ -395,6 +400,9 @@ def split(
         test_mask = np.isin(ctx, chosen) & ~is_control
         return Split(kind, idx[~test_mask], idx[test_mask], tuple(chosen), seed)
 
+    if kind == "fewshot":
+        return _fewshot(adata, spec, labels, is_control, holdout, test_fraction, rng, seed)
+
     if kind == "perturbations":
         eligible = perturbed
         if len(eligible) < 2:
@@ -418,6 +426,36 @@ def split(
         raise DataSpecError("cannot hold out every perturbation: nothing would be left to learn from.")
     test_mask = np.isin(labels, chosen)
     return Split(kind, idx[~test_mask], idx[test_mask], tuple(chosen), seed)
+
+
+def _fewshot(
+    adata: AnnData, spec: DataSpec, labels: np.ndarray, is_control: np.ndarray, holdout: Sequence[str] | None,
+    test_fraction: float, rng: np.random.Generator, seed: int | None,
+) -> Split:
+    """The ``"fewshot"`` split (see :func:`split`)."""
+    if spec.context_key is None:
+        raise DataSpecError("split kind 'fewshot' needs DataSpec.context_key (the cell type / line column).")
+    ctx = adata.obs[spec.context_key].astype(str).to_numpy()
+    contexts = sorted(set(ctx[~is_control]))
+    if len(contexts) < 2:
+        raise DataSpecError(f"split kind 'fewshot' needs perturbed cells in at least 2 contexts, found {contexts}.")
+    if holdout and len(holdout) != 1:
+        raise DataSpecError(f"split kind 'fewshot' holds out perturbations of ONE context; got holdout={list(holdout)}.")
+    chosen = _check_holdout(holdout, contexts, "context")[0] if holdout else str(rng.choice(contexts))
+    here = sorted(set(labels[(ctx == chosen) & ~is_control]))
+    elsewhere = set(labels[(ctx != chosen) & ~is_control])
+    eligible = [p for p in here if p in elsewhere]
+    if len(eligible) < 2:
+        raise DataSpecError(
+            f"split kind 'fewshot': context {chosen!r} shares {len(eligible)} perturbation(s) with the other contexts; "
+            "need 2 (one held out, one seen there)."
+        )
+    picked = _pick(eligible, test_fraction, rng)
+    if len(picked) == len(eligible):
+        picked = picked[:-1]
+    test_mask = (ctx == chosen) & np.isin(labels, picked)
+    idx = np.arange(adata.n_obs)
+    return Split("fewshot", idx[~test_mask], idx[test_mask], tuple(f"{chosen}/{p}" for p in picked), seed)
 
 
 def _check_holdout(holdout: Sequence[str], eligible: Sequence[str], what: str) -> list[str]:

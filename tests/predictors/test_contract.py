@@ -43,6 +43,8 @@ def fitted(request, screen, screen_counts, spec) -> tuple[Predictor, object]:
     cls = predictor_class(name)
     if cls.dynamic:
         pytest.skip(f"{name} is a dynamic simulator (contract tested in its own file)")
+    if not getattr(cls, "response_model", True):
+        pytest.skip(f"{name} embeds cells and predicts no responses (tested in its own file)")
     data = screen_counts if cls.needs_counts else screen
     if name not in _FITTED:
         from cellgym.registry import make_predictor

@@ -1,0 +1,363 @@
+"""``state.transition``: State's set transformer (ST) — a set of control cells + a perturbation -> a perturbed set.
+
+Adduri et al. 2025, "Predicting cellular responses to perturbation across diverse contexts with State"
+(Arc Institute, bioRxiv 2025.06.26.661135). A training example is a *set*: S control cells of one context
+and one perturbation; the target is S real perturbed cells of the same (context, perturbation). Each
+control cell is a token: ``basal_mlp(x) + pert_mlp(p)``; a bidirectional transformer without positional
+encoding mixes the set; a head maps back to genes, added to the control cell (residual) and rectified.
+The loss compares the predicted and real sets as distributions: energy distance (the MMD with kernel
+``-||x - y||``, as in the paper), or a Sinkhorn divergence (geomloss) or a per-token MSE.
+
+CPU-scaled defaults (the paper's, in brackets): set size 64 [256-512], d_model 128 [328-1440], 2 layers
+[4-8], 4 heads [8-12], feed-forward 256, AdamW lr 1e-3 [1e-4], gene space = the data's genes (HVGs) [HVGs
+or SE embeddings]. No batch token (the paper's optional batch token is not implemented).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..base import FitData, FitReport, LossOutput, Predictor, PredictorModule, train_module
+from ..base.errors import DataSpecError, UnknownPerturbationError
+from ..metrics import energy_distance_torch
+from ._genes import embedding_table, resolve_sources
+
+__all__ = ["StateTransition", "StateTransitionModule", "set_layout"]
+
+log = logging.getLogger(__name__)
+LOSSES = ("energy", "sinkhorn", "mse")
+FEATURES = ("genes", "onehot")
+
+
+def _mlp(n_in: int, n_hidden: int, n_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(n_hidden, n_out))
+
+
+class StateTransitionModule(PredictorModule):
+    """The ST network on padded sets: ``forward(x (B, S, G), pert (B, P), pad (B, S) | None) -> (B, S, G)``.
+
+    ``pert_matrix`` (P, D) holds each single perturbation's features (one-hot rows, or the gene
+    embedding of its target); a multi-hot row sums them (combinations). Perturbations flagged in
+    ``learned_mask`` (no gene embedding) add a learned vector instead.
+    """
+
+    def __init__(
+        self, n_genes: int, n_perturbations: int, pert_dim: int, *, d_model: int, n_layers: int, n_heads: int,
+        dim_feedforward: int, dropout: float, loss: str, sinkhorn_blur: float,
+    ) -> None:
+        super().__init__()
+        self.loss_name = loss
+        self.sinkhorn_blur = sinkhorn_blur
+        self.register_buffer("pert_matrix", torch.zeros(n_perturbations, pert_dim))
+        self.register_buffer("learned_mask", torch.zeros(n_perturbations))
+        self.pert_learned = nn.Parameter(torch.zeros(n_perturbations, d_model))
+        self.basal = _mlp(n_genes, dim_feedforward, d_model, dropout)
+        self.pert = _mlp(pert_dim, dim_feedforward, d_model, dropout)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward, dropout, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(d_model), _mlp(d_model, dim_feedforward, n_genes, dropout))
+
+    def pert_token(self, pert: torch.Tensor) -> torch.Tensor:
+        """(B, d_model) perturbation embedding of multi-hot rows (B, P)."""
+        return self.pert(pert @ self.pert_matrix) + (pert * self.learned_mask) @ self.pert_learned
+
+    def forward(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted perturbed sets (B, S, G) from control sets ``x`` (B, S, G); ``pad`` True = padding."""
+        h = self.basal(x) + self.pert_token(pert)[:, None, :]
+        h = self.encoder(h, src_key_padding_mask=pad)
+        return torch.relu(x + self.head(h))
+
+    def set_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) distance between predicted and real sets."""
+        if self.loss_name == "energy":
+            return energy_distance_torch(pred, target)
+        if self.loss_name == "mse":  # per token against a randomly paired real cell (the sets are shuffled)
+            return ((pred - target) ** 2).mean((-1, -2))
+        try:
+            from geomloss import SamplesLoss
+        except ImportError:
+            raise DataSpecError("state.transition loss='sinkhorn' needs geomloss: pip install 'cellgym[state]' "
+                                "(or pip install geomloss), or use loss='energy'.") from None
+        return SamplesLoss("sinkhorn", p=2, blur=self.sinkhorn_blur, backend="tensorized")(pred, target)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Mean set loss of a batch of sets: ``x`` (B, S, G) controls, ``y`` (B, S, G) real, ``pert`` (B, P)."""
+        pred = self.forward(batch["x"], batch["pert"])
+        per_set = self.set_loss(pred, batch["y"])
+        with torch.no_grad():
+            mean_err = ((pred.mean(1) - batch["y"].mean(1)) ** 2).mean()
+        return LossOutput(per_set.mean(), {"set_" + self.loss_name: per_set.detach().mean(), "mse_of_means": mean_err},
+                          n_obs=int(pred.shape[0] * pred.shape[1]))
+
+    @torch.no_grad()
+    def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        """Cells (B, G) as sets: consecutive rows with the same perturbation and context form a set (see
+        :func:`set_layout`), each at most ``set_size`` cells (stored on the module by the predictor)."""
+        ctx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if ctx is None else ctx
+        set_id, slot, n_sets, size = set_layout(pert, ctx, int(self.set_size))
+        xs = x.new_zeros(n_sets, size, x.shape[1])
+        xs[set_id, slot] = x
+        pad = torch.ones(n_sets, size, dtype=torch.bool, device=x.device)
+        pad[set_id, slot] = False
+        ps = pert.new_zeros(n_sets, pert.shape[1])
+        ps[set_id] = pert
+        return self.forward(xs, ps, pad)[set_id, slot]
+
+    set_size: torch.Tensor  # registered by the predictor as a buffer (0-d int64)
+
+
+def set_layout(pert: torch.Tensor, ctx: torch.Tensor, set_size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """How rows (B,) of a flat batch are arranged into sets: ``(set_id (B,), slot (B,), n_sets, width)``.
+
+    A run of consecutive rows with the same perturbation row and context is one population; a run
+    longer than ``set_size`` is dealt round-robin into ``ceil(len / set_size)`` sets of near-equal size.
+    """
+    b = pert.shape[0]
+    if b == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 0, 1
+    change = torch.ones(b, dtype=torch.bool, device=pert.device)
+    change[1:] = (pert[1:] != pert[:-1]).any(1) | (ctx[1:] != ctx[:-1])
+    run = torch.cumsum(change.long(), 0) - 1
+    starts = torch.nonzero(change).flatten()
+    lengths = torch.diff(torch.cat([starts, torch.tensor([b], device=pert.device)]))
+    pieces = (lengths + set_size - 1) // set_size
+    offset = torch.cumsum(pieces, 0) - pieces
+    pos = torch.arange(b, device=pert.device) - starts[run]
+    set_id = offset[run] + pos % pieces[run]
+    slot = pos // pieces[run]
+    return set_id, slot, int(pieces.sum()), int(slot.max()) + 1
+
+
+class StateTransition(Predictor):
+    """``state.transition``: State's set transformer (module docstring: architecture, paper, CPU defaults).
+
+    Parameters
+    ----------
+    set_size
+        Cells per set S (training and prediction). Groups smaller than S are sampled with replacement.
+    d_model, n_layers, n_heads, dim_feedforward, dropout
+        The transformer (``nn.TransformerEncoder``, pre-norm, no positional encoding) and the MLPs.
+    loss
+        ``"energy"`` (default; energy distance per set), ``"sinkhorn"`` (geomloss's debiased Sinkhorn
+        divergence, squared Euclidean cost, ``blur=sinkhorn_blur``; batched over sets; needs the ``state``
+        extra) or ``"mse"`` (per token against a randomly paired real cell).
+    perturbation_features
+        ``"genes"`` (default): a perturbation is the gene embedding of its target (a combination the sum),
+        so unseen perturbations are predicted; ``"onehot"``: seen perturbations only.
+    gene_embeddings
+        Sources of gene embeddings for ``"genes"`` (concatenated): ``"coexpression"`` (default: spectral
+        embeddings of the training data's co-expression graph), ``.pt`` files ``{gene: tensor}``, network
+        edge lists, or ``"matrix.npz::genes.txt"`` (see :func:`cellgym.predictors.genes.graph_embeddings`).
+        A perturbation is named by its target gene symbol.
+    embedding_dim
+        Width of graph (and co-expression) embeddings.
+    learning_rate, weight_decay
+        AdamW.
+    sets_per_batch
+        Sets per gradient step.
+    epochs
+        Default epochs (None: ``clip(4000 / sets per epoch, 20, 200)``, about 4000 sets in all); an epoch draws each
+        (context, perturbation) group ``max(1, round(n_cells / S))`` times, controls included (they teach
+        the identity under no perturbation).
+    extra_perturbations
+        Singles absent from training that may be asked about (e.g. held-out ones): predicted from their
+        gene embedding.
+
+    Notes
+    -----
+    **Fallback for missing embeddings (explicit):** a *seen* perturbation whose target has no embedding
+    in every source gets a learned vector instead (one-hot-like, logged at fit time); an *unseen* one
+    without an embedding cannot be predicted and raises :class:`UnknownPerturbationError` naming the
+    sources. ``predict_batch`` treats consecutive rows with the same perturbation and context as one set
+    (:func:`set_layout`); :meth:`predict_sets` takes explicit populations (what environments use).
+    """
+
+    name: ClassVar[str] = "state.transition"
+
+    def __init__(
+        self,
+        *,
+        set_size: int = 64,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dim_feedforward: int = 256,
+        dropout: float = 0.1,
+        loss: Literal["energy", "sinkhorn", "mse"] = "energy",
+        sinkhorn_blur: float = 0.05,
+        perturbation_features: Literal["genes", "onehot"] = "genes",
+        gene_embeddings: Sequence[str] = (),
+        embedding_dim: int = 32,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        sets_per_batch: int = 8,
+        epochs: int | None = None,
+        extra_perturbations: Sequence[str] = (),
+    ) -> None:
+        if loss not in LOSSES:
+            raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
+        if perturbation_features not in FEATURES:
+            raise DataSpecError(f"perturbation_features must be one of {list(FEATURES)}, got {perturbation_features!r}.")
+        if set_size < 2 or d_model % n_heads:
+            raise DataSpecError(f"need set_size >= 2 and d_model divisible by n_heads; got {set_size}, {d_model}, {n_heads}.")
+        super().__init__(
+            set_size=int(set_size), d_model=d_model, n_layers=n_layers, n_heads=n_heads, dim_feedforward=dim_feedforward,
+            dropout=dropout, loss=loss, sinkhorn_blur=sinkhorn_blur, perturbation_features=perturbation_features,
+            gene_embeddings=[str(s) for s in gene_embeddings], embedding_dim=embedding_dim, learning_rate=learning_rate,
+            weight_decay=weight_decay, sets_per_batch=sets_per_batch, epochs=epochs,
+            extra_perturbations=[str(p) for p in extra_perturbations],
+        )
+        self.seen: list[str] = []
+        self.pert_dim = 1
+        self.unpredictable: list[str] = []
+
+    # ------------------------------------------------------------------------------------------ building
+    def _build_module(self) -> None:
+        c = self.config
+        self.module = StateTransitionModule(
+            len(self.genes), len(self.perturbations), self.pert_dim, d_model=c["d_model"], n_layers=c["n_layers"],
+            n_heads=c["n_heads"], dim_feedforward=c["dim_feedforward"], dropout=c["dropout"], loss=c["loss"],
+            sinkhorn_blur=c["sinkhorn_blur"],
+        )
+        self.module.register_buffer("set_size", torch.tensor(c["set_size"]))
+
+    def _perturbation_features(self, data: FitData) -> tuple[np.ndarray, np.ndarray]:
+        """(P, D) features and (P,) learned-fallback mask of the vocabulary; sets ``unpredictable``."""
+        p = len(self.perturbations)
+        seen = set(self.seen)
+        if self.config["perturbation_features"] == "onehot":
+            self.unpredictable = [q for q in self.perturbations if q not in seen]
+            return np.eye(p, dtype=np.float32), np.zeros(p, np.float32)
+        sources = resolve_sources(self.config["gene_embeddings"], data.x, self.genes, dim=self.config["embedding_dim"],
+                                  seed=0)
+        table, present = embedding_table(sources, self.perturbations, "perturbation targets")
+        table = table / max(float(np.sqrt((table[present] ** 2).sum(1).mean())) if present.any() else 1.0, 1e-12)
+        learned = ~present & np.isin(self.perturbations, list(seen))
+        self.unpredictable = [q for q, ok in zip(self.perturbations, present, strict=True) if not ok and q not in seen]
+        if learned.any():
+            log.warning("state.transition: %d seen perturbation(s) have no gene embedding and get a learned vector "
+                        "(first: %s)", int(learned.sum()), [q for q, f in zip(self.perturbations, learned, strict=True) if f][:5])
+        self._sources = ", ".join(s.source for s in sources)
+        return table, learned.astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------- fitting
+    def _fit(
+        self, data: FitData, *, epochs: int | None, batch_size: int, device: str, seed: int | None, logger: Any
+    ) -> FitReport:
+        self.seen = list(self.perturbations)
+        self.perturbations = sorted(set(self.perturbations) | set(self.config["extra_perturbations"]))
+        data.pert = self.encode_perturbations(data.labels, check=False).numpy()
+        table, learned = self._perturbation_features(data)
+        self.pert_dim = table.shape[1]
+        self._build_module()
+        with torch.no_grad():
+            self.module.pert_matrix.copy_(torch.from_numpy(table))
+            self.module.learned_mask.copy_(torch.from_numpy(learned))
+        sampler = SetSampler(data, self.config["set_size"], seed)
+        n_sets = sampler.slots.shape[0]
+        epochs = epochs or self.config["epochs"] or int(np.clip(round(4_000 / n_sets), 20, 200))
+        self.module.to(device)
+        report = train_module(
+            self.module, {"group": sampler.slots}, epochs=epochs, batch_size=self.config["sets_per_batch"],
+            learning_rate=self.config["learning_rate"], weight_decay=self.config["weight_decay"], device=device, seed=seed,
+            logger=logger, step=sampler.step,
+        )
+        report.n_obs = n_sets * self.config["set_size"]  # predicted cells per epoch (the loop counts sets)
+        return report
+
+    # ----------------------------------------------------------------------------------------- predicting
+    def encode_perturbations(self, labels: Sequence[str], *, check: bool = True) -> torch.Tensor:
+        """Multi-hot (B, P); an unseen perturbation without a gene embedding raises (see Notes)."""
+        out = super().encode_perturbations(labels)
+        if check and self.unpredictable:
+            cols = [self.perturbations.index(q) for q in self.unpredictable]
+            hit = out[:, cols].sum(0) > 0
+            if hit.any():
+                bad = [q for q, h in zip(self.unpredictable, hit.tolist(), strict=True) if h]
+                why = ("perturbation_features='onehot' knows only trained perturbations"
+                       if self.config["perturbation_features"] == "onehot" else
+                       f"their targets have no embedding in {getattr(self, '_sources', 'the gene-embedding sources')}")
+                raise UnknownPerturbationError(
+                    f"state.transition cannot predict unseen perturbation(s) {bad[:10]}: {why}. Refit with "
+                    "perturbation_features='genes' and gene_embeddings=[...] that cover their target genes "
+                    "(e.g. a protein-embedding .pt file)."
+                )
+        return out
+
+    @torch.no_grad()
+    def predict_sets(self, cells: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Each population (B, N, G) is one set under its perturbation row (B, P); returns (B, N, G).
+
+        Populations larger than ``set_size`` are split as :func:`set_layout` does.
+        """
+        self._check_fitted()
+        b, n, g = cells.shape
+        if n <= self.config["set_size"]:
+            return self.module(cells, pert)
+        population = torch.arange(b, device=cells.device).repeat_interleave(n)  # never merge two populations
+        flat = self.module.predict_batch(cells.reshape(b * n, g), pert.repeat_interleave(n, 0), population)
+        return flat.reshape(b, n, g)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable)}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.seen = list(extra["seen"])
+        self.pert_dim = int(extra["pert_dim"])
+        self.unpredictable = list(extra["unpredictable"])
+
+
+class SetSampler:
+    """Draws training sets: for each slot (a (context, perturbation) group), S of its cells and S control
+    cells of its context, with replacement when a group has fewer than S cells (the fit loop's ``step``)."""
+
+    def __init__(self, data: FitData, set_size: int, seed: int | None) -> None:
+        labels = np.asarray(data.labels, dtype=str)
+        ctx = data.ctx.astype(np.int64)
+        key = np.char.add(np.char.add(ctx.astype(str), "\x00"), labels)
+        groups, inverse = np.unique(key, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        sizes = np.bincount(inverse, minlength=len(groups))
+        first = order[np.concatenate([[0], np.cumsum(sizes)[:-1]])]
+        self.set_size = set_size
+        self.x = torch.from_numpy(data.x)
+        self.members = torch.from_numpy(order)
+        self.start = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+        self.size = torch.from_numpy(sizes)
+        self.pert = torch.from_numpy(data.pert[first])
+        g_ctx = ctx[first]
+        ctrl_group = {int(c): i for i, (c, is_c) in enumerate(zip(g_ctx, data.is_control[first], strict=True)) if is_c}
+        missing = sorted({int(c) for c in g_ctx} - set(ctrl_group))
+        if missing:
+            raise DataSpecError(f"state.transition: context index(es) {missing} have perturbed cells but no controls to form sets from.")
+        self.control_group = torch.tensor([ctrl_group[int(c)] for c in g_ctx])
+        self.slots = np.repeat(np.arange(len(groups)), np.maximum(1, np.round(sizes / set_size)).astype(np.int64))
+        self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
+
+    def draw(self, groups: torch.Tensor) -> torch.Tensor:
+        """(B, S) cell indices, uniformly with replacement from each group."""
+        u = torch.rand(groups.shape[0], self.set_size, generator=self.generator)
+        pick = (u * self.size[groups, None]).long().clamp_max(self.size[groups, None] - 1)
+        return self.members[self.start[groups, None] + pick]
+
+    def step(self, module: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> LossOutput:
+        """One gradient step on a batch of sets (the ``step`` of :func:`train_module`)."""
+        groups = batch["group"].cpu()
+        device = next(module.parameters()).device
+        sets = {
+            "x": self.x[self.draw(self.control_group[groups])].to(device),
+            "y": self.x[self.draw(groups)].to(device),
+            "pert": self.pert[groups].to(device),
+        }
+        out = module.loss(sets)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        return out

@@ -1,0 +1,252 @@
+"""State (ST + SE), graph gene embeddings, the shared torch energy distance and the few-shot split."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cellgym.predictors import DataSpec, Predictor, evaluate, split
+from cellgym.predictors.base import UnknownPerturbationError
+from cellgym.predictors.genes import (
+    GeneEmbeddingError,
+    GeneEmbeddings,
+    coexpression_embeddings,
+    graph_embeddings,
+    save_embeddings,
+)
+from cellgym.predictors.metrics import energy_distance, energy_distance_torch
+from cellgym.predictors.state import StateEmbedding, StateEmbeddingReward, StateTransition, set_layout
+
+G, MODULE = 40, 8  # 5 co-expression modules of 8 genes
+
+
+def simulate(seed: int = 0, n: int = 60, contexts: tuple[str, ...] = ("c1", "c2"), shift: float = 0.5) -> ad.AnnData:
+    """Cells with 5 co-expression modules; knocking down gene k lowers its module (and k most)."""
+    rng = np.random.default_rng(seed)
+    targets = [f"g{k}" for k in (0, 1, 2, 8, 9, 10, 16, 17, 24, 25)]
+    xs, labels, ctxs = [], [], []
+    for c, ctx in enumerate(contexts):
+        base = 2.0 + shift * c * (np.arange(G) % 3 == 0)
+        for lab in ["control", *targets]:
+            a = rng.normal(0, 0.6, size=(n, G // MODULE)).repeat(MODULE, axis=1)
+            x = base + a + rng.normal(0, 0.3, size=(n, G))
+            if lab != "control":
+                k = int(lab[1:])
+                x[:, (k // MODULE) * MODULE : (k // MODULE + 1) * MODULE] -= 1.0
+                x[:, k] -= 1.0
+            xs.append(np.clip(x, 0, None))
+            labels += [lab] * n
+            ctxs += [ctx] * n
+    obs = pd.DataFrame({"perturbation": labels, "cell_type": ctxs}, index=[f"c{i}" for i in range(len(labels))])
+    return ad.AnnData(X=np.concatenate(xs).astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(G)]))
+
+
+SPEC = DataSpec(context_key="cell_type", counts=None)
+FAST = {"set_size": 32, "d_model": 32, "dim_feedforward": 64, "n_heads": 2, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def data() -> ad.AnnData:
+    return simulate()
+
+
+@pytest.fixture(scope="module")
+def fitted(data: ad.AnnData) -> StateTransition:
+    model = StateTransition(**FAST)
+    model.fit(data, SPEC, epochs=25, seed=0)
+    return model
+
+
+# ------------------------------------------------------------------------------------ energy distance
+def test_torch_energy_distance_is_the_numpy_one_and_differentiable() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 5)), rng.normal(1.0, 1.0, size=(20, 5))
+    ref = 2 * np.linalg.norm(x[:, None] - y[None], axis=-1).mean() - np.linalg.norm(x[:, None] - x[None], axis=-1).mean() \
+        - np.linalg.norm(y[:, None] - y[None], axis=-1).mean()
+    assert energy_distance(x, y, max_cells=None) == pytest.approx(ref, rel=1e-9)
+    assert energy_distance(x, x, max_cells=None) == pytest.approx(0.0, abs=1e-9)
+    tx = torch.tensor(np.stack([x[:20], x[10:]]), requires_grad=True)  # batched: 2 pairs of sets
+    ty = torch.tensor(np.stack([y, y]))
+    d = energy_distance_torch(tx, ty)
+    assert d.shape == (2,) and float(d[0].detach()) == pytest.approx(energy_distance(x[:20], y, max_cells=None), rel=1e-9)
+    d.sum().backward()
+    assert torch.isfinite(tx.grad).all() and tx.grad.abs().sum() > 0  # finite even on the zero-distance diagonal
+
+
+# -------------------------------------------------------------------------------------- gene embeddings
+def test_graph_embeddings_from_edge_list_and_adjacency(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(30)]
+    rows = [(genes[i], genes[j], 900 if i // 10 == j // 10 else 150) for i in range(30) for j in range(i + 1, 30) if rng.random() < 0.5]
+    tsv = tmp_path / "string.tsv"
+    tsv.write_text("protein1 protein2 combined_score\n" + "\n".join(f"{a} {b} {w}" for a, b, w in rows) + "\nG40 G41 999\n")
+    emb = graph_embeddings(tsv, dim=4)
+    assert "G40" not in emb and emb.missing(["G0", "G40"]) == ["G40"]  # a 2-gene component is reported missing
+    m = emb.subset(genes).matrix
+    z = torch.nn.functional.normalize(m, dim=1) @ torch.nn.functional.normalize(m, dim=1).T
+    same = torch.tensor([[i // 10 == j // 10 for j in range(30)] for i in range(30)])
+    assert z[same].mean() > z[~same].mean() + 0.3  # strongly linked genes embed close
+    pq = tmp_path / "string.parquet"
+    pd.DataFrame(rows, columns=["gene1", "gene2", "score"]).to_parquet(pq)
+    assert torch.allclose(graph_embeddings(pq, dim=4).subset(genes).matrix.abs(), m.abs(), atol=1e-4)
+    adj = sp.lil_matrix((30, 30))
+    for a, b, w in rows:
+        adj[genes.index(a), genes.index(b)] = w
+    sp.save_npz(tmp_path / "adj.npz", adj.tocsr())
+    (tmp_path / "genes.txt").write_text("\n".join(genes))
+    emb2 = graph_embeddings(tmp_path / "adj.npz", genes_file=tmp_path / "genes.txt", dim=4)
+    assert torch.allclose(emb2.subset(genes).matrix.abs(), m.abs(), atol=1e-4)
+
+
+def test_coexpression_embeddings_group_modules(data: ad.AnnData) -> None:
+    emb = coexpression_embeddings(data.X, list(data.var_names), dim=8)
+    m = torch.nn.functional.normalize(emb.subset(list(data.var_names)).matrix, dim=1)
+    z = m @ m.T
+    same = torch.tensor([[i // MODULE == j // MODULE for j in range(G)] for i in range(G)]) & ~torch.eye(G, dtype=torch.bool)
+    assert z[same].mean() > z[~same & ~torch.eye(G, dtype=torch.bool)].mean() + 0.3
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [("not a network at all\n", "cannot be read|score|column"), ("a b -3\n", "not a number >= 0"), ("", "cannot be read|0 row")],
+)
+def test_bad_network_files_fail_in_one_line(tmp_path, content: str, match: str) -> None:
+    f = tmp_path / "net.tsv"
+    f.write_text(content)
+    with pytest.raises(GeneEmbeddingError, match=match) as err:
+        graph_embeddings(f, dim=2)
+    assert "\n" not in str(err.value) and "net.tsv" in str(err.value)
+
+
+def test_bad_embedding_files_for_state_fail_in_one_line(tmp_path, data: ad.AnnData) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    save_embeddings(GeneEmbeddings(["TP53", "MYC"], torch.ones(2, 4)), tmp_path / "other.pt")
+    for path, match in [(tmp_path / "junk.pt", "cannot be read"), (tmp_path / "other.pt", "only 0 of"),
+                        (tmp_path / "x.embeddings", "expected 'coexpression'")]:
+        with pytest.raises(GeneEmbeddingError, match=match) as err:
+            StateTransition(**FAST, gene_embeddings=[str(path)]).fit(data, SPEC, epochs=1)
+        assert "\n" not in str(err.value) and path.name in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ ST
+def test_set_layout_keeps_populations_apart_and_balances_sets() -> None:
+    pert = torch.tensor([[1.0, 0]] * 5 + [[0, 1.0]] * 3 + [[1.0, 0]] * 2)
+    ctx = torch.zeros(10, dtype=torch.long)
+    set_id, slot, n_sets, width = set_layout(pert, ctx, set_size=3)
+    assert n_sets == 2 + 1 + 1 and width == 3
+    assert set_id.tolist() == [0, 1, 0, 1, 0, 2, 2, 2, 3, 3]  # 5 cells -> sets of 3 and 2, round robin
+    assert len(set(zip(set_id.tolist(), slot.tolist(), strict=True))) == 10
+
+
+def test_st_learns_and_beats_mean_on_held_out_contexts(fitted: StateTransition, data: ad.AnnData) -> None:
+    hist = fitted.fit(data, SPEC, epochs=25, seed=0).history["loss"]
+    assert hist[-1] < 0.5 * hist[0]
+    sp_ = split(data, SPEC, "contexts", holdout=["c2"])
+    res = evaluate(data, SPEC, sp_, ["baseline.mean", StateTransition(**FAST)], fit_kwargs={"state.transition": {"epochs": 25}})
+    m = res.metrics
+    assert m.loc["state.transition", "pearson_delta"] > m.loc["baseline.mean", "pearson_delta"] + 0.2
+    assert m.loc["state.transition", "energy_distance"] < m.loc["baseline.mean", "energy_distance"]
+
+
+def test_st_predicts_unseen_perturbations_from_coexpression_and_pt_embeddings(tmp_path, data: ad.AnnData) -> None:
+    held = ["g2", "g10", "g17"]
+    sp_ = split(data, SPEC, "perturbations", holdout=held)
+    emb = coexpression_embeddings(data.X, list(data.var_names), dim=8)
+    save_embeddings(emb, tmp_path / "protein_like.pt")
+    models = [StateTransition(**FAST, extra_perturbations=held),
+              StateTransition(**FAST, gene_embeddings=[str(tmp_path / "protein_like.pt")], extra_perturbations=held)]
+    res = evaluate(data, SPEC, sp_, ["baseline.mean", models[0]], fit_kwargs={"state.transition": {"epochs": 25}})
+    res_pt = evaluate(data, SPEC, sp_, [models[1]], fit_kwargs={"state.transition": {"epochs": 25}})
+    mean = res.metrics.loc["baseline.mean", "pearson_delta"]
+    assert res.metrics.loc["state.transition", "coverage"] == 1.0
+    assert res.metrics.loc["state.transition", "pearson_delta"] > mean + 0.2
+    assert res_pt.metrics.loc["state.transition", "pearson_delta"] > mean + 0.2
+    onehot = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held)
+    onehot.fit(data[sp_.train].copy(), SPEC, epochs=1)
+    with pytest.raises(UnknownPerturbationError, match="cannot predict unseen perturbation"):
+        onehot.encode_perturbations(["g2"])
+
+
+def test_st_save_load_exact_and_batch_equals_sets(tmp_path, fitted: StateTransition, data: ad.AnnData) -> None:
+    x = torch.from_numpy(data.X[data.obs["perturbation"].to_numpy() == "control"][:20])
+    pert = fitted.encode_perturbations(["g1"] * 20)
+    a = fitted.predict_batch(x, pert, torch.zeros(20, dtype=torch.long))
+    loaded = Predictor.load(fitted.save(tmp_path / "st"))
+    assert isinstance(loaded, StateTransition)
+    assert torch.equal(a, loaded.predict_batch(x, pert, torch.zeros(20, dtype=torch.long)))
+    sets = fitted.predict_sets(x[None], pert[:1])[0]
+    assert torch.allclose(a, sets, atol=1e-5)
+    out = fitted.predict(data[:20], "g1+g9", context="c1")
+    assert out.shape == (20, G) and (out.X >= 0).all()
+
+
+def test_st_same_seed_same_model(data: ad.AnnData) -> None:
+    a, b, c = (StateTransition(**FAST, perturbation_features="onehot") for _ in range(3))
+    a.fit(data, SPEC, epochs=2, seed=1)
+    b.fit(data, SPEC, epochs=2, seed=1)
+    c.fit(data, SPEC, epochs=2, seed=2)
+    sa, sb, sc = (m.module.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_st_sinkhorn_and_mse_losses_train(data: ad.AnnData) -> None:
+    pytest.importorskip("geomloss")
+    for loss in ("sinkhorn", "mse"):
+        model = StateTransition(**FAST, loss=loss, perturbation_features="onehot")
+        hist = model.fit(data, SPEC, epochs=6, seed=0).history["loss"]
+        assert np.isfinite(hist).all() and hist[-1] < hist[0], (loss, hist)
+
+
+def test_st_and_se_in_reprogram_env(fitted: StateTransition, data: ad.AnnData) -> None:
+    from cellgym.envs.testing import check_task
+
+    se = StateEmbedding(d_model=16, n_embed=8, sentence_len=16, n_targets=8)
+    se.fit(data, SPEC, epochs=2)
+    target = data.X[(data.obs["perturbation"] == "g1").to_numpy() & (data.obs["cell_type"] == "c1").to_numpy()]
+    kw = {"adata": data, "spec": SPEC, "target": "g1", "predictor": fitted, "context": "c1", "n_cells": 16,
+          "reward": StateEmbeddingReward(se, target=target)}
+    check_task("CellEnv-Reprogram-v0", n_steps=4, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ SE
+def test_se_learns_embeds_and_rewards(tmp_path, data: ad.AnnData) -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    ctx_data = simulate(seed=1, n=40, shift=1.5)
+    se = StateEmbedding(d_model=32, n_embed=16, sentence_len=24, n_targets=12)
+    hist = se.fit(ctx_data, SPEC, epochs=8, seed=0).history
+    assert hist["expression_mse"][-1] < 0.7 * hist["expression_mse"][0]
+    z = se.transform(ctx_data)
+    assert ctx_data.obsm["X_state"].shape == (ctx_data.n_obs, 16)
+    ctx = ctx_data.obs["cell_type"].to_numpy()
+    test = np.random.default_rng(0).random(ctx_data.n_obs) < 0.3
+    acc = (KNeighborsClassifier(15).fit(z[~test], ctx[~test]).predict(z[test]) == ctx[test]).mean()
+    assert acc > 0.8  # two contexts: chance 0.5
+    loaded = Predictor.load(se.save(tmp_path / "se"))
+    assert torch.equal(loaded.embed(ctx_data.X[:10]), se.embed(ctx_data.X[:10]))
+    reward = StateEmbeddingReward(tmp_path / "se", target=ctx_data.X[ctx == "c2"][:50])
+    d = reward.distance(torch.from_numpy(np.stack([ctx_data.X[ctx == "c1"][:30], ctx_data.X[ctx == "c2"][50:80]])))
+    assert d[1] < d[0]
+    with pytest.raises(Exception, match="does not predict perturbation"):
+        se.predict_batch(torch.zeros(1, G), torch.zeros(1, 0))
+
+
+# --------------------------------------------------------------------------------------------- splits
+def test_fewshot_split_holds_out_some_perturbations_of_one_context(data: ad.AnnData) -> None:
+    s = split(data, SPEC, "fewshot", seed=0, holdout=["c2"], test_fraction=0.3)
+    obs = data.obs
+    test = obs.iloc[s.test]
+    assert set(test["cell_type"]) == {"c2"} and "control" not in set(test["perturbation"])
+    held = set(test["perturbation"])
+    assert len(held) == 3 and all(h.startswith("c2/") for h in s.holdout)
+    train = obs.iloc[s.train]
+    assert held <= set(train.loc[train["cell_type"] == "c1", "perturbation"])  # seen in the other context
+    assert set(train.loc[train["cell_type"] == "c2", "perturbation"]) - {"control"}  # few shots of c2 remain
+    assert split(data, SPEC, "fewshot", seed=3).holdout == split(data, SPEC, "fewshot", seed=3).holdout
+    with pytest.raises(Exception, match="ONE context"):
+        split(data, SPEC, "fewshot", holdout=["c1", "c2"])

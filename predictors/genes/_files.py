@@ -123,9 +123,13 @@ def load_embeddings(path: str | Path, *, dim: int | None = None) -> GeneEmbeddin
     fix = "expected a torch.save'd dict {gene_symbol: 1-D tensor} (or {'genes': [...], 'embeddings': (n, d) tensor})"
     if not path.is_file():
         raise GeneEmbeddingError(f"no gene-embedding file at {str(path)!r}; {fix}.")
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip; legacy files start as a pickle
+        raise GeneEmbeddingError(f"{path}: cannot be read as gene embeddings (not a file written by torch.save); {fix}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign, truncated or pickled-code files
+    except Exception as exc:  # torch raises several types for truncated or pickled-code files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in first or "Unsupported global" in first:
             first = "it holds objects other than tensors, strings and lists (loading it would run code)"

@@ -48,7 +48,7 @@ def read_yaml(file: str | Path, what: str = "checkpoint") -> Any:
         return yaml.safe_load(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{file} is not valid {what} YAML ({type(exc).__name__}: {first}); nothing in it was "
+        raise CheckpointError(f"{file} is not valid YAML for a {what} ({type(exc).__name__}: {first}); nothing in it was "
                               "run. Restore the file from a complete copy, or save/train again.") from exc
 
 
@@ -65,12 +65,12 @@ def load_tensors(file: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{file} holds pickled objects other than tensors, which cellgym never loads (loading "
                               "must not run code). Use a checkpoint saved by cellgym, or retrain.") from exc
     except Exception as exc:  # torch raises several types for truncated, empty or foreign files
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in detail:
             detail = type(exc).__name__
         size = file.stat().st_size if file.is_file() else 0
-        raise CheckpointError(f"{file} ({size} bytes) cannot be read as tensors ({detail}); it is truncated, empty or "
-                              "not a cellgym checkpoint. Restore it from a complete checkpoint, or retrain.") from exc
+        raise CheckpointError(f"{file} cannot be read as tensors ({detail}; {size} bytes): it is truncated, empty or "
+                              "corrupt. Restore it from a complete checkpoint, or retrain.") from exc
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -209,6 +209,10 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, Checkpoint, dict[str
     if not isinstance(config, dict) or not {"task", "algo", "n_timesteps", "hyperparams"} <= set(config):
         raise CellgymError(f"train -i: {run_dir / 'config.yml'} is not a run config (task, algo, n_timesteps, "
                            "hyperparams); restore it from the run.")
+    from cellgym.registry import get
+
+    get("tasks", config["task"])  # registers the task with gymnasium (and checks it still exists)
+    get("agents", config["algo"])
     if config.get("parallel") or config.get("backend") == "ray":
         raise CellgymError(f"train -i {args.trained_agent}: only stable-baselines3 runs can be continued yet; "
                            f"{config['algo']} runs cannot. Start a new run.")

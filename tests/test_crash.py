@@ -134,9 +134,10 @@ def test_predict_killed_three_times_resumes_to_exact_rows(gem1_and_input, tmp_pa
         # what a kill leaves is readable and says it is incomplete: whole studies only
         manifest = json.loads((out / "_manifest.json").read_text())
         assert not manifest["complete"]
-        visible = pds.dataset(out, format="parquet", partitioning="hive").to_table(columns=["study"])
-        counts = pd.Series(visible.column("study").to_numpy(zero_copy_only=False).astype(str)).value_counts()
-        assert all(counts[s] == rows[s] for s in counts.index)
+        if any(out.glob("study=*/*.parquet")):  # none before the first study is complete
+            visible = pds.dataset(out, format="parquet", partitioning="hive").to_table(columns=["study"])
+            counts = pd.Series(visible.column("study").to_numpy(zero_copy_only=False).astype(str)).value_counts()
+            assert all(counts[s] == rows[s] for s in counts.index)
     assert kills >= 2
     if kills == 3:
         assert f"holds {sum(rows.values())} rows" in _run([*argv, "--resume"])

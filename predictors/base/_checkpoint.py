@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def load_tensors(file: str | Path, map_location: Any = "cpu") -> Any:
     """
     file = Path(file)
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{file} holds pickled objects other than tensors, which cellgym never loads (loading "
                               "must not run code). Use a checkpoint saved by cellgym, or retrain.") from exc

@@ -257,10 +257,10 @@ def run(args: argparse.Namespace) -> int:
                 atomic_write_text(run_dir / "command.txt", _command(args) + "\n")
                 if tb_dir != run_dir:
                     atomic_write_text(run_dir / TB_POINTER, str(tb_dir.resolve()) + "\n")
-            else:
+            summary = train(config, run_dir, tb_dir=Path(tb_dir), progress_bar=args.progress, resume=resume, stop=stop)
+            if resume is not None:  # recorded once it ran (a resume that fails changes nothing in the run)
                 with (run_dir / "command.txt").open("a") as fh:
                     fh.write(f"# continued from {resume.path} (step {resume.step}): {_command(args)}\n")
-            summary = train(config, run_dir, tb_dir=Path(tb_dir), progress_bar=args.progress, resume=resume, stop=stop)
     except BaseException as exc:
         removed = resume is None and newest_checkpoint(run_dir) is None
         if removed:  # nothing usable was saved: leave no half-made run behind

@@ -226,7 +226,7 @@ def test_broken_agent_checkpoints_are_one_line(how: str, run_1024: Path, tmp_pat
     shutil.copytree(run_1024, run)
     shutil.rmtree(run / "checkpoints")  # so that model/ is the newest (and only) checkpoint
     named = _break(run, how, tmp_path)
-    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -240,4 +240,5 @@ def test_broken_agent_checkpoints_are_one_line(how: str, run_1024: Path, tmp_pat
     finally:
         os.chdir(cwd)
     assert not (tmp_path / "pwned").exists()  # nothing in the files was run
-    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # a failed resume changes nothing
+    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # a failed resume changes nothing in the run

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["CellMetricsCallback", "CheckpointCallback"]
+__all__ = ["CellMetricsCallback", "CheckpointCallback", "StopOnSignal"]
 
 _SCALARS = {"success": "cell/success_rate", "distance": "cell/distance_to_goal",
             "n_perturbations": "cell/n_perturbations", "cost": "cell/cost"}
@@ -75,9 +75,13 @@ class CellMetricsCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Save the agent to ``folder/step_<n>/`` every ``save_freq`` environment steps (all envs together).
+    """Save the agent to ``folder/step_<n>/`` every ``save_freq`` environment steps (all envs together), at
+    the first rollout boundary after each multiple.
 
-    Uses the agent's own checkpoint format (``config.yaml`` + ``weights.pt``), not SB3's pickled zip.
+    Uses the agent's own checkpoint format (``config.yaml`` + ``weights.pt``, plus the replay buffer of
+    off-policy algorithms, kept in the newest checkpoint only), not SB3's pickled zip; each folder is written
+    under a temporary name and renamed.
+    A resumed run (``num_timesteps`` already > 0) saves at the next multiple of ``save_freq``.
     """
 
     def __init__(self, agent: Any, folder: str | Path, save_freq: int) -> None:
@@ -85,8 +89,39 @@ class CheckpointCallback(BaseCallback):
         self.agent, self.folder, self.save_freq = agent, Path(folder), int(save_freq)
         self._next = self.save_freq
 
-    def _on_step(self) -> bool:
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_rollout_start(self) -> None:
+        # between a policy update and the next rollout: the weights, the step counter and the replay buffer
+        # agree (in _on_step the newest transition is not stored yet), so a resume continues exactly here
+        self._save_if_due()
+
+    def _on_training_end(self) -> None:
+        self._save_if_due()
+
+    def _save_if_due(self) -> None:
         if self.num_timesteps >= self._next:
-            self.agent.save(self.folder / f"step_{self.num_timesteps}")
-            self._next += self.save_freq
+            path = self.agent.save(self.folder / f"step_{self.num_timesteps}", training_state=True)
+            for older in self.folder.glob("step_*/replay_buffer.pt"):  # one buffer on disk: the newest
+                if older.parent != path:
+                    older.unlink(missing_ok=True)
+            self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_step(self) -> bool:
         return True
+
+
+class StopOnSignal(BaseCallback):
+    """End training cleanly at the next environment step once ``stop.signal`` is set (SIGINT/SIGTERM).
+
+    SB3 ends ``learn()`` when a callback returns False, between two steps, with the model consistent, so the
+    caller can save it.
+    """
+
+    def __init__(self, stop: Any) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def _on_step(self) -> bool:
+        return self.stop.signal is None

@@ -13,6 +13,7 @@ import yaml
 from cellgym.agents.base import Agent
 from cellgym.envs.trip import resolve_device
 from cellgym.predictors.base import seeded
+from cellgym.predictors.base._checkpoint import load_tensors, read_yaml
 from cellgym.predictors.base.errors import CheckpointError
 
 from ._ppo import CellTripConfig, EntityAttentionActorCritic, TrainResult, train
@@ -185,8 +186,8 @@ class CellTripAgent(Agent):
         path = Path(path)
         if not (path / "config.yaml").is_file() or not (path / "weights.pt").is_file():
             raise CheckpointError(f"{path} is not a saved CellTRIP agent: expected config.yaml and weights.pt there.")
-        config = yaml.safe_load((path / "config.yaml").read_text())
-        if config.get("format_version") != FORMAT_VERSION:
+        config = read_yaml(path / "config.yaml")  # invalid or unsafe YAML: one CheckpointError line
+        if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path} has CellTRIP checkpoint format {config.get('format_version')}; "
                                   f"this cellgym reads format {FORMAT_VERSION}.")
         hyperparams = {**config["hyperparams"], **kwargs}
@@ -195,12 +196,17 @@ class CellTripAgent(Agent):
         agent = cls(**hyperparams)
         agent.env_spec = config["env_spec"]
         agent.model = agent._build(agent.env_spec["state_size"], agent.env_spec["dim"])
-        state = torch.load(path / "weights.pt", weights_only=True, map_location=agent.device)
-        agent.model.load_state_dict(state["model"])
-        for k, (n_in, n_out, hidden) in config.get("decoders", {}).items():
-            decoder = PositionDecoder(n_in, n_out, hidden)
-            decoder.load_state_dict(state["decoders"][str(k)])
-            agent.decoders[int(k)] = decoder.to(agent.device)
+        state = load_tensors(path / "weights.pt", map_location=agent.device)  # plain tensors only, one-line errors
+        try:
+            agent.model.load_state_dict(state["model"])
+            for k, (n_in, n_out, hidden) in config.get("decoders", {}).items():
+                decoder = PositionDecoder(n_in, n_out, hidden)
+                decoder.load_state_dict(state["decoders"][str(k)])
+                agent.decoders[int(k)] = decoder.to(agent.device)
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path / 'weights.pt'} does not fit the CellTRIP agent in {path / 'config.yaml'} "
+                                  f"({first}); restore both files from one run, or train again.") from exc
         return agent
 
     # ------------------------------------------------------------------------------------------ enjoy

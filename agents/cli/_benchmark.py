@@ -1,7 +1,8 @@
 """``cellgym benchmark``: trained agents next to the random, greedy and (where defined) bfs baselines.
 
 Every agent plays the same episodes (the same starting populations, seeds ``1000 + k``). Learning agents
-are trained first (``--seeds K`` runs each, default hyperparameters, run folders under ``-f``); their
+are trained first (``--seeds K`` runs each, default hyperparameters, run folders under ``<-f>/benchmark/``, apart
+from the runs of ``cellgym train``); their
 rows pool the episodes of all seeds; "timesteps trained" is per run, "wall time" covers training and
 evaluation of all seeds. Writes a Markdown table (printed, and ``<out>.md``) and ``<out>.csv``.
 """
@@ -101,7 +102,7 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
                                          hyperparams=hyperparams, eval_freq=0)
                     env.close()
                     env = gymnasium.make(task, **config["hyperparams"]["env_kwargs"])
-                    run_dir = next_run_dir(folder, name, task)
+                    run_dir = next_run_dir(Path(folder) / "benchmark", name, task)  # not runs/<algo>/
                     write_config(config, run_dir)
                     train(config, run_dir, tb_dir=run_dir, progress_bar=progress_bar)
                     agent = load_agent(name, task, run_dir, env)

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
+from ._runs import newest_checkpoint, read_yaml
 
 __all__ = ["add_parser", "find_run", "load_agent", "run"]
 
@@ -43,20 +43,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def find_run(folder: str | Path, algo: str, task: str, exp_id: int = 0) -> Path:
-    """The run folder ``folder/algo/task_<exp_id>`` (``exp_id`` 0: the highest k)."""
+    """The run folder ``folder/algo/task_<exp_id>`` (``exp_id`` 0: the highest k holding a complete checkpoint)."""
     root = Path(folder) / algo
     runs = {int(p.name.rsplit("_", 1)[1]): p for p in root.glob(f"{task}_*")
-            if p.name.rsplit("_", 1)[1].isdigit() and (p / "model").is_dir()}
+            if p.name.rsplit("_", 1)[1].isdigit() and newest_checkpoint(p) is not None}
     if not runs:
-        raise CellgymError(f"no trained {algo} run for {task} under {root}/ (looked for {task}_<k>/model). "
-                           f"Train one: cellgym train --env {task} --algo {algo} -f {folder}.")
+        raise CellgymError(f"no trained {algo} run for {task} under {root}/ (looked for {task}_<k>/model or "
+                           f"checkpoints/step_N). Train one: cellgym train --env {task} --algo {algo} -f {folder}.")
     if exp_id and exp_id not in runs:
-        raise CellgymError(f"--exp-id {exp_id}: no run {root}/{task}_{exp_id}; runs with a model: {sorted(runs)}.")
+        raise CellgymError(f"--exp-id {exp_id}: no run {root}/{task}_{exp_id} with a complete checkpoint; runs with "
+                           f"one: {sorted(runs)}.")
     return runs[exp_id or max(runs)]
 
 
 def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
-    """A baseline by name, or the agent saved in ``run_dir/model`` (rebuilt from that folder alone)."""
+    """A baseline by name, or the agent of ``run_dir``'s newest complete checkpoint (``model/`` when training
+    ended, else the last periodic checkpoint of an interrupted run), rebuilt from that folder alone."""
     from cellgym.registry import get, make_agent
 
     spec = get("agents", algo)
@@ -64,10 +66,13 @@ def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
         return make_agent(algo)
     if run_dir is None:
         raise CellgymError(f"agent {algo!r} learns: it needs a trained run (cellgym train --algo {algo}).")
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
+        raise CellgymError(f"{run_dir} holds no complete checkpoint (model/ or checkpoints/step_N/); train again.")
     cls = spec.load()
     if algo in ("ppo", "a2c", "dqn", "sac", "td3", "maskable_ppo") or cls.__name__ == "SB3Agent":
-        return cls.load(run_dir / "model", env=env)
-    return cls.load(run_dir / "model")
+        return cls.load(newest.path, env=env)
+    return cls.load(newest.path)
 
 
 def _truth(args: argparse.Namespace) -> Any:
@@ -92,14 +97,16 @@ def run(args: argparse.Namespace) -> int:
         raise CellgymError(f"enjoy --episodes: expected >= 1, got {args.episodes}.")
     learns = getattr(get("agents", args.algo).load(), "learns", False)
     run_dir = find_run(args.folder, args.algo, args.env, args.exp_id) if learns else None
-    config = yaml.safe_load((run_dir / "config.yml").read_text()) if run_dir else {}
+    config = read_yaml(run_dir / "config.yml", "run config") if run_dir else {}
+    if not isinstance(config, dict):
+        raise CellgymError(f"{run_dir / 'config.yml'} is not a run config (a YAML mapping); restore it from the run.")
     env_kwargs = config.get("hyperparams", {}).get("env_kwargs", {}) | parse_kv(args.env_kwargs, "--env-kwargs")
 
     if is_parallel_task(args.env):
         from cellgym.registry import make
 
         env = make(args.env, **env_kwargs)
-        agent = get("agents", args.algo).load().load(run_dir / "model") if run_dir else make_agent(args.algo)
+        agent = load_agent(args.algo, args.env, run_dir, env) if run_dir else make_agent(args.algo)
         print(agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed))
         return 0
 
@@ -111,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         truth_env = gymnasium.make(args.env, **{**env_kwargs, "predictor": _truth(args)})
         truth = [replay(ep, truth_env) for ep in episodes]
     if run_dir:
-        print(f"agent: {args.algo} from {run_dir}")
+        newest = newest_checkpoint(run_dir)
+        print(f"agent: {args.algo} from {newest.path} (step {newest.step:,})")
     for k, ep in enumerate(episodes):
         path = " -> ".join(f"{n} ({d:.3f})" for n, d in zip(ep.names, ep.distances, strict=True))
         print(f"episode {k + 1} (seed {ep.seed}): start ({ep.start_distance:.3f}) -> {path}")

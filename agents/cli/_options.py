@@ -92,6 +92,10 @@ def read_data(path: str) -> AnnData:
     import anndata
 
     file = Path(path)
+    if file.is_dir():
+        found = sorted(p.name for p in file.glob("*.h5ad"))[:5]
+        raise DataSpecError(f"--data {path!r} is a folder, not a file. Pass the path of an .h5ad file"
+                            + (f", e.g. one of {found} in it." if found else " (the folder holds none)."))
     if not file.is_file():
         raise DataSpecError(f"--data {path!r}: no such file. Pass the path of an .h5ad file.")
     try:

@@ -3,12 +3,23 @@
 The run folder holds ``model/`` (the agent checkpoint), ``config.yml`` (everything needed to reproduce the
 run: ``cellgym train --config <run>/config.yml``), ``args.yml``, ``command.txt``, ``monitor.csv``,
 ``eval/evaluations.npz``, ``checkpoints/`` and the TensorBoard events (SB3's scalars plus ``cell/*``).
+
+Nothing is lost to an interruption: checkpoints are saved periodically by default (a tenth of the run, at
+least every 1,000 steps), each written under a temporary name and renamed; SIGINT (Ctrl-C) or SIGTERM ends
+training at the next step and saves ``model/`` with one line saying how to continue. ``-i RUN`` continues
+that run in its own folder from its newest complete checkpoint (``-n`` is the total): same step counter,
+replay buffer, TensorBoard curves and monitor CSV. A run that fails before its first checkpoint leaves no
+folder behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import replace
 from importlib.metadata import version
@@ -17,16 +28,18 @@ from typing import Any
 
 import yaml
 
+from cellgym.predictors.base._atomic import atomic_dir, atomic_write_text
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
+from ._runs import TB_POINTER, Checkpoint, newest_checkpoint, next_run_dir, read_yaml, resolve_resume
 
 #: environment steps on a PettingZoo task when -n is not given. Each step moves every cell, so 3000 steps
 #: at 300 cells are ~0.9M agent-steps (a few minutes on one core); on CellEnv-Trip-Integration-v0 this
 #: lifts kNN label agreement from 0.21 to 0.73 (benchmarks/trip.py integration --steps 3000).
 PARALLEL_TIMESTEPS = 3_000
 
-__all__ = ["add_parser", "make_config", "next_run_dir", "run", "train", "write_config"]
+__all__ = ["GracefulStop", "add_parser", "make_config", "next_run_dir", "run", "train", "write_config"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="TensorBoard root (default: the run folder itself)")
     p.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N steps (<= 0: never)")
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (<= 0: never)")
-    p.add_argument("-i", "--trained-agent", default=None, metavar="CHECKPOINT",
-                   help="resume from a checkpoint folder (a run's model/ or checkpoints/step_N/)")
+    p.add_argument("--save-freq", type=int, default=None,
+                   help="checkpoint every N steps (default: a tenth of -n, at least 1000; <= 0: never)")
+    p.add_argument("-i", "--trained-agent", default=None, metavar="RUN",
+                   help="continue a run in its own folder: the run folder, its model/ or a checkpoints/step_N/ "
+                        "(default: its newest complete checkpoint); -n is the total number of steps")
     p.add_argument("--backend", default="sb3", choices=["sb3", "ray"],
                    help='sb3 (default) or ray (RLlib PPO; --algo celltrip: rollouts in Ray actors), needs pip install "cellgym[ray]"')
     p.add_argument("--num-env-runners", type=int, default=0, help="--backend ray: remote sampling workers")
@@ -55,16 +70,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
     p.set_defaults(run=run)
-
-
-def next_run_dir(folder: str | Path, algo: str, task: str) -> Path:
-    """``folder/algo/task_<k>`` with the next free ``k`` (1, 2, ...), created."""
-    root = Path(folder) / algo
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name.rsplit("_", 1)[1]) for p in root.glob(f"{task}_*") if p.name.rsplit("_", 1)[1].isdigit()]
-    run_dir = root / f"{task}_{max(taken, default=0) + 1}"
-    run_dir.mkdir()
-    return run_dir
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -101,7 +106,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise CellgymError(f"train --config {path}: no such file; pass a run folder's config.yml.")
-        config = yaml.safe_load(path.read_text())
+        config = read_yaml(path, "run config")
+        if not isinstance(config, dict) or not {"task", "algo", "hyperparams"} <= set(config):
+            raise CellgymError(f"train --config {path}: not a run's config.yml (no task, algo, hyperparams).")
         if not config.get("parallel"):
             hp = dict(config["hyperparams"])
             algo_kwargs = hp.pop("algo_kwargs")
@@ -110,9 +117,6 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         return config
     if not args.env or not args.algo:
         raise CellgymError("train: expected --env TASK and --algo NAME (or --config RUN/config.yml).")
-    if args.trained_agent and not Path(args.trained_agent).is_dir():
-        raise CellgymError(f"train -i {args.trained_agent}: no such checkpoint folder. Pass a run's model/ "
-                           "or checkpoints/step_N/ folder.")
     if args.backend == "ray":
         from cellgym.agents.zoo._ray import _import_ray
 
@@ -135,8 +139,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
                          device=args.device, n_timesteps=args.n_timesteps,
                          env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
                          hyperparams=parse_kv(args.hyperparams, "--hyperparams"), eval_freq=args.eval_freq,
-                         eval_episodes=args.eval_episodes, save_freq=args.save_freq,
-                         trained_agent=args.trained_agent)
+                         eval_episodes=args.eval_episodes, save_freq=args.save_freq)
     if args.backend == "ray":
         config |= {"backend": "ray", "num_env_runners": args.num_env_runners}
     return config
@@ -144,9 +147,11 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
 
 def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_timesteps: int | None = None,
                 env_kwargs: dict[str, Any] | None = None, hyperparams: dict[str, Any] | None = None,
-                eval_freq: int = 0, eval_episodes: int = 10, save_freq: int = -1,
-                trained_agent: str | None = None) -> dict[str, Any]:
-    """The checked configuration of one training run (what ``config.yml`` holds)."""
+                eval_freq: int = 0, eval_episodes: int = 10, save_freq: int | None = None) -> dict[str, Any]:
+    """The checked configuration of one training run (what ``config.yml`` holds).
+
+    ``save_freq`` None: a checkpoint every tenth of the run, at least 1,000 steps apart; <= 0: none.
+    """
     from cellgym.agents.zoo._hyperparams import load_hyperparams
     from cellgym.registry import get, is_parallel_task, make_agent
 
@@ -168,25 +173,122 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
         hp = replace(hparams, n_timesteps=n_timesteps).to_dict()
     if n_timesteps <= 0:
         raise CellgymError(f"train -n: expected a positive number of timesteps, got {n_timesteps}.")
+    if save_freq is None:
+        save_freq = max(n_timesteps // 10, 1000)
     return {"task": task, "algo": algo, "parallel": parallel, "seed": seed, "device": device,
             "n_timesteps": n_timesteps, "eval_freq": eval_freq, "eval_episodes": eval_episodes,
-            "save_freq": save_freq, "trained_agent": trained_agent, "hyperparams": hp,
+            "save_freq": save_freq, "hyperparams": hp,
             "versions": {p: version(p) for p in ("cellgym", "stable-baselines3", "sb3-contrib", "gymnasium",
                                                  "torch")}}
 
 
+class GracefulStop:
+    """While active, the first SIGINT/SIGTERM sets :attr:`signal` (training ends at the next step and saves);
+    a second one, or the first where training cannot stop between steps (``immediate``), raises
+    ``KeyboardInterrupt``."""
+
+    def __init__(self, *, immediate: bool = False) -> None:
+        self.immediate = immediate
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None or self.immediate:
+            self.signal = signum
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _resume_target(args: argparse.Namespace) -> tuple[Path, Checkpoint, dict[str, Any]]:
+    """Where ``-i`` continues: (run folder, checkpoint, the run's config with the new total); writes nothing."""
+    run_dir, ckpt = resolve_resume(args.trained_agent)
+    config = read_yaml(run_dir / "config.yml", "run config")
+    if not isinstance(config, dict) or not {"task", "algo", "n_timesteps", "hyperparams"} <= set(config):
+        raise CellgymError(f"train -i: {run_dir / 'config.yml'} is not a run config (task, algo, n_timesteps, "
+                           "hyperparams); restore it from the run.")
+    from cellgym.registry import get
+
+    get("tasks", config["task"])  # registers the task with gymnasium (and checks it still exists)
+    get("agents", config["algo"])
+    if config.get("parallel") or config.get("backend") == "ray":
+        raise CellgymError(f"train -i {args.trained_agent}: only stable-baselines3 runs can be continued yet; "
+                           f"{config['algo']} runs cannot. Start a new run.")
+    for flag, key, given in (("--env", "task", args.env), ("--algo", "algo", args.algo)):
+        if given and given != config[key]:
+            raise CellgymError(f"train -i: the run {run_dir} is {config[key]!r}, not {flag} {given!r}; "
+                               f"drop {flag} or pass another run.")
+    if args.hyperparams or args.env_kwargs or args.config:
+        raise CellgymError("train -i continues a run with its own config.yml; --hyperparams, --env-kwargs and --config "
+                           "start a new run instead (drop -i).")
+    checkpoint_config = read_yaml(ckpt.path / "config.yaml")  # a damaged one fails here, in one line
+    if not isinstance(checkpoint_config, dict) or not isinstance(checkpoint_config.get("num_timesteps"), int):
+        raise CellgymError(f"train -i: {ckpt.path / 'config.yaml'} does not record num_timesteps; it is not a "
+                           "checkpoint of cellgym train. Pass another checkpoint of the run.")
+    total = args.n_timesteps or config["n_timesteps"]
+    if total <= ckpt.step:
+        raise CellgymError(f"train -i: {ckpt.path} is already at step {ckpt.step:,} >= {total:,}; pass a larger -n "
+                           "(the total number of steps of the run).")
+    save_freq = config.get("save_freq") if args.save_freq is None else args.save_freq
+    return run_dir, ckpt, {**config, "n_timesteps": total, "save_freq": save_freq}
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train, print where everything went."""
-    config = _resolve(args)
-    run_dir = next_run_dir(args.folder, config["algo"], config["task"])
-    tb_dir = run_dir if args.tensorboard_log is None else Path(args.tensorboard_log) / run_dir.relative_to(
-        args.folder)
-    write_config(config, run_dir)
-    (run_dir / "args.yml").write_text(yaml.safe_dump(vars(args) | {"run": None}, sort_keys=False))
-    (run_dir / "command.txt").write_text(_command(args) + "\n")
+    """Train (or continue a run), print where everything went."""
+    if args.trained_agent:
+        run_dir, resume, config = _resume_target(args)
+        pointer = run_dir / TB_POINTER
+        tb_dir = Path(pointer.read_text().strip()) if pointer.is_file() else run_dir
+    else:
+        config, resume = _resolve(args), None
+        run_dir = next_run_dir(args.folder, config["algo"], config["task"])
+        # TensorBoard runs get their own unique name under -tb (another runs folder may hold a run of the same k)
+        tb_dir = run_dir if args.tensorboard_log is None else next_run_dir(args.tensorboard_log, config["algo"],
+                                                                           config["task"])
     t0 = time.perf_counter()
-    summary = train(config, run_dir, tb_dir=Path(tb_dir), progress_bar=args.progress)
-    print(f"trained {config['algo']} on {config['task']} for {config['n_timesteps']:,} steps "
+    immediate = bool(config.get("parallel")) or config.get("backend") == "ray"
+    try:
+        with GracefulStop(immediate=immediate) as stop:
+            if resume is None:
+                write_config(config, run_dir)
+                atomic_write_text(run_dir / "args.yml", yaml.safe_dump(vars(args) | {"run": None}, sort_keys=False))
+                atomic_write_text(run_dir / "command.txt", _command(args) + "\n")
+                if tb_dir != run_dir:
+                    atomic_write_text(run_dir / TB_POINTER, str(tb_dir.resolve()) + "\n")
+            summary = train(config, run_dir, tb_dir=Path(tb_dir), progress_bar=args.progress, resume=resume, stop=stop)
+            if resume is not None:  # recorded once it ran (a resume that fails changes nothing in the run)
+                with (run_dir / "command.txt").open("a") as fh:
+                    fh.write(f"# continued from {resume.path} (step {resume.step}): {_command(args)}\n")
+    except BaseException as exc:
+        removed = resume is None and newest_checkpoint(run_dir) is None
+        if removed:  # nothing usable was saved: leave no half-made run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if tb_dir != run_dir:
+                shutil.rmtree(tb_dir, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            newest = None if removed else newest_checkpoint(run_dir)
+            kept = f"newest checkpoint {newest.path} (step {newest.step:,})" if newest else "nothing was saved"
+            print(f"cellgym train: interrupted; {kept}{'; the run folder was removed' if removed else ''}.",
+                  file=sys.stderr)
+            return 130
+        raise
+    if stop.signal is not None:
+        newest = newest_checkpoint(run_dir)
+        print(f"cellgym train: stopped by {signal.Signals(stop.signal).name} at step {newest.step:,} of "
+              f"{config['n_timesteps']:,}; model saved to {newest.path}. Continue with: cellgym train -i {run_dir}",
+              file=sys.stderr)
+        return 128 + stop.signal
+    verb = "continued" if resume else "trained"
+    print(f"{verb} {config['algo']} on {config['task']} to {config['n_timesteps']:,} steps "
           f"in {time.perf_counter() - t0:.0f} s")
     print(f"run folder:  {run_dir}")
     print(f"TensorBoard: tensorboard --logdir {tb_dir}")
@@ -196,14 +298,60 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_config(config: dict[str, Any], run_dir: Path) -> Path:
-    """Write ``run_dir/config.yml`` (``cellgym train --config`` reruns it)."""
-    path = run_dir / "config.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    """Write ``run_dir/config.yml`` atomically (``cellgym train --config`` reruns it)."""
+    return atomic_write_text(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
 
 
-def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: bool = False) -> str:
-    """Train as ``config`` says into ``run_dir``; returns a one-line evaluation summary (may be empty)."""
+def _logger(folder: Path, start: int) -> Any:
+    """SB3's TensorBoard + CSV logger for ``folder``, continuing an earlier segment of the run from ``start``.
+
+    TensorBoard: ``purge_step=start`` tells readers to drop events of an earlier segment at or after
+    ``start`` (written after the checkpoint this segment resumes from), so curves continue, never restart.
+    CSV: ``progress.csv`` is appended to, not truncated.
+    """
+    from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
+    from torch.utils.tensorboard import SummaryWriter
+
+    class AppendingCSV(CSVOutputFormat):
+        def __init__(self, path: Path) -> None:
+            text = path.read_text() if path.is_file() else ""
+            if not text:
+                super().__init__(str(path))
+                return
+            if not text.endswith("\n"):  # a row cut short by a kill
+                text = text[: text.rfind("\n") + 1]
+                path.write_text(text)
+            self.file = path.open("r+")  # not "a": SB3 rewrites the header in place when new keys appear
+            self.file.seek(0, 2)
+            self.keys = text.split("\n", 1)[0].split(",")
+            self.separator, self.quotechar = ",", '"'
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensorboard = TensorBoardOutputFormat(str(folder))
+    if start:
+        tensorboard.writer.close()
+        tensorboard.writer = SummaryWriter(log_dir=str(folder), purge_step=start)
+    return Logger(str(folder), [tensorboard, AppendingCSV(folder / "progress.csv")])
+
+
+def _drop_newer(run_dir: Path, step: int) -> None:
+    """Remove checkpoints of a later step than the one a run continues from (they belong to another future)."""
+    for folder in [*(run_dir / "checkpoints").glob("step_*"), run_dir / "model"]:
+        ckpt_step = folder.name.removeprefix("step_")
+        if folder.name != "model" and ckpt_step.isdigit() and int(ckpt_step) > step:
+            shutil.rmtree(folder, ignore_errors=True)
+    model = newest_checkpoint(run_dir)
+    if model is not None and model.path.name == "model" and model.step > step:
+        shutil.rmtree(run_dir / "model", ignore_errors=True)
+
+
+def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: bool = False,
+          resume: Checkpoint | None = None, stop: GracefulStop | None = None) -> str:
+    """Train as ``config`` says into ``run_dir``; returns a one-line evaluation summary (may be empty).
+
+    ``resume``: a checkpoint of this run to continue from (its step counter, weights, optimiser and replay
+    buffer), up to ``config["n_timesteps"]`` in total. ``stop``: ends training at the next step once set.
+    """
     import numpy as np
     import torch
 
@@ -215,10 +363,9 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
         return _train_parallel(config, run_dir, tb_dir, progress_bar)
 
     from stable_baselines3.common.callbacks import CallbackList, EvalCallback
-    from stable_baselines3.common.logger import configure
     from stable_baselines3.common.utils import set_random_seed
 
-    from cellgym.agents._callbacks import CellMetricsCallback, CheckpointCallback
+    from cellgym.agents._callbacks import CellMetricsCallback, CheckpointCallback, StopOnSignal
     from cellgym.agents.zoo import SB3Agent, make_sb3_vec_env
     from cellgym.agents.zoo._rollout import optimum_steps
 
@@ -227,13 +374,18 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     torch.set_num_threads(1)  # small MLPs: one thread is as fast, and the box is shared
     set_random_seed(seed)  # global seeding belongs in the CLI only (STYLE R13)
     venv = make_sb3_vec_env(config["task"], hp["n_envs"], env_kwargs=hp["env_kwargs"],
-                            monitor_path=run_dir / "monitor.csv")
+                            monitor_path=run_dir / "monitor.csv", monitor_append=resume is not None)
     agent = SB3Agent(config["algo"], policy=hp["policy"], policy_kwargs=hp["policy_kwargs"],
                      algo_kwargs=hp["algo_kwargs"], device=config["device"], seed=seed)
     agent.build(venv)
-    if config.get("trained_agent"):
-        agent.load_weights(config["trained_agent"])
-    agent.model.set_logger(configure(str(tb_dir), ["tensorboard", "csv"]))
+    start = 0
+    if resume is not None:
+        start = agent.restore_training_state(resume.path)
+        set_random_seed(seed + start)  # the continued episodes are new ones, and reproducible
+        venv.seed(seed + start)
+        _drop_newer(run_dir, start)
+        write_config(config, run_dir)  # the new total
+    agent.model.set_logger(_logger(Path(tb_dir), start))
 
     callbacks: list[Any] = [CellMetricsCallback(optimum_steps(config["task"], hp["env_kwargs"], seed=seed))]
     eval_cb = None
@@ -246,11 +398,17 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
         eval_cb = eval_cls(eval_env, n_eval_episodes=config["eval_episodes"],
                            eval_freq=max(config["eval_freq"] // hp["n_envs"], 1),
                            log_path=str(run_dir / "eval"), deterministic=True, verbose=0)
+        if resume is not None:
+            _continue_evaluations(eval_cb, run_dir / "eval" / "evaluations.npz", start)
         callbacks.append(eval_cb)
-    if config["save_freq"] > 0:
+    if config["save_freq"] and config["save_freq"] > 0:
         callbacks.append(CheckpointCallback(agent, run_dir / "checkpoints", config["save_freq"]))
-    agent.learn(venv, config["n_timesteps"], callback=CallbackList(callbacks), progress_bar=progress_bar)
-    agent.save(run_dir / "model")
+    if stop is not None:
+        callbacks.append(StopOnSignal(stop))
+    agent.learn(venv, config["n_timesteps"] - start, callback=CallbackList(callbacks), progress_bar=progress_bar,
+                reset_num_timesteps=resume is None)
+    agent.save(run_dir / "model", training_state=True)
+    agent.model.logger.close()
     venv.close()
     if eval_cb is None or not eval_cb.evaluations_results:
         return ""
@@ -259,6 +417,21 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     if eval_cb.evaluations_successes:
         line += f", success rate {np.mean(eval_cb.evaluations_successes[-1]):.0%}"
     return line
+
+
+def _continue_evaluations(eval_cb: Any, file: Path, start: int) -> None:
+    """Let SB3's EvalCallback extend the evaluations of the earlier segments (it rewrites the file whole)."""
+    import numpy as np
+
+    if not file.is_file():
+        return
+    with np.load(file) as data:  # allow_pickle=False: plain arrays only
+        keep = data["timesteps"] <= start
+        eval_cb.evaluations_timesteps = data["timesteps"][keep].tolist()
+        eval_cb.evaluations_results = [list(r) for r in data["results"][keep]]
+        eval_cb.evaluations_length = [list(r) for r in data["ep_lengths"][keep]]
+        if "successes" in data:
+            eval_cb.evaluations_successes = [list(r) for r in data["successes"][keep]]
 
 
 def _train_parallel(config: dict[str, Any], run_dir: Path, tb_dir: Path, progress_bar: bool) -> str:
@@ -280,5 +453,5 @@ def _train_parallel(config: dict[str, Any], run_dir: Path, tb_dir: Path, progres
     finally:
         if collector is not None:
             collector.close()
-    agent.save(run_dir / "model")
+    atomic_dir(run_dir / "model", agent.save)
     return ""

@@ -130,12 +130,12 @@ class GymnasiumVecEnv(VecEnv):
 
 
 def make_sb3_vec_env(task: str, n_envs: int, *, env_kwargs: dict[str, Any] | None = None,
-                     monitor_path: str | Path | None = None) -> VecEnv:
+                     monitor_path: str | Path | None = None, monitor_append: bool = False) -> VecEnv:
     """An SB3 ``VecEnv`` of ``n_envs`` copies of ``task``, monitored (episode stats, monitor CSV).
 
     Uses the task's native vector env (``gymnasium.make_vec``, asked for ``autoreset_mode="same_step"``) when
     it autoresets in ``SAME_STEP`` mode (or ``DISABLED`` with ``reset_mask``), else gymnasium's ``SyncVectorEnv`` in ``SAME_STEP`` mode. ``monitor_path`` (a file name without ``.monitor.csv``
-    or a folder) receives SB3's monitor CSV.
+    or a folder) receives SB3's monitor CSV; with ``monitor_append`` an existing one is continued.
     """
     env_kwargs = dict(env_kwargs or {})
     spec = gymnasium.spec(task)
@@ -153,6 +153,29 @@ def make_sb3_vec_env(task: str, n_envs: int, *, env_kwargs: dict[str, Any] | Non
     if venv is None:
         venv = gymnasium.make_vec(task, num_envs=n_envs, vectorization_mode="sync",
                                   vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **env_kwargs)
-    filename = None if monitor_path is None else str(monitor_path)
-    return VecMonitor(GymnasiumVecEnv(venv), filename=filename, info_keywords=INFO_KEYWORDS)
+    if monitor_path is None or not monitor_append or not Path(monitor_path).is_file():
+        filename = None if monitor_path is None else str(monitor_path)
+        return VecMonitor(GymnasiumVecEnv(venv), filename=filename, info_keywords=INFO_KEYWORDS)
+    return _appending_monitor(GymnasiumVecEnv(venv), Path(monitor_path))
+
+
+def _appending_monitor(venv: VecEnv, path: Path) -> VecMonitor:
+    """A ``VecMonitor`` that appends to an existing monitor CSV (a resumed run), its clock continuing.
+
+    A last row cut short by a kill is dropped first, so appended rows start on a line of their own.
+    """
+    from stable_baselines3.common.monitor import ResultsWriter
+
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text)
+    last = text.rstrip("\n").rsplit("\n", 1)[-1].split(",")
+    monitor = VecMonitor(venv, filename=None, info_keywords=INFO_KEYWORDS)
+    try:
+        monitor.t_start -= float(last[2])  # column t: seconds since the run started
+    except (IndexError, ValueError):
+        pass  # header only
+    monitor.results_writer = ResultsWriter(str(path), extra_keys=INFO_KEYWORDS, override_existing=False)
+    return monitor
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from cellgym.envs.errors import InvalidActionError
+from cellgym.envs.errors import InvalidActionError, ResetNeededError
 
 from ._core import PopulationState, ReprogramDynamics
 from ._worlds import build_world
@@ -80,6 +80,17 @@ def invalid_action(action: object, space: spaces.Space) -> InvalidActionError:
         f"action {action!r} (dtype {arr.dtype}, shape {arr.shape}) is not in the action space {space}. "
         "Pass an integer in [0, n) (the last index stops) or, for action_mode='combination', a 0/1 vector."
     )
+
+
+def _is_int_action(action: object, action_mode: ActionMode) -> bool:
+    """Integers only (``True`` is not action 1): a Python/NumPy int for ``single``, an int or bool array for
+    ``combination``."""
+    if action_mode == "single":
+        if isinstance(action, (bool, np.bool_)):
+            return False
+        return isinstance(action, (int, np.integer)) or (
+            isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer))
+    return isinstance(action, np.ndarray) and (np.issubdtype(action.dtype, np.integer) or action.dtype == bool)
 
 
 class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
@@ -178,7 +189,11 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
        the distance between the source and target steady states, 1.71 for type0 -> type1, where the right
        perturbation sets end 0.39-0.47 from the target and every other set of master KO/OE 4.9 or more).
     2. Termination: the agent chose stop.
-    3. Truncation: the step budget ``max_episode_steps`` of the registration (HSC and SERGIO: 6) is used up.
+    3. Truncation: the step budget ``budget`` (registered equal to ``max_episode_steps``; HSC and SERGIO: 6) is
+       used up; the env reports it itself, so it holds without gymnasium's ``TimeLimit`` too.
+
+    A ``step()`` before ``reset()`` or after the episode ended raises gymnasium's ``ResetNeeded`` (as
+    :class:`~cellgym.envs.errors.ResetNeededError`); actions must be integers (``True`` is not action 1).
 
     ## Info
 
@@ -262,6 +277,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         self.render_mode = render_mode
         self.budget = budget
         self.state: PopulationState | None = None
+        self._ended: str | None = None  # why the episode ended ("terminated", "was truncated ..."), None while running
         self.steps = 0
         self.applied_names: list[str] = []
         self.total_cost = 0.0
@@ -269,8 +285,11 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     def step(self, action: np.int64 | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply ``action``; the cells evolve under everything in force; returns the gymnasium 5-tuple."""
         if self.state is None:
-            raise gym.error.ResetNeeded("call reset() before step().")
-        if not self.action_space.contains(action):
+            raise ResetNeededError("step() before reset(): call env.reset() first.")
+        if self._ended is not None:
+            raise ResetNeededError(f"the episode {self._ended} after {self.steps} steps; call env.reset() before "
+                                   "stepping again.")
+        if not _is_int_action(action, self.action_mode) or not self.action_space.contains(action):
             raise invalid_action(action, self.action_space)
         chosen, stop = decode_actions(np.asarray(action)[None], self.n_perturbations, self.action_mode)
         out = self.dynamics.step(self.state, chosen, stop)
@@ -280,13 +299,18 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         self.applied_names += [self.perturbations[i] for i in new if self.perturbations[i] not in self.applied_names]
         self.total_cost += self.dynamics.cost * int(out.n_new[0])
         terminated = bool(out.success[0] or out.stopped[0])
-        return self._obs(), float(out.reward[0]), terminated, False, self._info(bool(out.success[0]))
+        # the budget is the registered max_episode_steps (gymnasium's TimeLimit does not tell the env it truncated)
+        truncated = not terminated and self.budget is not None and self.steps >= self.budget
+        if terminated or truncated:
+            self._ended = "terminated" if terminated else f"was truncated at its budget of {self.budget} steps"
+        return self._obs(), float(out.reward[0]), terminated, truncated, self._info(bool(out.success[0]))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Draw a new starting population from ``self.np_random``."""
         super().reset(seed=seed)
         source = torch.from_numpy(self.dynamics.world.sampler(self.np_random))[None]
         self.state = self.dynamics.initial(source)
+        self._ended = None
         self.steps = 0
         self.applied_names = []
         self.total_cost = 0.0

@@ -314,19 +314,99 @@ def sergio_world(*, source: str | None, target: str | None, n_cells: int, predic
 
 # ---------------------------------------------------------------------------------------- generic data
 def _select(adata: AnnData, spec: DataSpec, which: object, what: str) -> np.ndarray:
-    """Boolean mask over cells: a perturbation label, ``"column=value"``, or a boolean array."""
+    """Boolean mask over cells from a selection: a perturbation label, ``"column=value"``, a boolean mask, or a
+    combination (all of them must hold): ``"control,cell_type=B"`` or ``["control", "cell_type=B", mask]``.
+
+    In a comma-separated string, values of one column are alternatives (``"cell_type=A,cell_type=B"``: either)
+    and different columns must all match, as ``--subset`` does; a bare label names a perturbation.
+    """
     if isinstance(which, str):
-        key, _, value = which.partition("=") if "=" in which else (spec.perturbation_key, "", which)
+        mask = _select_pairs(adata, spec, which, what)
+    elif isinstance(which, (list, tuple)) and not _is_mask_like(which, adata.n_obs):
+        if not which:
+            raise DataSpecError(f"{what}=[]: pass a perturbation label, 'column=value', a boolean mask or a list of them.")
+        mask = np.logical_and.reduce([_select(adata, spec, part, what) for part in which])
+    else:
+        mask = np.asarray(which)
+        if mask.dtype != bool or mask.shape != (adata.n_obs,):
+            raise DataSpecError(f"{what}: expected a label, 'column=value', or a boolean mask of shape ({adata.n_obs},); "
+                                f"got {type(which).__name__} of dtype {mask.dtype} and shape {mask.shape}.")
+    if not mask.any():
+        shown = which if isinstance(which, str) else f"<{type(which).__name__}>"
+        raise DataSpecError(f"{what}={shown!r} selects no cells; pass a perturbation label, 'column=value', a mask, or a "
+                            "combination that some cells satisfy.")
+    return mask
+
+
+def _is_mask_like(which: list | tuple, n: int) -> bool:
+    return len(which) == n and all(isinstance(v, (bool, np.bool_)) for v in which)
+
+
+def _select_pairs(adata: AnnData, spec: DataSpec, which: str, what: str) -> np.ndarray:
+    groups: dict[str, list[str]] = {}
+    for part in (p.strip() for p in which.split(",")):
+        if not part:
+            raise DataSpecError(f"{what}={which!r}: an empty item; write e.g. 'control,cell_type=B'.")
+        key, _, value = part.partition("=") if "=" in part else (spec.perturbation_key, "", part)
         if key not in adata.obs:
             raise DataSpecError(f"{what}={which!r}: adata.obs has no column {key!r}; columns are {list(adata.obs)}.")
-        mask = (adata.obs[key].astype(str) == value).to_numpy()
-    else:
-        mask = np.asarray(which, dtype=bool)
-        if mask.shape != (adata.n_obs,):
-            raise DataSpecError(f"{what}: expected a boolean mask of shape ({adata.n_obs},), got {mask.shape}.")
-    if not mask.any():
-        raise DataSpecError(f"{what}={which!r} selects no cells; pass a perturbation label, 'column=value' or a mask.")
-    return mask
+        groups.setdefault(key, []).append(value)
+    masks = [adata.obs[key].astype(str).isin(values).to_numpy() for key, values in groups.items()]
+    return np.logical_and.reduce(masks)
+
+
+class SourceContexts:
+    """Each source cell's own context index, recovered from the cell itself.
+
+    Episodes draw their populations from a pool of source cells (exact copies of its rows), and a response
+    model's next state is predicted from them, so a cell's context (cell type / line) is the context of the
+    pool row it copies. Rows are found by an exact integer hash of their float32 bits (order-independent, so
+    identical in every batch), then checked for equality.
+    """
+
+    def __init__(self, pool: np.ndarray, ctx: np.ndarray) -> None:
+        self.pool = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
+        gen = torch.Generator().manual_seed(0)
+        self.coeff = torch.randint(1, 2**31 - 1, (self.pool.shape[1],), generator=gen, dtype=torch.int64)
+        keys = self._hash(self.pool)
+        self.keys, order = torch.sort(keys)
+        self.pool, self.ctx = self.pool[order], torch.as_tensor(ctx, dtype=torch.long)[order]
+
+    def _hash(self, cells: torch.Tensor) -> torch.Tensor:
+        bits = cells.contiguous().view(torch.int32).to(torch.int64)
+        return (bits * self.coeff.to(cells.device)).sum(1)  # wraps identically for identical rows
+
+    def __call__(self, cells: torch.Tensor) -> torch.Tensor:
+        """Context indices (M,) int64 of source cells (M, G)."""
+        cells = cells.to("cpu", torch.float32)
+        i = torch.searchsorted(self.keys, self._hash(cells)).clamp_max(len(self.keys) - 1)
+        if not torch.equal(self.pool[i], cells):
+            raise DataSpecError("the transition got source cells that are not rows of the task's source pool, so their "
+                                "contexts are unknown; pass context= to use one context for every cell.")
+        return self.ctx[i]
+
+
+def _transition_context(adata: AnnData, spec: DataSpec, model: Predictor, src_mask: np.ndarray, src: np.ndarray,
+                        source: object) -> str | SourceContexts | None:
+    """The context of the source cells for the transition: one label, each cell's own, or the model's only one."""
+    key = spec.context_key
+    if key is None or key not in adata.obs:
+        return None
+    labels = adata.obs[key].astype(str).to_numpy()[src_mask]
+    present = sorted(set(labels))
+    if len(present) == 1:
+        return present[0] if present[0] in model.contexts or len(model.contexts) > 1 else None
+    unknown = [c for c in present if c not in model.contexts]
+    if len(model.contexts) <= 1 or unknown:
+        knows = "has one context" if len(model.contexts) <= 1 else f"does not know {unknown[:5]} (it knows {model.contexts[:5]})"
+        example = f"{source},{key}={present[0]}" if isinstance(source, str) else f"[..., '{key}={present[0]}']"
+        raise DataSpecError(
+            f"source spans {len(present)} contexts in adata.obs[{key!r}] ({present[:5]}) but the predictor {knows}, so "
+            f"it cannot tell their cells apart. Pick one context, e.g. source={example!r}, or use a predictor fitted "
+            f"with context_key={key!r} on all of them."
+        )
+    index = {c: i for i, c in enumerate(model.contexts)}
+    return SourceContexts(src, np.array([index[c] for c in labels], dtype=np.int64))
 
 
 def _cache_dir() -> Path:
@@ -386,14 +466,21 @@ def data_world(
     n_cells: int,
     context: str | None,
 ) -> World:
-    """Any AnnData: cells selected by ``source`` towards cells selected by ``target``."""
+    """Any AnnData: cells selected by ``source`` towards cells selected by ``target``.
+
+    Selections: see :func:`_select` (labels, ``column=value``, masks and their combinations). Without
+    ``context``, each source cell keeps its own context (cell type / line) in the transition; a source that
+    spans contexts the predictor cannot tell apart is refused.
+    """
     spec = spec or DataSpec()
     model = resolve_predictor(predictor, adata, spec)
     x = expression(adata, spec)
     if list(map(str, adata.var_names)) != list(model.genes):
         check_genes(model.genes, adata.var_names)
         x = x[:, [list(map(str, adata.var_names)).index(g) for g in model.genes]]
-    src = x[_select(adata, spec, "control" if source is None else source, "source")]
+    source = spec.control if source is None else source
+    src_mask = _select(adata, spec, source, "source")
+    src = x[src_mask]
     tgt = x[_select(adata, spec, target, "target")]
     rng = np.random.default_rng(0)
     tgt_ref = tgt[rng.permutation(tgt.shape[0])[:512]]
@@ -405,14 +492,13 @@ def data_world(
         reward_model = make_reward(reward, cells=cells, labels=labels, target="target")
     else:
         reward_model = make_reward(reward, target=tgt_ref)
-    if context is None and spec.context_key is not None and spec.context_key in adata.obs:
-        context = str(adata.obs[spec.context_key][_select(adata, spec, source or "control", "source")].iloc[0])
+    transition_context = context if context is not None else _transition_context(adata, spec, model, src_mask, src, source)
     sampler = CellPoolSampler(src, n_cells)
     floor = float(reward_model.distance(torch.from_numpy(tgt[rng.integers(0, tgt.shape[0], n_cells)])[None]))
     start = float(reward_model.distance(torch.from_numpy(sampler(rng))[None]))
     reference = np.concatenate([src[rng.permutation(src.shape[0])[:1024]], tgt_ref])
     return World(
-        transition=Transition(model, context=context),
+        transition=Transition(model, context=transition_context),
         reward=reward_model,
         perturbations=list(model.perturbations),
         sampler=sampler,

@@ -13,6 +13,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
+from cellgym.envs.errors import ResetNeededError
 from cellgym.predictors.base.errors import CellgymError, DataSpecError
 
 from ._neighbours import knn_graph
@@ -272,6 +273,7 @@ class TripParallelEnv(ParallelEnv):
 
         self.possible_agents = [f"cell_{i}" for i in range(self.max_cells)]
         self.agents: list[str] = []
+        self._ended: str | None = "has not started (step() before reset())"
         self._observation_space = spaces.Dict({
             "self": spaces.Box(-np.inf, np.inf, (self.state_size,), np.float32),
             "others": spaces.Box(-np.inf, np.inf, (self.n_view, self.state_size), np.float32),
@@ -295,6 +297,7 @@ class TripParallelEnv(ParallelEnv):
     # --------------------------------------------------------------------------------------------- step
     def step(self, actions: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict, dict]:
         """PettingZoo step: a dict of actions per live cell -> the five per-cell dicts."""
+        self._check_running()
         if set(actions) != set(self.agents):
             missing = sorted(set(self.agents) - set(actions))[:3]
             extra = sorted(set(actions) - set(self.agents))[:3]
@@ -327,6 +330,8 @@ class TripParallelEnv(ParallelEnv):
         terminated, truncated : bool
             Episode end for every cell (cells end together).
         """
+        if not hasattr(self, "positions"):  # the batched API may run past the horizon (steady states), not before reset
+            raise ResetNeededError("step_batch() before reset(): call env.reset() or env.reset_batch() first.")
         n = len(self.positions)
         actions = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
         if actions.shape != (n, self.dim):
@@ -358,7 +363,14 @@ class TripParallelEnv(ParallelEnv):
         phi_after = w.distance * self._phi_dist + w.pinning * self._phi_pin - w.origin * x.norm(dim=1)
         rewards = phi_after - phi_before - w.velocity * v.pow(2).sum(1) - w.action * a.pow(2).sum(1)
         truncated = self.steps >= self.horizon
+        if truncated:
+            self._ended = f"was truncated at its horizon of {self.horizon} steps"
         return self._obs(), rewards, False, bool(truncated)
+
+    def _check_running(self) -> None:
+        """PettingZoo's convention (and gymnasium's): no step before reset or after the episode ended."""
+        if self._ended is not None:
+            raise ResetNeededError(f"the episode {self._ended}; call env.reset() before stepping again.")
 
     # -------------------------------------------------------------------------------------------- reset
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
@@ -413,6 +425,7 @@ class TripParallelEnv(ParallelEnv):
         self._phi_dist = self._distance_potential(self.positions)
         self._phi_pin = self._pinning_potential(self.positions)
         self.agents = self.possible_agents[:n]
+        self._ended = None
         return self._obs()
 
     # ------------------------------------------------------------------------------ perturbation hooks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -20,7 +21,8 @@ class Transition:
     predictor
         A fitted :class:`Predictor`.
     context
-        The context (cell type / line) of the populations; default: the predictor's first.
+        The context (cell type / line) of the populations; default: the predictor's first. Or a function
+        mapping source cells (M, G) to their context indices (M,), for populations that mix contexts.
     mode
         ``"mean"`` (the predictor's expectation) or ``"sample"`` (draws; uses ``generator``).
 
@@ -32,10 +34,12 @@ class Transition:
     evolves the ``cells`` it is given under the perturbations in force, so history matters.
     """
 
-    def __init__(self, predictor: Predictor, *, context: str | None = None, mode: Literal["mean", "sample"] = "mean") -> None:
+    def __init__(self, predictor: Predictor, *, context: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 mode: Literal["mean", "sample"] = "mean") -> None:
         self.predictor = predictor
         self.mode = mode
-        self.context_index = 0 if context is None else int(predictor.encode_contexts([context])[0])
+        self.context_of = context if callable(context) else None
+        self.context_index = 0 if context is None or callable(context) else int(predictor.encode_contexts([context])[0])
 
     @property
     def perturbations(self) -> list[str]:
@@ -68,7 +72,10 @@ class Transition:
             return predict_sets(base, applied.to(base.dtype), ctx)
         flat = base.reshape(b * n, g)
         pert = applied.to(flat.dtype).repeat_interleave(n, dim=0)
-        ctx = torch.full((b * n,), self.context_index, dtype=torch.long, device=flat.device)
+        if self.context_of is not None and source is not None:  # each cell's own context, from its source cell
+            ctx = self.context_of(source.reshape(b * n, g)).to(flat.device)
+        else:
+            ctx = torch.full((b * n,), self.context_index, dtype=torch.long, device=flat.device)
         if self.mode == "sample":
             out = self.predictor.sample_batch(flat, pert, ctx, generator=generator)
         else:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import io
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from ._atomic import atomic_write, atomic_write_text
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -31,13 +33,47 @@ def write_checkpoint(path: str | Path, config: dict[str, Any], state: dict[str, 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "cellgym_version": cellgym_version(), **config}
-    (path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    buffer = io.BytesIO()  # write whole, then move, so a crash never leaves half a file
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buffer)
-    tmp = path / (WEIGHTS_FILE + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path / WEIGHTS_FILE)
+    # each file under a temporary name, then moved, so a crash never leaves half a file
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp))
+    atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def read_yaml(file: str | Path, what: str = "checkpoint") -> Any:
+    """``yaml.safe_load`` of ``file``; invalid YAML, or a tag that would build a Python object, is one line.
+
+    ``what`` names the file's role in the message (``"checkpoint"``, ``"run config"``).
+    """
+    file = Path(file)
+    try:
+        return yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{file} is not valid YAML for a {what} ({type(exc).__name__}: {first}); nothing in it was "
+                              "run. Restore the file from a complete copy, or save/train again.") from exc
+
+
+def load_tensors(file: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(file, weights_only=True)``; a file that is not plain tensors raises one :class:`CheckpointError` line.
+
+    Nothing in the file is ever executed. torch's own advice to retry with ``weights_only=False`` (which
+    would run whatever code a pickle carries) is not passed on.
+    """
+    file = Path(file)
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{file} holds pickled objects other than tensors, which cellgym never loads (loading "
+                              "must not run code). Use a checkpoint saved by cellgym, or retrain.") from exc
+    except Exception as exc:  # torch raises several types for truncated, empty or foreign files
+        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in detail:
+            detail = type(exc).__name__
+        size = file.stat().st_size if file.is_file() else 0
+        raise CheckpointError(f"{file} cannot be read as tensors ({detail}; {size} bytes): it is truncated, empty or "
+                              "corrupt. Restore it from a complete checkpoint, or retrain.") from exc
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -49,10 +85,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     for f in (cfg_file, weights_file):
         if not f.is_file():
             raise CheckpointError(f"{str(path)!r} is not a complete predictor folder: {f.name} is missing.")
-    try:
-        config = yaml.safe_load(cfg_file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_file} is not valid YAML ({type(exc).__name__}: {exc}); the checkpoint is corrupt.") from exc
+    config = read_yaml(cfg_file)
     if not isinstance(config, dict) or "predictor" not in config:
         raise CheckpointError(f"{cfg_file} does not describe a predictor (no 'predictor' key); the checkpoint is corrupt.")
     version = config.get("format_version")
@@ -62,10 +95,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             f"version {FORMAT_VERSION}. Re-save it with the cellgym version it came from "
             f"({config.get('cellgym_version', 'unknown')}) or refit."
         )
-    try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"{weights_file} cannot be read as tensors ({type(exc).__name__}: {exc}); the checkpoint is corrupt.") from exc
+    state = load_tensors(weights_file)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{weights_file} does not hold a dict of tensors; the checkpoint is corrupt.")
     return config, state

@@ -112,6 +112,29 @@ def is_count_matrix(x: Any, n_check: int = 100_000) -> bool:
     return bool(np.all(data >= 0) and np.all(np.isfinite(data)) and np.all(data == np.round(data)))
 
 
+def _first_negative(adata: AnnData, x: Any) -> str:
+    """Where the first negative entry of ``x`` (cells x genes) is: value, cell name and gene name."""
+    if sp.issparse(x):
+        coo = x.tocoo()
+        k = int(np.flatnonzero(coo.data < 0)[0])
+        row, col, value = int(coo.row[k]), int(coo.col[k]), coo.data[k]
+    else:
+        row, col = (int(i) for i in np.argwhere(np.asarray(x) < 0)[0])
+        value = np.asarray(x)[row, col]
+    return f"{value:g} at cell {str(adata.obs_names[row])!r} (row {row}), gene {str(adata.var_names[col])!r} (column {col})"
+
+
+def _negative_integers(x: Any, n_check: int = 100_000) -> int:
+    """The number of negative entries of ``x`` when its values look like integers (counts), else 0."""
+    data = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    sample = np.asarray(data[:n_check], dtype=np.float64)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0 or not np.all(finite == np.round(finite)):
+        return 0
+    negative = np.asarray(data)[np.asarray(data) < 0]
+    return int(negative.size) if np.all(negative == np.round(negative)) else 0
+
+
 def _counts_matrix(adata: AnnData, spec: DataSpec) -> Any | None:
     """The raw-count matrix the spec points at, or None."""
     if spec.counts is None:
@@ -119,7 +142,16 @@ def _counts_matrix(adata: AnnData, spec: DataSpec) -> Any | None:
     if spec.counts == "auto":
         if "counts" in adata.layers:
             return adata.layers["counts"]
-        return adata.X if is_count_matrix(adata.X) else None
+        if is_count_matrix(adata.X):
+            return adata.X
+        n_negative = _negative_integers(adata.X)
+        if n_negative:  # integer counts with a bad entry: never silently read as log-expression
+            raise DataSpecError(
+                f"adata.X holds integers (raw counts, for DataSpec.counts='auto') but {n_negative} negative value(s), "
+                f"first {_first_negative(adata, adata.X)}; counts cannot be negative. Fix or drop those cells, or "
+                "pass counts=None (--counts none) if X is not counts."
+            )
+        return None
     if spec.counts == "X":
         return adata.X
     if spec.counts not in adata.layers:
@@ -179,6 +211,11 @@ def validate(
     ------
     DataSpecError, UnknownPerturbationError, GeneMismatchError
     """
+    if adata.n_vars == 0 and adata.raw is not None and adata.raw.n_vars > 0:
+        raise DataSpecError(
+            f"adata.X has 0 genes but adata.raw holds {adata.raw.n_vars}: the genes live only in .raw. Use "
+            "adata = adata.raw.to_adata() (keeps obs), then pass that."
+        )
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise DataSpecError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); pass data with cells and genes.")
     names = pd.Index(adata.var_names)
@@ -213,7 +250,8 @@ def validate(
         if (data < 0).any():
             raise DataSpecError(
                 f"the counts in {where} (DataSpec.counts={spec.counts!r}) hold {int((data < 0).sum())} negative "
-                "value(s); raw counts must be >= 0. Pass counts=None if this is normalised or scaled data."
+                f"value(s), first {_first_negative(adata, counts)}; raw counts must be >= 0. Pass counts=None if "
+                "this is normalised or scaled data."
             )
     if require_counts and counts is None:
         raise DataSpecError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -49,6 +51,15 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+VOCABULARY_KEY = "_cellgym_vocabulary_sha256"  # stored with the weights, checked against config.yaml on load
+
+
+def _vocabulary_digest(genes: Sequence[str], perturbations: Sequence[str], contexts: Sequence[str]) -> torch.Tensor:
+    """SHA-256 of the ordered vocabularies, as a uint8 tensor (32,) that travels in ``weights.pt``."""
+    text = json.dumps([[str(g) for g in genes], [str(p) for p in perturbations], [str(c) for c in contexts]])
+    return torch.tensor(list(hashlib.sha256(text.encode()).digest()), dtype=torch.uint8)
+
+
 class PredictorModule(nn.Module):
     """Base of the torch modules behind predictors: tensors in, tensors out, no AnnData, no I/O.
 
@@ -92,6 +103,8 @@ class Predictor(abc.ABC):
     name: ClassVar[str] = ""
     dynamic: ClassVar[bool] = False
     needs_counts: ClassVar[bool] = False
+    #: the family predicts expression, never below 0 (``predict_batch`` / ``predict`` clamp unless told not to)
+    nonnegative: ClassVar[bool] = True
 
     def __init__(self, **config: Any) -> None:
         self.config: dict[str, Any] = config
@@ -100,6 +113,8 @@ class Predictor(abc.ABC):
         self.contexts: list[str] = []
         self.spec: DataSpec = DataSpec()
         self.module: nn.Module | None = None
+        #: predictions are clipped at this value: 0.0 when the training expression was >= 0 (log1p), else None
+        self.output_floor: float | None = 0.0
 
     # ------------------------------------------------------------------------------------------- fitting
     def fit(
@@ -128,6 +143,7 @@ class Predictor(abc.ABC):
         else:
             self.contexts = [""]
         data = self.fit_data(adata)
+        self.output_floor = 0.0 if data.x.size == 0 or float(data.x.min()) >= 0.0 else None
         with seeded(seed):
             self._build_module()
             report = self._fit(data, epochs=epochs, batch_size=batch_size, device=device, seed=seed, logger=logger)
@@ -159,7 +175,8 @@ class Predictor(abc.ABC):
 
     # ----------------------------------------------------------------------------------------- predicting
     @torch.no_grad()
-    def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None = None, *,
+                      clamp: bool = True) -> torch.Tensor:
         """Env-facing batched prediction, no grad.
 
         Parameters
@@ -171,6 +188,12 @@ class Predictor(abc.ABC):
             Tensor (B, P) float32 multi-hot over :attr:`perturbations` (a row of zeros = no perturbation).
         ctx
             Tensor (B,) int64 index into :attr:`contexts`, or None for the first context.
+        clamp
+            Clip the prediction at 0, since log1p expression cannot be negative (shift models such as
+            ``baseline.mean`` can overshoot below 0). False gives the model's raw output (published
+            mean-baseline figures are unclamped). Nothing is clipped for a model fitted on expression with
+            negative values (scaled or centred data: :attr:`output_floor` is None), nor for a family whose
+            output may be negative (class attribute :attr:`nonnegative` False).
 
         Returns
         -------
@@ -179,7 +202,13 @@ class Predictor(abc.ABC):
         self._check_fitted()
         if ctx is None:
             ctx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return self.module.predict_batch(x, pert, ctx)
+        return self._clamped(self.module.predict_batch(x, pert, ctx), clamp)
+
+    def _clamped(self, y: torch.Tensor, clamp: bool) -> torch.Tensor:
+        """The one place predictions are clipped at 0 (see :meth:`predict_batch`)."""
+        if clamp and self.nonnegative and self.output_floor is not None:
+            return y.clamp_min(self.output_floor)
+        return y
 
     @torch.no_grad()
     def sample_batch(
@@ -200,6 +229,7 @@ class Predictor(abc.ABC):
         mode: Literal["mean", "sample"] = "mean",
         n_samples: int | None = None,
         seed: int | None = None,
+        clamp: bool = True,
     ) -> AnnData:
         """Predict how the cells of ``control`` respond to ``perturbation``.
 
@@ -218,6 +248,8 @@ class Predictor(abc.ABC):
             Predict this many cells, drawn with replacement from ``control`` (default: one per cell).
         seed
             Seed of the resampling and of ``mode="sample"``.
+        clamp
+            Clip predictions at 0 (log1p expression is never negative); False keeps the raw output.
 
         Returns
         -------
@@ -249,9 +281,10 @@ class Predictor(abc.ABC):
             sl = slice(start, start + PREDICT_CHUNK)
             xb = torch.from_numpy(x[sl])
             if mode == "sample":
-                out.append(self.sample_batch(xb, pert[sl], ctx[sl], generator=generator))
+                out.append(self._clamped(self.sample_batch(xb, pert[sl], ctx[sl], generator=generator), clamp))
             else:
-                out.append(self.predict_batch(xb, pert[sl], ctx[sl]))
+                # the keyword only when asked, so predict_batch overrides without it keep working
+                out.append(self.predict_batch(xb, pert[sl], ctx[sl], **({} if clamp else {"clamp": False})))
         obs = pd.DataFrame({self.spec.perturbation_key: labels.astype(str)})
         if self.spec.context_key is not None:
             obs[self.spec.context_key] = ctx_labels.astype(str)
@@ -317,9 +350,11 @@ class Predictor(abc.ABC):
             "genes": list(self.genes),
             "perturbations": list(self.perturbations),
             "contexts": list(self.contexts),
+            "output_floor": self.output_floor,
             "extra": self._extra_state(),
         }
-        return write_checkpoint(path, config, self.module.state_dict())
+        state = {**self.module.state_dict(), VOCABULARY_KEY: _vocabulary_digest(self.genes, self.perturbations, self.contexts)}
+        return write_checkpoint(path, config, state)
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
@@ -329,6 +364,18 @@ class Predictor(abc.ABC):
         ``load`` checks that the folder holds that subclass. No code from the folder is ever run.
         """
         config, state = read_checkpoint(path)
+        digest = state.pop(VOCABULARY_KEY, None)  # absent in checkpoints written before it was added
+        if digest is not None:
+            try:
+                same = torch.equal(digest, _vocabulary_digest(config["genes"], config["perturbations"], config["contexts"]))
+            except (KeyError, TypeError) as exc:
+                raise CheckpointError(f"{str(path)!r}: config.yaml lacks its vocabularies ({exc}); the folder is corrupt.") from exc
+            if not same:
+                raise CheckpointError(
+                    f"{str(path)!r}: the genes, perturbations or contexts in config.yaml are not the ones the weights were "
+                    "saved with (their checksum differs): the lists were edited or reordered. Restore config.yaml from "
+                    "the saved folder, or refit."
+                )
         name = config["predictor"]
         if cls is Predictor:
             from cellgym.registry import predictor_class
@@ -344,6 +391,7 @@ class Predictor(abc.ABC):
             obj.genes = list(config["genes"])
             obj.perturbations = list(config["perturbations"])
             obj.contexts = list(config["contexts"])
+            obj.output_floor = config.get("output_floor", 0.0)
             obj._load_extra_state(config.get("extra") or {})
             obj._build_module()
             obj.module.load_state_dict(state, strict=True)

@@ -92,7 +92,7 @@ def test_parquet_round_trip_through_the_cli(fitted_dir, tmp_path, task, capsys) 
         assert main(["predict", "--predictor", str(fitted_dir[0]), "--task", task, "--input", str(inp), "--output", str(out),
                      "--mode", "mean", "--batch-size", "16", "--output-batch-size", "25"]) == 0
         outs.append(out)
-    assert sorted(p.name for p in outs[0].iterdir()) == ["study=s1", "study=s2"]
+    assert sorted(p.name for p in outs[0].iterdir()) == ["_manifest.json", "study=s1", "study=s2"]
     ds = pds.dataset(outs[0], format="parquet", partitioning="hive")
     table = ds.to_table()
     meta = pq.read_schema(next(outs[0].rglob("*.parquet"))).metadata
@@ -115,11 +115,17 @@ def test_parquet_round_trip_through_the_cli(fitted_dir, tmp_path, task, capsys) 
     a, b = pds.dataset(outs[0], partitioning="hive").to_table(), pds.dataset(outs[1], partitioning="hive").to_table()
     np.testing.assert_array_equal(np.stack(a.column("counts").to_numpy(zero_copy_only=False)),
                                   np.stack(b.column("counts").to_numpy(zero_copy_only=False)))
-    # appending to a non-empty output warns before writing
+    # rerunning into a finished output is refused (never appended to); --overwrite writes it again, same rows
     capsys.readouterr()
-    assert main(["predict", "--predictor", str(fitted_dir[0]), "--task", task, "--input", str(inp), "--output", str(outs[0])]) == 0
-    assert "not empty; appending" in capsys.readouterr().err
-    assert pds.dataset(outs[0], partitioning="hive").count_rows() == 2 * table.num_rows
+    argv = ["predict", "--predictor", str(fitted_dir[0]), "--task", task, "--input", str(inp), "--output", str(outs[0])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a complete" in err and "--overwrite" in err and "Traceback" not in err
+    assert pds.dataset(outs[0], partitioning="hive").count_rows() == table.num_rows
+    assert main([*argv, "--overwrite"]) == 0
+    assert pds.dataset(outs[0], partitioning="hive").count_rows() == table.num_rows
+    manifest = json.loads((outs[0] / "_manifest.json").read_text())
+    assert manifest["complete"] and manifest["rows"] == table.num_rows
 
 
 def test_predict_rejects_other_genes(fitted_dir, tmp_path, capsys) -> None:
@@ -128,3 +134,65 @@ def test_predict_rejects_other_genes(fitted_dir, tmp_path, capsys) -> None:
     rc = main(["predict", "--predictor", str(fitted_dir[0]), "--task", "classify_samples", "--input", str(tmp_path / "in"),
                "--output", str(tmp_path / "o")])
     assert rc == 2 and "gene mismatch" in capsys.readouterr().err
+
+
+def _predict(fitted_dir, inp: Path, out: Path, *extra: str) -> int:
+    return main(["predict", "--predictor", str(fitted_dir[0]), "--task", "predict_expression", "--input", str(inp),
+                 "--output", str(out), "--batch-size", "16", "--output-batch-size", "25", *extra])
+
+
+def test_a_torn_part_from_an_earlier_run_is_reported_and_overwrite_repairs_it(fitted_dir, tmp_path, capsys) -> None:
+    """Defect 1: a part without its footer (a killed writer) made the whole output unreadable."""
+    model = Predictor.load(fitted_dir[0])
+    inp, out = tmp_path / "in", tmp_path / "out"
+    rows = _write_dataset(inp, model.genes)
+    torn = out / "study=s1" / "part-00000.parquet"
+    torn.parent.mkdir(parents=True)
+    good = next((inp / "study=s1").glob("part-*.parquet")).read_bytes()
+    torn.write_bytes(good[: len(good) // 2])  # what a kill mid-write left before writes were atomic
+    with pytest.raises(Exception, match=r"magic bytes|footer"):
+        pds.dataset(out, format="parquet", partitioning="hive").to_table()
+    assert _predict(fitted_dir, inp, out) == 2
+    err = capsys.readouterr().err
+    assert "1 torn part file(s)" in err and "--overwrite" in err and "Traceback" not in err
+    assert _predict(fitted_dir, inp, out, "--resume") == 2  # no manifest: which studies are complete is unknown
+    assert "cannot resume" in capsys.readouterr().err
+    assert _predict(fitted_dir, inp, out, "--overwrite") == 0
+    assert pds.dataset(out, format="parquet", partitioning="hive").count_rows() == sum(rows.values())
+
+
+def test_an_interrupted_output_is_recognisable_and_resume_completes_it(fitted_dir, tmp_path, capsys) -> None:
+    """Defect 2: rerunning into a partly written folder appended duplicate rows silently."""
+    model = Predictor.load(fitted_dir[0])
+    inp, out = tmp_path / "in", tmp_path / "out"
+    rows = _write_dataset(inp, model.genes)
+    assert _predict(fitted_dir, inp, out) == 0
+    reference = pds.dataset(out, partitioning="hive").to_table().sort_by([("study", "ascending")])
+    # the state a kill while writing study s2 leaves: s1 renamed into place and recorded, s2 half-staged
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["complete"] = False
+    del manifest["studies"]["s2"]
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    (out / "study=s2").rename(out / ".study=s2.tmp")
+    part = next((out / ".study=s2.tmp").glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:100])
+    s1_part = next((out / "study=s1").glob("part-*.parquet"))
+    s1_mtime = s1_part.stat().st_mtime_ns
+    # what is visible is whole studies only, and the output says it is incomplete
+    assert pds.dataset(out, format="parquet", partitioning="hive").count_rows() == rows["s1"]
+    assert _predict(fitted_dir, inp, out) == 2
+    err = capsys.readouterr().err
+    assert "INCOMPLETE" in err and "--resume" in err
+    # other options cannot resume it
+    assert _predict(fitted_dir, inp, out, "--resume", "--seed", "5") == 2
+    assert "other options" in capsys.readouterr().err
+    assert _predict(fitted_dir, inp, out, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert f"holds {sum(rows.values())} rows" in printed
+    table = pds.dataset(out, format="parquet", partitioning="hive").to_table().sort_by([("study", "ascending")])
+    assert table.num_rows == sum(rows.values())  # exactly once each, no duplicates
+    assert s1_part.stat().st_mtime_ns == s1_mtime  # the complete study was kept, not rewritten
+    np.testing.assert_array_equal(np.stack(table.column("counts").to_numpy(zero_copy_only=False)),
+                                  np.stack(reference.column("counts").to_numpy(zero_copy_only=False)))
+    assert json.loads((out / "_manifest.json").read_text())["complete"]
+    assert not list(out.glob(".*"))  # no staging folders or temporary files left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,15 @@ def test_config_reproduces_the_run(trained: Path, tmp_path: Path) -> None:
 
 
 def test_resume_from_checkpoint(trained: Path, tmp_path: Path) -> None:
-    code = main(["train", "--env", TASK, "--algo", "ppo", "-n", "512", "-i", str(trained / "model"),
-                 "-f", str(tmp_path), "--eval-freq", "0", "--no-progress", "--hyperparams", "n_steps:32"])
-    assert code == 0
-    resumed = tmp_path / "ppo" / f"{TASK}_1"
-    # starts from the trained weights: the first logged windows already succeed like the end of training
-    first_success = _events(resumed).Scalars("cell/success_rate")[0].value
-    start_success = _events(trained).Scalars("cell/success_rate")[0].value
-    assert first_success > start_success
+    run = tmp_path / "ppo" / f"{TASK}_1"
+    shutil.copytree(trained, run)
+    assert main(["train", "-i", str(run / "model"), "-n", "2560", "--no-progress"]) == 0
+    assert not (tmp_path / "ppo" / f"{TASK}_2").exists()  # the same run continues
+    # starts from the trained weights: the windows after the resume succeed like the end of training
+    success = _events(run).Scalars("cell/success_rate")
+    resumed = [e.value for e in success if e.step > 2048]
+    assert resumed and resumed[0] > success[0].value
+    assert yaml.safe_load((run / "model" / "config.yaml").read_text())["num_timesteps"] == 2560
 
 
 def test_enjoy_prints_perturbations_and_truth(trained: Path, capsys: pytest.CaptureFixture[str],
@@ -111,7 +113,7 @@ def test_enjoy_baseline_needs_no_run(capsys: pytest.CaptureFixture[str], tmp_pat
     (["--hyperparams", "n_step:64"], "Did you mean 'n_steps'"),
     (["--hyperparams", "learning_rate:3e-4"], "signed exponent"),
     (["--hyperparams", "oops"], "expected KEY:VALUE"),
-    (["-i", "/nonexistent/model"], "no such checkpoint folder"),
+    (["-i", "/nonexistent/model"], "no such run or checkpoint folder"),
 ])
 def test_bad_input_is_one_clean_line(argv: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:

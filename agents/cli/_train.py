@@ -102,6 +102,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         if not path.is_file():
             raise CellgymError(f"train --config {path}: no such file; pass a run folder's config.yml.")
         config = yaml.safe_load(path.read_text())
+        from cellgym.agents.zoo._compat import check_algo_task  # registers the tasks; the run's algo still fits
+
+        check_algo_task(config["algo"], config["task"], env_kwargs=config["hyperparams"].get("env_kwargs"))
         if not config.get("parallel"):
             hp = dict(config["hyperparams"])
             algo_kwargs = hp.pop("algo_kwargs")
@@ -142,13 +145,15 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
                 eval_freq: int = 0, eval_episodes: int = 10, save_freq: int = -1,
                 trained_agent: str | None = None) -> dict[str, Any]:
     """The checked configuration of one training run (what ``config.yml`` holds)."""
-    from cellgym.agents.zoo._hyperparams import load_hyperparams
+    from cellgym.agents.zoo._compat import check_algo_task
+    from cellgym.agents.zoo._hyperparams import load_hyperparams, whole_rollouts
     from cellgym.registry import get, is_parallel_task, make_agent
 
     get("tasks", task)
     get("agents", algo)
     parallel = is_parallel_task(task)
     env_kwargs = dict(env_kwargs or {})
+    check_algo_task(algo, task, env_kwargs=env_kwargs)  # one line on what fits, before any run folder
     if parallel:
         hp: dict[str, Any] = {"agent_kwargs": {"device": device, **(hyperparams or {})}, "env_kwargs": env_kwargs}
         n_timesteps = n_timesteps or PARALLEL_TIMESTEPS
@@ -159,7 +164,7 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
     else:
         hparams = load_hyperparams(algo, task, hyperparams)
         hparams = replace(hparams, env_kwargs={**hparams.env_kwargs, **env_kwargs})
-        n_timesteps = n_timesteps or hparams.n_timesteps
+        n_timesteps = whole_rollouts(algo, n_timesteps or hparams.n_timesteps, hparams.n_envs, hparams.algo_kwargs)
         hp = replace(hparams, n_timesteps=n_timesteps).to_dict()
     if n_timesteps <= 0:
         raise CellgymError(f"train -n: expected a positive number of timesteps, got {n_timesteps}.")

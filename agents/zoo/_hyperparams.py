@@ -189,6 +189,17 @@ def load_hyperparams(algo: str, task: str, overrides: dict[str, Any] | None = No
     return Hyperparams(algo=algo, task=task, source=source, **own, algo_kwargs=merged)
 
 
+def whole_rollouts(algo: str, n_timesteps: int, n_envs: int, algo_kwargs: dict[str, Any]) -> int:
+    """``n_timesteps`` rounded up to what SB3 actually trains: whole rollouts of ``n_envs * n_steps`` for the
+    on-policy algorithms (PPO 8 x 64 = 512 per rollout turns 12,000 into 12,288), whole vector steps otherwise."""
+    if n_timesteps <= 0:
+        return n_timesteps
+    size = n_envs
+    if algo in ("ppo", "a2c", "maskable_ppo"):
+        size *= int(algo_kwargs.get("n_steps", _algo_defaults(algo)["n_steps"]))
+    return -(-int(n_timesteps) // size) * size
+
+
 def _schedule(value: Any) -> Any:
     if not isinstance(value, dict):
         return value

@@ -102,7 +102,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         if not path.is_file():
             raise CellgymError(f"train --config {path}: no such file; pass a run folder's config.yml.")
         config = yaml.safe_load(path.read_text())
-        from cellgym.agents.zoo._compat import check_algo_task  # registers the tasks; the run's algo still fits
+        from cellgym.agents.zoo._compat import (
+            check_algo_task,  # registers the tasks; the run's algo still fits
+        )
 
         check_algo_task(config["algo"], config["task"], env_kwargs=config["hyperparams"].get("env_kwargs"))
         if not config.get("parallel"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from cellgym.predictors.base.errors import CellgymError
 
-__all__ = ["IncompatibleAlgoError", "SB3_ACTION_SPACES", "check_algo_task", "check_env_kwargs", "env_kwarg_names"]
+__all__ = ["SB3_ACTION_SPACES", "IncompatibleAlgoError", "check_algo_task", "check_env_kwargs", "env_kwarg_names"]
 
 #: SB3 / sb3-contrib algorithm -> names of the gymnasium action spaces it trains on
 SB3_ACTION_SPACES: dict[str, tuple[str, ...]] = {

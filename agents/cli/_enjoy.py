@@ -17,6 +17,7 @@ import yaml
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
+from ._zoo import add_enjoy_options, model_dir
 
 __all__ = ["add_parser", "find_run", "load_agent", "run"]
 
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE",
                    help="gymnasium.make kwargs (default: those of the run)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
+    add_enjoy_options(p)
     p.set_defaults(run=run)
 
 
@@ -55,8 +57,9 @@ def find_run(folder: str | Path, algo: str, task: str, exp_id: int = 0) -> Path:
     return runs[exp_id or max(runs)]
 
 
-def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
-    """A baseline by name, or the agent saved in ``run_dir/model`` (rebuilt from that folder alone)."""
+def load_agent(algo: str, task: str, run_dir: Path | None, env: Any, model: Path | None = None) -> Any:
+    """A baseline by name, or the agent saved in ``run_dir/model`` (or the folder ``model``: ``best_model/``,
+    ``checkpoints/step_N/``), rebuilt from that folder alone."""
     from cellgym.registry import get, make_agent
 
     spec = get("agents", algo)
@@ -65,9 +68,10 @@ def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
     if run_dir is None:
         raise CellgymError(f"agent {algo!r} learns: it needs a trained run (cellgym train --algo {algo}).")
     cls = spec.load()
+    model = model or run_dir / "model"
     if algo in ("ppo", "a2c", "dqn", "sac", "td3", "maskable_ppo") or cls.__name__ == "SB3Agent":
-        return cls.load(run_dir / "model", env=env)
-    return cls.load(run_dir / "model")
+        return cls.load(model, env=env)
+    return cls.load(model)
 
 
 def _truth(args: argparse.Namespace) -> Any:
@@ -99,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
         from cellgym.registry import make
 
         env = make(args.env, **env_kwargs)
-        agent = get("agents", args.algo).load().load(run_dir / "model") if run_dir else make_agent(args.algo)
+        agent = get("agents", args.algo).load().load(model_dir(run_dir, args)) if run_dir else make_agent(args.algo)
         print(agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed))
         return 0
 
     env = gymnasium.make(args.env, **env_kwargs)
-    agent = load_agent(args.algo, args.env, run_dir, env)
+    agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args) if run_dir else None)
     episodes = run_episodes(agent, env, args.episodes, seed=args.seed, deterministic=args.deterministic)
     truth = None
     if args.truth:

@@ -20,6 +20,7 @@ import yaml
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
+from ._zoo import add_train_options, best_model_callback, set_threads, zoo_config
 
 #: environment steps on a PettingZoo task when -n is not given. Each step moves every cell, so 3000 steps
 #: at 300 cells are ~0.9M agent-steps (a few minutes on one core); on CellEnv-Trip-Integration-v0 this
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="reproduce a run from its config.yml")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
+    add_train_options(p)
     p.set_defaults(run=run)
 
 
@@ -136,7 +138,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
                          env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
                          hyperparams=parse_kv(args.hyperparams, "--hyperparams"), eval_freq=args.eval_freq,
                          eval_episodes=args.eval_episodes, save_freq=args.save_freq,
-                         trained_agent=args.trained_agent)
+                         trained_agent=args.trained_agent, conf=args.conf_file) | zoo_config(args)
     if args.backend == "ray":
         config |= {"backend": "ray", "num_env_runners": args.num_env_runners}
     return config
@@ -145,7 +147,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
 def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_timesteps: int | None = None,
                 env_kwargs: dict[str, Any] | None = None, hyperparams: dict[str, Any] | None = None,
                 eval_freq: int = 0, eval_episodes: int = 10, save_freq: int = -1,
-                trained_agent: str | None = None) -> dict[str, Any]:
+                trained_agent: str | None = None, conf: str | None = None) -> dict[str, Any]:
     """The checked configuration of one training run (what ``config.yml`` holds)."""
     from cellgym.agents.zoo._compat import check_algo_task
     from cellgym.agents.zoo._hyperparams import load_hyperparams, whole_rollouts
@@ -164,7 +166,7 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
         except TypeError as exc:
             raise CellgymError(f"--hyperparams for {algo}: {exc}") from exc
     else:
-        hparams = load_hyperparams(algo, task, hyperparams)
+        hparams = load_hyperparams(algo, task, hyperparams, conf=conf)
         hparams = replace(hparams, env_kwargs={**hparams.env_kwargs, **env_kwargs})
         n_timesteps = whole_rollouts(algo, n_timesteps or hparams.n_timesteps, hparams.n_envs, hparams.algo_kwargs)
         hp = replace(hparams, n_timesteps=n_timesteps).to_dict()
@@ -179,6 +181,10 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
 
 def run(args: argparse.Namespace) -> int:
     """Train, print where everything went."""
+    if args.optimize_hyperparameters:
+        from ._optimize import optimize
+
+        return optimize(_resolve(args), args)
     config = _resolve(args)
     run_dir = next_run_dir(args.folder, config["algo"], config["task"])
     tb_dir = run_dir if args.tensorboard_log is None else Path(args.tensorboard_log) / run_dir.relative_to(
@@ -207,8 +213,8 @@ def write_config(config: dict[str, Any], run_dir: Path) -> Path:
 def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: bool = False) -> str:
     """Train as ``config`` says into ``run_dir``; returns a one-line evaluation summary (may be empty)."""
     import numpy as np
-    import torch
 
+    set_threads(config)  # --num-threads (default 1: small networks, and the box is shared)
     if config.get("backend") == "ray":
         from cellgym.agents.zoo._ray import train_ray
 
@@ -222,14 +228,16 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
 
     from cellgym.agents._callbacks import CellMetricsCallback, CheckpointCallback
     from cellgym.agents.zoo import SB3Agent, make_sb3_vec_env
+    from cellgym.agents.zoo._normalize import normalize_options, wrap_normalize
     from cellgym.agents.zoo._rollout import optimum_steps
 
     hp = config["hyperparams"]
     seed = config["seed"]
-    torch.set_num_threads(1)  # small MLPs: one thread is as fast, and the box is shared
     set_random_seed(seed)  # global seeding belongs in the CLI only (STYLE R13)
-    venv = make_sb3_vec_env(config["task"], hp["n_envs"], env_kwargs=hp["env_kwargs"],
-                            monitor_path=run_dir / "monitor.csv")
+    norm = normalize_options(hp.get("normalize"), gamma=hp["algo_kwargs"].get("gamma"))
+    venv = wrap_normalize(make_sb3_vec_env(config["task"], hp["n_envs"], env_kwargs=hp["env_kwargs"],
+                                           monitor_path=run_dir / "monitor.csv",
+                                           vec_env=config.get("vec_env", "native")), norm)
     agent = SB3Agent(config["algo"], policy=hp["policy"], policy_kwargs=hp["policy_kwargs"],
                      algo_kwargs=hp["algo_kwargs"], device=config["device"], seed=seed)
     agent.build(venv)
@@ -240,18 +248,21 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     callbacks: list[Any] = [CellMetricsCallback(optimum_steps(config["task"], hp["env_kwargs"], seed=seed))]
     eval_cb = None
     if config["eval_freq"] > 0:
-        eval_env = make_sb3_vec_env(config["task"], 1, env_kwargs=hp["env_kwargs"])
+        eval_env = wrap_normalize(make_sb3_vec_env(config["task"], config.get("n_eval_envs", 1),
+                                                   env_kwargs=hp["env_kwargs"]), norm, training=False)
         eval_env.seed(seed + 10_000)
         eval_cls = EvalCallback
         if config["algo"] == "maskable_ppo":
             from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as eval_cls
         eval_cb = eval_cls(eval_env, n_eval_episodes=config["eval_episodes"],
                            eval_freq=max(config["eval_freq"] // hp["n_envs"], 1),
-                           log_path=str(run_dir / "eval"), deterministic=True, verbose=0)
+                           log_path=str(run_dir / "eval"), deterministic=True, verbose=0,
+                           callback_on_new_best=best_model_callback(agent, run_dir / "best_model"))
         callbacks.append(eval_cb)
     if config["save_freq"] > 0:
         callbacks.append(CheckpointCallback(agent, run_dir / "checkpoints", config["save_freq"]))
-    agent.learn(venv, config["n_timesteps"], callback=CallbackList(callbacks), progress_bar=progress_bar)
+    agent.learn(venv, config["n_timesteps"], callback=CallbackList(callbacks), progress_bar=progress_bar,
+                log_interval=max(config.get("log_interval", -1), 1))
     agent.save(run_dir / "model")
     venv.close()
     if eval_cb is None or not eval_cb.evaluations_results:

@@ -3,7 +3,8 @@
 The algorithms are used as they are. Only saving differs from SB3's own ``model.zip`` (whose data part is
 cloudpickled and runs code when loaded): a checkpoint here is ``config.yaml`` (the constructor arguments,
 as data) plus ``weights.pt`` (the state dicts of the policy and its optimisers, read with
-``weights_only=True``), after the house rule for checkpoints.
+``weights_only=True``), after the house rule for checkpoints. An agent trained with ``normalize: true`` adds
+``normalize.pt`` (VecNormalize's running statistics, as tensors).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cellgym.agents.base import Agent
 from cellgym.predictors.base.errors import CheckpointError
 
 from ._hyperparams import algo_class, check_entry, resolve_algo_kwargs, resolve_policy_kwargs
+from ._normalize import NORMALIZE_FILE, ObsNormalizer, restore_stats, stats_tensors, vec_normalize_options
 
 __all__ = ["SB3Agent"]
 
@@ -63,6 +65,7 @@ class SB3Agent(Agent):
         self.device = device
         self.seed = seed
         self.model: Any = None
+        self.obs_normalizer: Any = None  # set by load() when the agent was trained with normalize: true
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -93,6 +96,8 @@ class SB3Agent(Agent):
         if self.model is None:
             raise CheckpointError(f"SB3Agent({self.algo!r}) has no model yet: call learn() or load() first.")
         kwargs = {"action_masks": env.action_masks()} if self.algo == "maskable_ppo" else {}
+        if self.obs_normalizer is not None:
+            obs = self.obs_normalizer(obs)
         action, _ = self.model.predict(obs, deterministic=deterministic, **kwargs)
         return action.item() if isinstance(action, np.ndarray) and action.ndim == 0 else action
 
@@ -114,6 +119,10 @@ class SB3Agent(Agent):
         torch.save(weights, path / "weights.pt")
         config = {"format_version": FORMAT_VERSION, "kind": "sb3", **self.config(),
                   "num_timesteps": int(self.model.num_timesteps)}
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None:  # its running statistics as tensors, its options as data
+            torch.save(stats_tensors(vec_normalize), path / NORMALIZE_FILE)
+            config["normalize"] = vec_normalize_options(vec_normalize)
         (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
@@ -139,6 +148,8 @@ class SB3Agent(Agent):
             agent.build(env, **kwargs)
         agent.load_weights(path)
         agent.model.num_timesteps = int(config.get("num_timesteps", 0))
+        if "normalize" in config and agent.model.get_vec_normalize_env() is None:  # acting on a plain env
+            agent.obs_normalizer = ObsNormalizer.from_folder(path, config["normalize"])
         return agent
 
     def load_weights(self, path: str | Path) -> None:
@@ -148,6 +159,9 @@ class SB3Agent(Agent):
         for name, value in weights["variables"].items():
             with torch.no_grad():
                 _getattr(self.model, name).copy_(value)
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None and (Path(path) / NORMALIZE_FILE).is_file():  # resuming: same statistics
+            restore_stats(vec_normalize, torch.load(Path(path) / NORMALIZE_FILE, weights_only=True))
 
 
 def _getattr(obj: Any, dotted: str) -> Any:

@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "benchmark": "cellgym.agents.cli._benchmark",
     "fit": "cellgym.agents.cli._fit",
     "predict": "cellgym.agents.cli._predict",
+    "record-video": "cellgym.agents.cli._record_video",
+    "export": "cellgym.agents.cli._export",  # also registers `import`
 }
 
 

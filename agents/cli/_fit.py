@@ -48,8 +48,8 @@ class ProgressLogger:
     Works with every predictor that logs through the shared loop (``add_scalar(tag, value, step)``).
     """
 
-    def __init__(self, total: int | None, writer: Any = None) -> None:
-        self.total = total
+    def __init__(self, total: int | None, writer: Any = None, desc: str = "fit") -> None:
+        self.total, self.desc = total, desc
         self.bar: Any = None  # made at the first logged epoch: closed-form fits (baselines) show no bar
         self.writer = writer
         self.step = -1
@@ -62,7 +62,7 @@ class ProgressLogger:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, desc="fit", unit="epoch", file=sys.stderr)
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="epoch", file=sys.stderr)
         if step != self.step:
             if self.step >= 0:
                 self.bar.update(1)

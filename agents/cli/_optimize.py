@@ -203,7 +203,7 @@ def optimize(config: dict[str, Any], args: argparse.Namespace) -> int:
     study.optimize(objective, n_trials=args.n_trials)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = results[study.best_trial.number] if done else None
-    use_best = best is not None and best["value"] >= shipped["value"]
+    use_best = best is not None and best["value"] > shipped["value"]  # ties keep the shipped values
     winner = best if use_best else {**shipped, "hp": base}
     optimum = optimum_steps(task, base["env_kwargs"], seed=config["seed"])
     header = (f"# cellgym train -optimize: {algo} on {task}, {args.n_trials} trials x {config['n_timesteps']} steps, "

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
-from ._zoo import add_enjoy_options, model_dir
+from ._zoo import add_enjoy_options, model_dir, resolve_run
 
 __all__ = ["add_parser", "find_run", "load_agent", "run"]
 
@@ -26,10 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``enjoy`` subcommand."""
     p = sub.add_parser("enjoy", help="run a trained agent or a baseline and show what it did",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", required=True, help="task id")
-    p.add_argument("--algo", required=True, help="agent name (trained: ppo, ...; baselines: random, greedy, bfs)")
-    p.add_argument("-f", "--folder", default="runs", help="runs folder (default: runs)")
-    p.add_argument("--exp-id", type=int, default=0, help="run number k of <task>_<k> (default 0: the latest)")
+    add_enjoy_options(p)  # --env --algo -f --exp-id --load-best --load-checkpoint
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="episode k starts from seed + k")
     p.add_argument("--plot", default=None, metavar="PNG", help="write source, target and paths to PNG")
@@ -40,7 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE",
                    help="gymnasium.make kwargs (default: those of the run)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
-    add_enjoy_options(p)
     p.set_defaults(run=run)
 
 
@@ -94,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
     get("tasks", args.env)
     if args.episodes < 1:
         raise CellgymError(f"enjoy --episodes: expected >= 1, got {args.episodes}.")
-    learns = getattr(get("agents", args.algo).load(), "learns", False)
-    run_dir = find_run(args.folder, args.algo, args.env, args.exp_id) if learns else None
-    config = yaml.safe_load((run_dir / "config.yml").read_text()) if run_dir else {}
-    env_kwargs = config.get("hyperparams", {}).get("env_kwargs", {}) | parse_kv(args.env_kwargs, "--env-kwargs")
+    run_dir, env_kwargs = resolve_run(args)
 
     if is_parallel_task(args.env):
         from cellgym.registry import make

@@ -14,8 +14,7 @@ from typing import Any
 
 from cellgym.predictors.base.errors import CellgymError
 
-from ._options import parse_kv
-from ._zoo import add_enjoy_options, model_dir
+from ._zoo import add_enjoy_options, model_dir, resolve_run
 
 __all__ = ["add_parser", "record_video", "run", "write_gif"]
 
@@ -24,10 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``record-video``."""
     p = sub.add_parser("record-video", help="write a trained agent's (or a baseline's) episodes as a GIF",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", required=True, help="task id")
-    p.add_argument("--algo", required=True, help="agent name (trained: ppo, ...; baselines: random, greedy, bfs)")
-    p.add_argument("-f", "--folder", default="runs", help="runs folder (default: runs)")
-    p.add_argument("--exp-id", type=int, default=0, help="run number k of <task>_<k> (default 0: the latest)")
+    add_enjoy_options(p)  # --env --algo -f --exp-id --load-best --load-checkpoint
     p.add_argument("--episodes", type=int, default=3, help="episodes recorded (default 3)")
     p.add_argument("--seed", type=int, default=0, help="episode k starts from seed + k")
     p.add_argument("-o", "--output", default=None, metavar="GIF",
@@ -35,7 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, default=2, help="frames per second (default 2: one perturbation per frame)")
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE",
                    help="gymnasium.make kwargs (default: those of the run)")
-    add_enjoy_options(p)
     p.set_defaults(run=run)
 
 
@@ -74,12 +69,11 @@ def record_video(env: Any, agent: Any, episodes: int, *, seed: int = 0) -> list[
 def run(args: argparse.Namespace) -> int:
     """Load, play, write."""
     import gymnasium
-    import yaml
 
     import cellgym.envs  # noqa: F401  (registers the tasks)
     from cellgym.registry import get, is_parallel_task
 
-    from ._enjoy import find_run, load_agent
+    from ._enjoy import load_agent
 
     get("tasks", args.env)
     if is_parallel_task(args.env):
@@ -87,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
                            "(use `cellgym enjoy --plot`).")
     if args.episodes < 1:
         raise CellgymError(f"record-video --episodes: expected >= 1, got {args.episodes}.")
-    learns = getattr(get("agents", args.algo).load(), "learns", False)
-    run_dir = find_run(args.folder, args.algo, args.env, args.exp_id) if learns else None
-    config = yaml.safe_load((run_dir / "config.yml").read_text()) if run_dir else {}
-    env_kwargs = config.get("hyperparams", {}).get("env_kwargs", {}) | parse_kv(args.env_kwargs, "--env-kwargs")
+    run_dir, env_kwargs = resolve_run(args)
     try:
         env = gymnasium.make(args.env, render_mode="rgb_array", **env_kwargs)
     except ValueError as exc:  # an env without rgb_array rendering

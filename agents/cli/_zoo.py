@@ -42,7 +42,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_enjoy_options(p: argparse.ArgumentParser) -> None:
-    """Which saved model of the run ``enjoy`` loads."""
+    """Which run and which saved model of it ``enjoy`` / ``record-video`` load."""
+    p.add_argument("--env", required=True, help="task id")
+    p.add_argument("--algo", required=True, help="agent name (trained: ppo, ...; baselines: random, greedy, bfs)")
+    p.add_argument("-f", "--folder", default="runs", help="runs folder (default: runs)")
+    p.add_argument("--exp-id", type=int, default=0, help="run number k of <task>_<k> (default 0: the latest)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--load-best", action="store_true", help="the best model evaluation kept (best_model/)")
     g.add_argument("--load-checkpoint", type=int, default=None, metavar="N",
@@ -64,6 +68,21 @@ def set_threads(config: dict[str, Any]) -> None:
     n = int(config.get("num_threads", 1))
     if n > 0:
         torch.set_num_threads(n)
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
+    """The run ``enjoy`` / ``record-video`` play (``None`` for a baseline) and its env kwargs, ``--env-kwargs`` on top."""
+    import yaml
+
+    from cellgym.registry import get
+
+    from ._enjoy import find_run
+    from ._options import parse_kv
+
+    learns = getattr(get("agents", args.algo).load(), "learns", False)
+    run_dir = find_run(args.folder, args.algo, args.env, args.exp_id) if learns else None
+    config = yaml.safe_load((run_dir / "config.yml").read_text()) if run_dir else {}
+    return run_dir, config.get("hyperparams", {}).get("env_kwargs", {}) | parse_kv(args.env_kwargs, "--env-kwargs")
 
 
 def model_dir(run_dir: Path, args: argparse.Namespace) -> Path:

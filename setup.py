@@ -1,14 +1,15 @@
 """Map the four top-level folders onto the ``cellgym`` namespace (``registry/`` -> ``cellgym.registry``, ...).
 
-Subpackages are found automatically, so adding ``predictors/<family>/`` needs no change here.
+Subpackages are found automatically, so adding ``predictors/<family>/`` needs no change here. The small
+``cellgym/`` folder is the top-level package itself (``cellgym.__version__``, ``python -m cellgym``).
 """
 
 from setuptools import find_packages, setup
 
 ROOTS = ("registry", "predictors", "envs", "agents")
 
-packages: list[str] = []
-package_dir: dict[str, str] = {}
+packages: list[str] = ["cellgym"]
+package_dir: dict[str, str] = {"cellgym": "cellgym"}
 for root in ROOTS:
     package_dir[f"cellgym.{root}"] = root
     packages.append(f"cellgym.{root}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from . import metrics as M
 from .base import DataSpec, Predictor, Split, expression, validate
@@ -104,6 +106,7 @@ def evaluate(
     de_k: int = 20,
     max_cells: int = 500,
     fit_kwargs: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Fit each predictor on ``split.train`` and score its predictions of the held-out groups.
 
@@ -128,6 +131,8 @@ def evaluate(
         Cells per side of the energy distance (subsampled above this).
     fit_kwargs
         Extra ``fit`` keyword arguments per registry name (e.g. ``{"gem1.bulk": {"epochs": 5}}``).
+    progress
+        Show a progress bar (stderr) over the held-out groups each predictor predicts.
 
     Returns
     -------
@@ -181,7 +186,8 @@ def evaluate(
             logger.info("fitting %s on %d cells", name, train.n_obs)
             predictor.fit(train, spec, seed=seed, **fit_kwargs.get(name, {}))
         pred_deltas: dict[tuple[str, str], np.ndarray] = {}
-        for i, (ctx, lab) in enumerate(groups):
+        for i, (ctx, lab) in enumerate(tqdm(groups, desc=f"score {name}", unit="group", disable=not progress,
+                                            file=sys.stderr, leave=False)):
             row: dict[str, Any] = {"predictor": name, "context": ctx, "perturbation": lab, "n_cells": len(real[(ctx, lab)])}
             try:
                 pred = _predict(predictor, controls[ctx].astype(np.float32), lab, ctx)

@@ -5,6 +5,8 @@ Third parties add theirs through the entry-point groups ``cellgym.predictors``, 
 ``cellgym.agents`` and ``cellgym.tasks``.
 """
 
+from cellgym import __version__
+
 from . import _builtin  # noqa: F401  (registers the built-in names)
 from ._registry import (
     Spec,
@@ -25,6 +27,7 @@ from ._registry import (
 __all__ = [
     "Spec",
     "UnknownNameError",
+    "__version__",
     "describe_task",
     "get",
     "is_parallel_task",

@@ -21,7 +21,8 @@ def test_predictors_import_no_rl_libraries():
 
 
 def test_predictors_import_loads_no_family():
-    loaded = _modules_after("import cellgym.predictors")
+    assert "torch" not in _modules_after("import cellgym.predictors")  # names load on first use (PEP 562)
+    loaded = _modules_after("from cellgym.predictors import DataSpec, Predictor, evaluate, metrics")
     assert "cellgym.predictors.metrics" in loaded
     assert not {m for m in loaded if m.startswith(("cellgym.predictors.baselines", "cellgym.predictors.gem1", "scanpy"))}
 

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from cellgym import __version__
 from cellgym.predictors.base.errors import CellgymError
 
 # subcommand -> module (in the order `cellgym --help` lists them)
@@ -22,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "fit": "cellgym.agents.cli._fit",
     "predict": "cellgym.agents.cli._predict",
     "embed-genes": "cellgym.agents.cli._embed_genes",
+    "record-video": "cellgym.agents.cli._record_video",
+    "export": "cellgym.agents.cli._export",  # also registers `import`
 }
 
 
@@ -30,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellgym", description="Gymnasium and PettingZoo worlds for virtual cells, with an agent zoo."
     )
+    parser.add_argument("--version", action="version", version=f"cellgym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS.values():
         importlib.import_module(module).add_parser(sub)

@@ -16,7 +16,8 @@ import numpy as np
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
-from ._runs import newest_checkpoint, read_yaml
+from ._runs import newest_checkpoint
+from ._zoo import add_enjoy_options, model_dir, resolve_run
 
 __all__ = ["add_parser", "find_run", "load_agent", "run"]
 
@@ -25,10 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``enjoy`` subcommand."""
     p = sub.add_parser("enjoy", help="run a trained agent or a baseline and show what it did",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", required=True, help="task id")
-    p.add_argument("--algo", required=True, help="agent name (trained: ppo, ...; baselines: random, greedy, bfs)")
-    p.add_argument("-f", "--folder", default="runs", help="runs folder (default: runs)")
-    p.add_argument("--exp-id", type=int, default=0, help="run number k of <task>_<k> (default 0: the latest)")
+    add_enjoy_options(p)  # --env --algo -f --exp-id --load-best --load-checkpoint
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="episode k starts from seed + k")
     p.add_argument("--plot", default=None, metavar="PNG", help="write source, target and paths to PNG")
@@ -56,9 +54,10 @@ def find_run(folder: str | Path, algo: str, task: str, exp_id: int = 0) -> Path:
     return runs[exp_id or max(runs)]
 
 
-def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
-    """A baseline by name, or the agent of ``run_dir``'s newest complete checkpoint (``model/`` when training
-    ended, else the last periodic checkpoint of an interrupted run), rebuilt from that folder alone."""
+def load_agent(algo: str, task: str, run_dir: Path | None, env: Any, model: Path | None = None) -> Any:
+    """A baseline by name, or the agent saved in ``model`` (``best_model/``, ``checkpoints/step_N/``; default:
+    ``run_dir``'s newest complete checkpoint, ``model/`` when training ended, else the last periodic checkpoint
+    of an interrupted run), rebuilt from that folder alone."""
     from cellgym.registry import get, make_agent
 
     spec = get("agents", algo)
@@ -66,13 +65,11 @@ def load_agent(algo: str, task: str, run_dir: Path | None, env: Any) -> Any:
         return make_agent(algo)
     if run_dir is None:
         raise CellgymError(f"agent {algo!r} learns: it needs a trained run (cellgym train --algo {algo}).")
-    newest = newest_checkpoint(run_dir)
-    if newest is None:
-        raise CellgymError(f"{run_dir} holds no complete checkpoint (model/ or checkpoints/step_N/); train again.")
+    model = model or model_dir(run_dir)
     cls = spec.load()
     if algo in ("ppo", "a2c", "dqn", "sac", "td3", "maskable_ppo") or cls.__name__ == "SB3Agent":
-        return cls.load(newest.path, env=env)
-    return cls.load(newest.path)
+        return cls.load(model, env=env)
+    return cls.load(model)
 
 
 def _truth(args: argparse.Namespace) -> Any:
@@ -95,31 +92,27 @@ def run(args: argparse.Namespace) -> int:
     get("tasks", args.env)
     if args.episodes < 1:
         raise CellgymError(f"enjoy --episodes: expected >= 1, got {args.episodes}.")
-    learns = getattr(get("agents", args.algo).load(), "learns", False)
-    run_dir = find_run(args.folder, args.algo, args.env, args.exp_id) if learns else None
-    config = read_yaml(run_dir / "config.yml", "run config") if run_dir else {}
-    if not isinstance(config, dict):
-        raise CellgymError(f"{run_dir / 'config.yml'} is not a run config (a YAML mapping); restore it from the run.")
-    env_kwargs = config.get("hyperparams", {}).get("env_kwargs", {}) | parse_kv(args.env_kwargs, "--env-kwargs")
+    run_dir, env_kwargs = resolve_run(args)
 
     if is_parallel_task(args.env):
         from cellgym.registry import make
 
         env = make(args.env, **env_kwargs)
-        agent = load_agent(args.algo, args.env, run_dir, env) if run_dir else make_agent(args.algo)
+        agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args)) if run_dir else make_agent(args.algo)
         print(agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed))
         return 0
 
     env = gymnasium.make(args.env, **env_kwargs)
-    agent = load_agent(args.algo, args.env, run_dir, env)
+    model = model_dir(run_dir, args) if run_dir else None
+    agent = load_agent(args.algo, args.env, run_dir, env, model)
     episodes = run_episodes(agent, env, args.episodes, seed=args.seed, deterministic=args.deterministic)
     truth = None
     if args.truth:
         truth_env = gymnasium.make(args.env, **{**env_kwargs, "predictor": _truth(args)})
         truth = [replay(ep, truth_env) for ep in episodes]
-    if run_dir:
-        newest = newest_checkpoint(run_dir)
-        print(f"agent: {args.algo} from {newest.path} (step {newest.step:,})")
+    if model is not None:
+        print(f"agent: {args.algo} from {model} (step {agent.model.num_timesteps:,})" if hasattr(agent, "model")
+              else f"agent: {args.algo} from {model}")
     for k, ep in enumerate(episodes):
         path = " -> ".join(f"{n} ({d:.3f})" for n, d in zip(ep.names, ep.distances, strict=True))
         print(f"episode {k + 1} (seed {ep.seed}): start ({ep.start_distance:.3f}) -> {path}")

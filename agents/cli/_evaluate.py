@@ -80,7 +80,15 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, adata.obs.columns)
     validate(adata, spec)
     sp = split(adata, spec, args.split, seed=args.seed, holdout=args.holdout, test_fraction=args.test_fraction)
-    result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, fit_kwargs=fit_kwargs)
+    from ._fit import ProgressLogger
+
+    bars = {name: ProgressLogger(None, desc=f"fit {name}") for name in args.predictors}  # epochs, where there are
+    try:
+        result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, progress=True,
+                          fit_kwargs={name: {**fit_kwargs.get(name, {}), "logger": bar} for name, bar in bars.items()})
+    finally:
+        for bar in bars.values():
+            bar.close()
 
     out = _output_dir(args)
     out.mkdir(parents=True, exist_ok=True)

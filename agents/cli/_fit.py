@@ -50,10 +50,9 @@ class ProgressLogger:
     Works with every predictor that logs through the shared loop (``add_scalar(tag, value, step)``).
     """
 
-    def __init__(self, total: int | None, writer: Any = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="fit", unit="epoch", file=sys.stderr)
+    def __init__(self, total: int | None, writer: Any = None, desc: str = "fit") -> None:
+        self.total, self.desc = total, desc
+        self.bar: Any = None  # made at the first logged epoch: closed-form fits (baselines) show no bar
         self.writer = writer
         self.step = -1
         self.last: dict[str, float] = {}
@@ -62,6 +61,10 @@ class ProgressLogger:
         """Record one scalar; a new ``step`` advances the bar."""
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="epoch", file=sys.stderr)
         if step != self.step:
             if self.step >= 0:
                 self.bar.update(1)
@@ -72,9 +75,9 @@ class ProgressLogger:
 
     def close(self) -> None:
         """Finish the bar and flush TensorBoard."""
-        if self.step >= 0:
+        if self.bar is not None:
             self.bar.update(1)
-        self.bar.close()
+            self.bar.close()
         if self.writer is not None:
             self.writer.close()
 
@@ -118,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     pd.DataFrame(report.history).rename_axis("epoch").to_csv(out / "history.csv")
     (out / "command.txt").write_text("cellgym " + shlex.join(sys.argv[1:] if sys.argv[0].endswith("cellgym") else []) + "\n")
     last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in report.history.items())
-    print(f"fitted {spec_entry.name} on {adata.n_obs} cells x {adata.n_vars} genes: {report.epochs} epochs in "
-          f"{report.seconds:.1f} s ({report.n_obs * report.epochs / max(report.seconds, 1e-9):,.0f} cells/s); {last}")
+    how = (f"{report.epochs} epochs in {report.seconds:.1f} s "
+           f"({report.n_obs * report.epochs / max(report.seconds, 1e-9):,.0f} cells/s)" if report.epochs
+           else f"in {report.seconds:.1f} s (closed form, no epochs)")
+    print(f"fitted {spec_entry.name} on {adata.n_obs} cells x {adata.n_vars} genes: {how}" + (f"; {last}" if last else ""))
     print(f"saved to {Path(out)}")
     return 0

@@ -33,6 +33,7 @@ from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
 from ._runs import TB_POINTER, Checkpoint, newest_checkpoint, next_run_dir, read_yaml, resolve_resume
+from ._zoo import add_train_options, best_model_callback, set_threads, zoo_config
 
 #: environment steps on a PettingZoo task when -n is not given. Each step moves every cell, so 3000 steps
 #: at 300 cells are ~0.9M agent-steps (a few minutes on one core); on CellEnv-Trip-Integration-v0 this
@@ -69,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="reproduce a run from its config.yml")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
+    add_train_options(p)
     p.set_defaults(run=run)
 
 
@@ -109,6 +111,11 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         config = read_yaml(path, "run config")
         if not isinstance(config, dict) or not {"task", "algo", "hyperparams"} <= set(config):
             raise CellgymError(f"train --config {path}: not a run's config.yml (no task, algo, hyperparams).")
+        from cellgym.agents.zoo._compat import (
+            check_algo_task,  # registers the tasks; the run's algo still fits
+        )
+
+        check_algo_task(config["algo"], config["task"], env_kwargs=config["hyperparams"].get("env_kwargs"))
         if not config.get("parallel"):
             hp = dict(config["hyperparams"])
             algo_kwargs = hp.pop("algo_kwargs")
@@ -139,7 +146,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
                          device=args.device, n_timesteps=args.n_timesteps,
                          env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
                          hyperparams=parse_kv(args.hyperparams, "--hyperparams"), eval_freq=args.eval_freq,
-                         eval_episodes=args.eval_episodes, save_freq=args.save_freq)
+                         eval_episodes=args.eval_episodes, save_freq=args.save_freq,
+                         conf=args.conf_file) | zoo_config(args)
     if args.backend == "ray":
         config |= {"backend": "ray", "num_env_runners": args.num_env_runners}
     return config
@@ -147,18 +155,22 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
 
 def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_timesteps: int | None = None,
                 env_kwargs: dict[str, Any] | None = None, hyperparams: dict[str, Any] | None = None,
-                eval_freq: int = 0, eval_episodes: int = 10, save_freq: int | None = None) -> dict[str, Any]:
+                eval_freq: int = 0, eval_episodes: int = 10, save_freq: int | None = None,
+                conf: str | None = None) -> dict[str, Any]:
     """The checked configuration of one training run (what ``config.yml`` holds).
 
     ``save_freq`` None: a checkpoint every tenth of the run, at least 1,000 steps apart; <= 0: none.
+    ``conf``: a hyperparameter YAML laid over the shipped ones (RL Zoo's ``-conf``).
     """
-    from cellgym.agents.zoo._hyperparams import load_hyperparams
+    from cellgym.agents.zoo._compat import check_algo_task
+    from cellgym.agents.zoo._hyperparams import load_hyperparams, whole_rollouts
     from cellgym.registry import get, is_parallel_task, make_agent
 
     get("tasks", task)
     get("agents", algo)
     parallel = is_parallel_task(task)
     env_kwargs = dict(env_kwargs or {})
+    check_algo_task(algo, task, env_kwargs=env_kwargs)  # one line on what fits, before any run folder
     if parallel:
         hp: dict[str, Any] = {"agent_kwargs": {"device": device, **(hyperparams or {})}, "env_kwargs": env_kwargs}
         n_timesteps = n_timesteps or PARALLEL_TIMESTEPS
@@ -167,9 +179,9 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
         except TypeError as exc:
             raise CellgymError(f"--hyperparams for {algo}: {exc}") from exc
     else:
-        hparams = load_hyperparams(algo, task, hyperparams)
+        hparams = load_hyperparams(algo, task, hyperparams, conf=conf)
         hparams = replace(hparams, env_kwargs={**hparams.env_kwargs, **env_kwargs})
-        n_timesteps = n_timesteps or hparams.n_timesteps
+        n_timesteps = whole_rollouts(algo, n_timesteps or hparams.n_timesteps, hparams.n_envs, hparams.algo_kwargs)
         hp = replace(hparams, n_timesteps=n_timesteps).to_dict()
     if n_timesteps <= 0:
         raise CellgymError(f"train -n: expected a positive number of timesteps, got {n_timesteps}.")
@@ -244,6 +256,10 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, Checkpoint, dict[str
 
 def run(args: argparse.Namespace) -> int:
     """Train (or continue a run), print where everything went."""
+    if args.optimize_hyperparameters:
+        from ._optimize import optimize
+
+        return optimize(_resolve(args), args)
     if args.trained_agent:
         run_dir, resume, config = _resume_target(args)
         pointer = run_dir / TB_POINTER
@@ -353,8 +369,8 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     buffer), up to ``config["n_timesteps"]`` in total. ``stop``: ends training at the next step once set.
     """
     import numpy as np
-    import torch
 
+    set_threads(config)  # --num-threads (default 1: small networks, and the box is shared)
     if config.get("backend") == "ray" and not config.get("parallel"):
         from cellgym.agents.zoo._ray import train_ray
 
@@ -367,14 +383,16 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
 
     from cellgym.agents._callbacks import CellMetricsCallback, CheckpointCallback, StopOnSignal
     from cellgym.agents.zoo import SB3Agent, make_sb3_vec_env
+    from cellgym.agents.zoo._normalize import normalize_options, wrap_normalize
     from cellgym.agents.zoo._rollout import optimum_steps
 
     hp = config["hyperparams"]
     seed = config["seed"]
-    torch.set_num_threads(1)  # small MLPs: one thread is as fast, and the box is shared
     set_random_seed(seed)  # global seeding belongs in the CLI only (STYLE R13)
-    venv = make_sb3_vec_env(config["task"], hp["n_envs"], env_kwargs=hp["env_kwargs"],
-                            monitor_path=run_dir / "monitor.csv", monitor_append=resume is not None)
+    norm = normalize_options(hp.get("normalize"), gamma=hp["algo_kwargs"].get("gamma"))
+    venv = wrap_normalize(make_sb3_vec_env(config["task"], hp["n_envs"], env_kwargs=hp["env_kwargs"],
+                                           monitor_path=run_dir / "monitor.csv", monitor_append=resume is not None,
+                                           vec_env=config.get("vec_env", "native")), norm)
     agent = SB3Agent(config["algo"], policy=hp["policy"], policy_kwargs=hp["policy_kwargs"],
                      algo_kwargs=hp["algo_kwargs"], device=config["device"], seed=seed)
     agent.build(venv)
@@ -390,14 +408,16 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     callbacks: list[Any] = [CellMetricsCallback(optimum_steps(config["task"], hp["env_kwargs"], seed=seed))]
     eval_cb = None
     if config["eval_freq"] > 0:
-        eval_env = make_sb3_vec_env(config["task"], 1, env_kwargs=hp["env_kwargs"])
+        eval_env = wrap_normalize(make_sb3_vec_env(config["task"], config.get("n_eval_envs", 1),
+                                                   env_kwargs=hp["env_kwargs"]), norm, training=False)
         eval_env.seed(seed + 10_000)
         eval_cls = EvalCallback
         if config["algo"] == "maskable_ppo":
             from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as eval_cls
         eval_cb = eval_cls(eval_env, n_eval_episodes=config["eval_episodes"],
                            eval_freq=max(config["eval_freq"] // hp["n_envs"], 1),
-                           log_path=str(run_dir / "eval"), deterministic=True, verbose=0)
+                           log_path=str(run_dir / "eval"), deterministic=True, verbose=0,
+                           callback_on_new_best=best_model_callback(agent, run_dir / "best_model"))
         if resume is not None:
             _continue_evaluations(eval_cb, run_dir / "eval" / "evaluations.npz", start)
         callbacks.append(eval_cb)
@@ -406,7 +426,7 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
     if stop is not None:
         callbacks.append(StopOnSignal(stop))
     agent.learn(venv, config["n_timesteps"] - start, callback=CallbackList(callbacks), progress_bar=progress_bar,
-                reset_num_timesteps=resume is None)
+                reset_num_timesteps=resume is None, log_interval=max(config.get("log_interval", -1), 1))
     agent.save(run_dir / "model", training_state=True)
     agent.model.logger.close()
     venv.close()

@@ -16,6 +16,7 @@ import difflib
 import importlib.resources
 import inspect
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,6 +32,7 @@ OWN_KEYS: dict[str, type | tuple[type, ...]] = {
     "n_envs": int,
     "policy_kwargs": dict,
     "env_kwargs": dict,
+    "normalize": (bool, dict),
 }
 #: constructor arguments the CLI sets itself, never from YAML
 _RESERVED = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model",
@@ -84,6 +86,9 @@ class Hyperparams:
         SB3 policy alias (``MlpPolicy``, ``MultiInputPolicy``).
     policy_kwargs, env_kwargs : dict
         Policy network options (see module docstring) and keyword arguments of ``gymnasium.make``.
+    normalize : bool or dict
+        RL-Zoo's ``normalize``: ``true`` (or ``VecNormalize`` options) wraps the training env in SB3's
+        ``VecNormalize``; its statistics are saved with the agent (``normalize.pt``).
     algo_kwargs : dict
         The remaining constructor arguments of the SB3 algorithm, as data (schedules unresolved).
     """
@@ -97,6 +102,7 @@ class Hyperparams:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize: bool | dict[str, Any] = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``config.yml``."""
@@ -145,7 +151,7 @@ def check_entry(algo: str, entry: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in entry.items():
         if key in OWN_KEYS:
             expected = OWN_KEYS[key]
-            if not isinstance(value, expected) or isinstance(value, bool):
+            if not isinstance(value, expected) or (isinstance(value, bool) and key != "normalize"):
                 raise _type_error(key, value, getattr(expected, "__name__", str(expected)), where)
             continue
         if key not in defaults:
@@ -172,11 +178,40 @@ def read_file(algo: str) -> dict[str, dict[str, Any]]:
     return data
 
 
-def load_hyperparams(algo: str, task: str, overrides: dict[str, Any] | None = None) -> Hyperparams:
-    """The hyperparameters for ``algo`` on ``task``: ``default`` <- task entry <- ``overrides``."""
+def read_conf(path: str | Path, algo: str) -> dict[str, dict[str, Any]]:
+    """A custom hyperparameter file (``-conf FILE``, RL-Zoo layout: task id -> mapping), checked for ``algo``."""
+    file = Path(path)
+    if not file.is_file():
+        raise HyperparamError(f"-conf {path}: no such file; pass a YAML of task id -> hyperparameters "
+                              "(`cellgym train -optimize` writes one).")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HyperparamError(f"-conf {path}: not valid YAML ({exc}).") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise HyperparamError(f"-conf {path}: expected a mapping of task id (or 'default') -> hyperparameters.")
+    for task, entry in data.items():
+        check_entry(algo, entry, f"in {path}[{task!r}]")
+    return data
+
+
+def load_hyperparams(algo: str, task: str, overrides: dict[str, Any] | None = None,
+                     conf: str | Path | None = None) -> Hyperparams:
+    """The hyperparameters for ``algo`` on ``task``: ``default`` <- task entry <- ``conf`` entry <- ``overrides``.
+
+    ``conf`` is a custom file in the same layout (``-conf FILE``); its entry for ``task`` (else its
+    ``default``) is laid over the shipped one.
+    """
     data = read_file(algo)
     source = task if task in data else "default"
     merged = {**data["default"], **(data[task] if task in data else {})}
+    if conf is not None:
+        custom = read_conf(conf, algo)
+        key = task if task in custom else "default"
+        if key not in custom:
+            raise HyperparamError(f"-conf {conf}: no entry for {task} (nor 'default'); entries: {sorted(custom)}.")
+        merged.update(custom[key])
+        source = f"{conf}[{key}]"
     if overrides:
         merged.update(check_entry(algo, overrides, "from --hyperparams"))
     if "n_timesteps" not in merged:
@@ -187,6 +222,17 @@ def load_hyperparams(algo: str, task: str, overrides: dict[str, Any] | None = No
     if n_envs < 1:
         raise HyperparamError(f"n_envs for {algo} on {task}: expected >= 1, got {n_envs}.")
     return Hyperparams(algo=algo, task=task, source=source, **own, algo_kwargs=merged)
+
+
+def whole_rollouts(algo: str, n_timesteps: int, n_envs: int, algo_kwargs: dict[str, Any]) -> int:
+    """``n_timesteps`` rounded up to what SB3 actually trains: whole rollouts of ``n_envs * n_steps`` for the
+    on-policy algorithms (PPO 8 x 64 = 512 per rollout turns 12,000 into 12,288), whole vector steps otherwise."""
+    if n_timesteps <= 0:
+        return n_timesteps
+    size = n_envs
+    if algo in ("ppo", "a2c", "maskable_ppo"):
+        size *= int(algo_kwargs.get("n_steps", _algo_defaults(algo)["n_steps"]))
+    return -(-int(n_timesteps) // size) * size
 
 
 def _schedule(value: Any) -> Any:

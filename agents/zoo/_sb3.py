@@ -3,7 +3,8 @@
 The algorithms are used as they are. Only saving differs from SB3's own ``model.zip`` (whose data part is
 cloudpickled and runs code when loaded): a checkpoint here is ``config.yaml`` (the constructor arguments,
 as data) plus ``weights.pt`` (the state dicts of the policy and its optimisers, read with
-``weights_only=True``), after the house rule for checkpoints.
+``weights_only=True``), after the house rule for checkpoints. An agent trained with ``normalize: true`` adds
+``normalize.pt`` (VecNormalize's running statistics, as tensors).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cellgym.predictors.base._checkpoint import load_tensors, read_yaml
 from cellgym.predictors.base.errors import CheckpointError
 
 from ._hyperparams import algo_class, check_entry, resolve_algo_kwargs, resolve_policy_kwargs
+from ._normalize import NORMALIZE_FILE, ObsNormalizer, restore_stats, stats_tensors, vec_normalize_options
 
 __all__ = ["SB3Agent"]
 
@@ -65,6 +67,7 @@ class SB3Agent(Agent):
         self.device = device
         self.seed = seed
         self.model: Any = None
+        self.obs_normalizer: Any = None  # set by load() when the agent was trained with normalize: true
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -95,6 +98,8 @@ class SB3Agent(Agent):
         if self.model is None:
             raise CheckpointError(f"SB3Agent({self.algo!r}) has no model yet: call learn() or load() first.")
         kwargs = {"action_masks": env.action_masks()} if self.algo == "maskable_ppo" else {}
+        if self.obs_normalizer is not None:
+            obs = self.obs_normalizer(obs)
         action, _ = self.model.predict(obs, deterministic=deterministic, **kwargs)
         return action.item() if isinstance(action, np.ndarray) and action.ndim == 0 else action
 
@@ -122,11 +127,18 @@ class SB3Agent(Agent):
                   "n_updates": int(getattr(self.model, "_n_updates", 0)),
                   "episode_num": int(getattr(self.model, "_episode_num", 0))}
         buffer = _buffer_state(self.model) if training_state else None
+        vec_normalize = self.model.get_vec_normalize_env()
+        normalize_stats = None
+        if vec_normalize is not None:  # its running statistics as tensors, its options as data
+            normalize_stats = stats_tensors(vec_normalize)
+            config["normalize"] = vec_normalize_options(vec_normalize)
 
         def fill(tmp: Path) -> None:
             torch.save(weights, tmp / "weights.pt")
             if buffer is not None:
                 torch.save(buffer, tmp / "replay_buffer.pt")
+            if normalize_stats is not None:
+                torch.save(normalize_stats, tmp / NORMALIZE_FILE)
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
         return atomic_dir(path, fill)
@@ -163,6 +175,8 @@ class SB3Agent(Agent):
                                   f"{_first_line(exc)}); restore it from the run or train again.") from exc
         agent.load_weights(path)
         agent.model.num_timesteps = int(config.get("num_timesteps", 0))
+        if "normalize" in config and agent.model.get_vec_normalize_env() is None:  # acting on a plain env
+            agent.obs_normalizer = ObsNormalizer.from_folder(path, config["normalize"])
         return agent
 
     def load_weights(self, path: str | Path) -> None:
@@ -179,6 +193,10 @@ class SB3Agent(Agent):
                                   f"(net_arch {self.policy_kwargs.get('net_arch', 'default')}): {_first_line(exc)}. "
                                   "The weights and config.yaml come from different runs or were edited; restore "
                                   "them from one run.") from exc
+
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None and (Path(path) / NORMALIZE_FILE).is_file():  # resuming: same statistics
+            restore_stats(vec_normalize, load_tensors(Path(path) / NORMALIZE_FILE))
 
     def restore_training_state(self, path: str | Path) -> int:
         """Load weights, counters and (where saved) the replay buffer of ``path``; returns the step count."""

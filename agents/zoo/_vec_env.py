@@ -129,15 +129,51 @@ class GymnasiumVecEnv(VecEnv):
         return [False] * len(self._indices(indices))
 
 
+class _IsSuccess(gymnasium.Wrapper):
+    """One env as :class:`GymnasiumVecEnv` reports it: ``info["success"]`` also as ``is_success`` (what SB3's
+    ``EvalCallback`` reads), and every monitor column present in a final info."""
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        success = info.get("success")
+        if success is not None and success == success:
+            info["is_success"] = bool(success)
+        if terminated or truncated:
+            for key in INFO_KEYWORDS:
+                info.setdefault(key, np.nan)
+        return obs, reward, terminated, truncated, info
+
+
+def _single_env(task: str, env_kwargs: dict[str, Any]) -> gymnasium.Env:
+    import cellgym.envs  # noqa: F401  (registers the tasks in a SubprocVecEnv worker too)
+
+    return _IsSuccess(gymnasium.make(task, **env_kwargs))
+
+
+VEC_ENV_KINDS = ("native", "dummy", "subproc")
+
+
 def make_sb3_vec_env(task: str, n_envs: int, *, env_kwargs: dict[str, Any] | None = None,
-                     monitor_path: str | Path | None = None, monitor_append: bool = False) -> VecEnv:
+                     monitor_path: str | Path | None = None, monitor_append: bool = False,
+                     vec_env: str = "native") -> VecEnv:
     """An SB3 ``VecEnv`` of ``n_envs`` copies of ``task``, monitored (episode stats, monitor CSV).
 
     Uses the task's native vector env (``gymnasium.make_vec``, asked for ``autoreset_mode="same_step"``) when
     it autoresets in ``SAME_STEP`` mode (or ``DISABLED`` with ``reset_mask``), else gymnasium's ``SyncVectorEnv`` in ``SAME_STEP`` mode. ``monitor_path`` (a file name without ``.monitor.csv``
     or a folder) receives SB3's monitor CSV; with ``monitor_append`` an existing one is continued.
+    ``vec_env="dummy"`` / ``"subproc"`` (RL-Zoo's ``--vec-env``) step ``n_envs`` single envs with SB3's
+    ``DummyVecEnv`` / ``SubprocVecEnv`` instead.
     """
     env_kwargs = dict(env_kwargs or {})
+    if vec_env not in VEC_ENV_KINDS:
+        raise CellgymError(f"--vec-env {vec_env!r}: expected one of {list(VEC_ENV_KINDS)}.")
+    if vec_env != "native":
+        from functools import partial
+
+        from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+        cls = DummyVecEnv if vec_env == "dummy" else SubprocVecEnv
+        return _monitor(cls([partial(_single_env, task, env_kwargs) for _ in range(n_envs)]), monitor_path, monitor_append)
     spec = gymnasium.spec(task)
     venv = None
     if spec.vector_entry_point is not None:
@@ -153,10 +189,15 @@ def make_sb3_vec_env(task: str, n_envs: int, *, env_kwargs: dict[str, Any] | Non
     if venv is None:
         venv = gymnasium.make_vec(task, num_envs=n_envs, vectorization_mode="sync",
                                   vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **env_kwargs)
+    return _monitor(GymnasiumVecEnv(venv), monitor_path, monitor_append)
+
+
+def _monitor(venv: VecEnv, monitor_path: str | Path | None, monitor_append: bool) -> VecMonitor:
+    """SB3's ``VecMonitor`` writing ``monitor_path``, or continuing it (``monitor_append``, a resumed run)."""
     if monitor_path is None or not monitor_append or not Path(monitor_path).is_file():
         filename = None if monitor_path is None else str(monitor_path)
-        return VecMonitor(GymnasiumVecEnv(venv), filename=filename, info_keywords=INFO_KEYWORDS)
-    return _appending_monitor(GymnasiumVecEnv(venv), Path(monitor_path))
+        return VecMonitor(venv, filename=filename, info_keywords=INFO_KEYWORDS)
+    return _appending_monitor(venv, Path(monitor_path))
 
 
 def _appending_monitor(venv: VecEnv, path: Path) -> VecMonitor:

@@ -440,6 +440,12 @@ def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, 
     if path.is_dir() and (path / "config.yaml").exists():
         return Predictor.load(path)
     name = str(predictor)
+    if path.is_dir():
+        raise DataSpecError(f"predictor folder {name!r} has no config.yaml: it is not a saved predictor. Pass a "
+                            "folder written by `cellgym fit --out` or Predictor.save.")
+    if "/" in name or "\\" in name:  # registered names are dotted; a path that does not exist is a typo
+        raise DataSpecError(f"predictor {name!r}: no such folder (relative to {Path.cwd()}). Pass a folder "
+                            "written by `cellgym fit --out`, or a registered name (`cellgym list predictors`).")
     get("predictors", name)  # unknown names fail here, with close matches
     if adata is None:
         raise DataSpecError(f"predictor {name!r} must be fitted, so the task needs adata=...; or pass a fitted instance.")

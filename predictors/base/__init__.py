@@ -1,54 +1,40 @@
-"""Contracts every predictor and environment relies on: data, predictor, adapters, errors."""
+"""Contracts every predictor and environment relies on: data, predictor, adapters, errors.
 
-from ._adapters import RewardModel, Transition
-from ._checkpoint import FORMAT_VERSION, read_checkpoint, write_checkpoint
-from ._data import (
-    DataSpec,
-    Split,
-    SplitKind,
-    check_genes,
-    expression,
-    has_counts,
-    is_count_matrix,
-    perturbation_genes,
-    raw_counts,
-    split,
-    validate,
-)
-from ._fit import train_module
-from ._keys import BATCH
-from ._predictor import Predictor, PredictorModule, seeded
-from ._types import FitData, FitReport, LossOutput
-from .errors import CellgymError, CheckpointError, DataSpecError, GeneMismatchError, UnknownPerturbationError
+Names load on first use (PEP 562 module ``__getattr__``), so ``from cellgym.predictors.base.errors import
+CellgymError`` -- what the CLI and the registry need -- imports neither torch nor pandas.
+"""
 
-__all__ = [
-    "BATCH",
-    "FORMAT_VERSION",
-    "CellgymError",
-    "CheckpointError",
-    "DataSpec",
-    "DataSpecError",
-    "FitData",
-    "FitReport",
-    "GeneMismatchError",
-    "LossOutput",
-    "Predictor",
-    "PredictorModule",
-    "RewardModel",
-    "Split",
-    "SplitKind",
-    "Transition",
-    "UnknownPerturbationError",
-    "check_genes",
-    "expression",
-    "has_counts",
-    "is_count_matrix",
-    "perturbation_genes",
-    "raw_counts",
-    "read_checkpoint",
-    "seeded",
-    "split",
-    "train_module",
-    "validate",
-    "write_checkpoint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> submodule that defines it
+_WHERE: dict[str, str] = {
+    "RewardModel": "_adapters", "Transition": "_adapters",
+    "FORMAT_VERSION": "_checkpoint", "read_checkpoint": "_checkpoint", "write_checkpoint": "_checkpoint",
+    "DataSpec": "_data", "Split": "_data", "SplitKind": "_data", "check_genes": "_data", "expression": "_data",
+    "has_counts": "_data", "is_count_matrix": "_data", "perturbation_genes": "_data", "raw_counts": "_data",
+    "split": "_data", "validate": "_data",
+    "train_module": "_fit",
+    "BATCH": "_keys",
+    "Predictor": "_predictor", "PredictorModule": "_predictor", "seeded": "_predictor",
+    "FitData": "_types", "FitReport": "_types", "LossOutput": "_types",
+    "CellgymError": "errors", "CheckpointError": "errors", "DataSpecError": "errors",
+    "GeneMismatchError": "errors", "UnknownPerturbationError": "errors",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
+from ._anndata import check_log1p, prediction_anndata
 from ._checkpoint import read_checkpoint, write_checkpoint
 from ._data import (
     DataSpec,
@@ -253,15 +253,15 @@ class Predictor(abc.ABC):
 
         Returns
         -------
-        AnnData with the predicted log1p expression in ``X``, the perturbation (and context) in ``obs``.
+        AnnData with the predicted log1p expression in ``X``, the perturbation (and context) in ``obs``; the
+        input's obs columns and names are kept (see :func:`~cellgym.predictors.base._anndata.prediction_anndata`).
         """
-        from anndata import AnnData
-
         self._check_fitted()
         check_genes(self.genes, control.var_names)
         if mode not in ("mean", "sample"):
             raise DataSpecError(f"mode must be 'mean' or 'sample', got {mode!r}.")
         rng = np.random.default_rng(seed)
+        check_log1p(control, self.spec)
         x = expression(control, self.spec)
         labels = np.asarray([perturbation] * control.n_obs if isinstance(perturbation, str) else list(perturbation), dtype=object)
         if labels.shape[0] != control.n_obs:
@@ -285,12 +285,9 @@ class Predictor(abc.ABC):
             else:
                 # the keyword only when asked, so predict_batch overrides without it keep working
                 out.append(self.predict_batch(xb, pert[sl], ctx[sl], **({} if clamp else {"clamp": False})))
-        obs = pd.DataFrame({self.spec.perturbation_key: labels.astype(str)})
-        if self.spec.context_key is not None:
-            obs[self.spec.context_key] = ctx_labels.astype(str)
-        obs.index = obs.index.astype(str)
         y = torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros((0, len(self.genes)), np.float32)
-        return AnnData(X=y, obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, dtype=str)))
+        return prediction_anndata(control, y, rows if n_samples is not None else None, labels, ctx_labels,
+                                  self.spec, list(self.genes))
 
     # ------------------------------------------------------------------------------------------- encoding
     def encode_perturbations(self, labels: Sequence[str]) -> torch.Tensor:

@@ -493,6 +493,27 @@ class Gem1Base(Predictor):
         return self._anndata(torch.cat(out).numpy(), obs, de_pred=torch.cat(de).numpy())
 
     @torch.no_grad()
+    def get_latent_representation(self, adata: AnnData, block: str | None = None) -> np.ndarray:
+        """Posterior means of the cells' latents, as scvi-tools' method of this name returns them.
+
+        ``block=None``: the technical, biological and perturbation blocks side by side, (N, d_tech +
+        d_bio + d_pert), what :meth:`classify_samples` stores as ``obsm['X_gem1']`` (column ranges in
+        ``uns['X_gem1_blocks']``); ``block="biological"`` (or ``"technical"``, ``"perturbation"``): that
+        block alone. Typical use: ``adata.obsm["X_gem1"] = model.get_latent_representation(adata)``.
+        """
+        names = ("technical", "biological", "perturbation")
+        if block is not None and block not in names:
+            raise DataSpecError(f"get_latent_representation block={block!r}: expected one of {list(names)} or None.")
+        self._check_fitted()
+        check_genes(self.genes, adata.var_names)
+        x = torch.from_numpy(expression(adata, self.spec))
+        chunks = []
+        for s in range(0, adata.n_obs, CHUNK):
+            q = self.module.posterior(x[s : s + CHUNK])
+            chunks.append(torch.cat([qg.mean for qg in q], -1) if block is None else q[names.index(block)].mean)
+        return torch.cat(chunks).numpy()
+
+    @torch.no_grad()
     def classify_samples(self, adata: AnnData) -> AnnData:
         """Classify samples with the latent classifiers; reconstruct them; return their latents.
 
@@ -501,7 +522,8 @@ class Gem1Base(Predictor):
         AnnData (N, G): reconstructed expected counts in ``X``; ``obs['pred_<column>']`` for every
         biological column and ``obs['pred_perturbation']``; ``obsm['prob_<column>']`` (N, n_classes)
         with the class names in ``uns['classes'][column]``; ``obsm['z_technical' / 'z_biological' /
-        'z_perturbation']`` posterior means.
+        'z_perturbation']`` posterior means, and all three as ``obsm['X_gem1']`` (scverse naming; column
+        ranges in ``uns['X_gem1_blocks']``).
         """
         self._check_fitted()
         check_genes(self.genes, adata.var_names)
@@ -537,6 +559,10 @@ class Gem1Base(Predictor):
         for k, v in obsm.items():
             out.obsm[k] = v
         out.uns["classes"] = classes
+        out.obsm["X_gem1"] = np.concatenate([obsm[f"z_{name}"] for name in ("technical", "biological", "perturbation")], 1)
+        ends = np.cumsum([0, *(obsm[f"z_{n}"].shape[1] for n in ("technical", "biological", "perturbation"))])
+        out.uns["X_gem1_blocks"] = {n: [int(ends[i]), int(ends[i + 1])]
+                                    for i, n in enumerate(("technical", "biological", "perturbation"))}
         return out
 
     # -------------------------------------------------------------------------------------- env-facing

@@ -299,3 +299,20 @@ def test_plan_found_in_the_learned_world_succeeds_in_the_true_world(tmp_path, mo
         _, _, term, _, tinfo = true.step(np.int64(a))
     print("plan", [learned.unwrapped.perturbations[a] for a in plan if a < 8], "true-world success", tinfo["success"])
     assert tinfo["success"], tinfo
+
+
+def test_latent_representation_as_scvi_tools_users_expect(fitted: Gem1SC, data: ad.AnnData) -> None:
+    z = fitted.get_latent_representation(data)
+    classified = fitted.classify_samples(data)
+    assert z.shape[0] == data.n_obs and np.allclose(classified.obsm["X_gem1"], z, atol=1e-5)
+    start, stop = classified.uns["X_gem1_blocks"]["biological"]
+    bio = fitted.get_latent_representation(data, block="biological")
+    assert np.allclose(z[:, start:stop], bio, atol=1e-5) and np.allclose(classified.obsm["z_biological"], bio, atol=1e-5)
+    # the biological block separates the cell types (what its classifier was trained for)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    labels = data.obs["cell_type"].astype(str).to_numpy()
+    assert cross_val_score(LogisticRegression(max_iter=500), bio, labels, cv=3).mean() > 0.9
+    with pytest.raises(Exception, match="expected one of"):
+        fitted.get_latent_representation(data, block="nope")

@@ -6,7 +6,8 @@ comparable across agents and runs. Cells with identical states (Boolean worlds) 
 
 Two users: :func:`plot_episodes` (``cellgym enjoy --plot``: one panel per finished episode) and the
 envs' ``render_mode="rgb_array"`` (:class:`FrameRenderer`: the current population, one frame per step,
-drawn on one reused matplotlib Agg canvas: only the moving artists change between frames).
+drawn on one reused matplotlib Agg canvas by blitting: the static picture is rendered once, each frame
+restores it and draws only the moving artists).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from cellgym.envs._canvas import BlitCanvas, figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -98,9 +101,11 @@ class PopulationPanel:
     population mean with each step's perturbations.
     """
 
-    def __init__(self, ax: Axes, dynamics: ReprogramDynamics, *, source_name: str, target_name: str) -> None:
+    def __init__(self, ax: Axes, dynamics: ReprogramDynamics, *, source_name: str, target_name: str,
+                 animated: bool = False) -> None:
         self.ax = ax
         self.dynamics = dynamics
+        self.animated = animated
         world = dynamics.world
         rng = np.random.default_rng(0)
         reference = _embed(dynamics, world.reference)
@@ -123,6 +128,8 @@ class PopulationPanel:
         ax.set_xlabel("PC 1 (task embedding)")
         ax.set_ylabel("PC 2 (task embedding)")
         ax.legend(fontsize=7, loc="best")
+        for artist in (self.source, self.current, self.path, ax.title):
+            artist.set_animated(animated)  # animated artists are left out of a full draw (blitting draws them)
 
     def update(self, source: np.ndarray, current: np.ndarray, path: list[np.ndarray], labels: list[str], title: str) -> None:
         """Show populations ``source`` and ``current`` (N, G), the mean ``path`` (list of (2,)) and step ``labels``."""
@@ -138,20 +145,14 @@ class PopulationPanel:
         for i, name in enumerate(labels[: len(centroids) - 1]):
             a, b = centroids[i], centroids[i + 1]
             self.notes.append(self.ax.annotate("", xy=b, xytext=a, arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.5},
-                                               zorder=4))
+                                               zorder=4, animated=self.animated))
             self.notes.append(self.ax.annotate(f"{i + 1}. {name}", xy=(a + b) / 2, fontsize=8, xytext=(4, 4),
-                                               textcoords="offset points"))
+                                               textcoords="offset points", animated=self.animated))
         self.ax.set_title(title, fontsize=10)
 
-
-def _figure(width: float, height: float, dpi: int) -> Any:
-    """A matplotlib Figure on its own Agg canvas (no pyplot state, no backend switch)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
+    def moving(self) -> list[Any]:
+        """The artists that change from frame to frame."""
+        return [self.source, self.current, self.path, *self.notes, self.ax.title]
 
 
 class FrameRenderer:
@@ -169,17 +170,16 @@ class FrameRenderer:
 
     def __init__(self, dynamics: ReprogramDynamics, *, source_name: str, target_name: str,
                  size: tuple[float, float] = (5.2, 4.8), dpi: int = 80) -> None:
-        self.fig = _figure(*size, dpi)
-        ax = self.fig.add_subplot(1, 1, 1)
-        self.panel = PopulationPanel(ax, dynamics, source_name=source_name, target_name=target_name)
-        self.fig.tight_layout()
+        self.canvas = BlitCanvas(*size, dpi)
+        ax = self.canvas.fig.add_subplot(1, 1, 1)
+        self.panel = PopulationPanel(ax, dynamics, source_name=source_name, target_name=target_name, animated=True)
+        ax.set_title("step 0")  # room for the title in the layout
+        self.canvas.fig.tight_layout()
 
     def frame(self, source: np.ndarray, current: np.ndarray, path: list[np.ndarray], labels: list[str], title: str) -> np.ndarray:
         """Draw one state and return it as an RGB array."""
         self.panel.update(source, current, path, labels, title)
-        canvas = self.fig.canvas
-        canvas.draw()
-        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        return self.canvas.frame(self.panel.moving())
 
 
 def plot_episodes(env: Any, episodes: list[Any], path: str | Path, *, title: str = "", max_panels: int = 3) -> Path:
@@ -196,7 +196,7 @@ def plot_episodes(env: Any, episodes: list[Any], path: str | Path, *, title: str
     """
     env = getattr(env, "unwrapped", env)
     shown = episodes[:max_panels]
-    fig = _figure(5.2 * len(shown), 4.8, 120)
+    fig = figure(5.2 * len(shown), 4.8, 120)
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     for k, (ax, ep) in enumerate(zip(axes, shown, strict=False)):
         cells = episode_cells(env, ep.seed, ep.actions)

@@ -15,7 +15,7 @@ import numpy as np
 
 from cellgym.envs._canvas import BlitCanvas, figure, label_colours
 
-__all__ = ["TripFrameRenderer", "plot_positions"]
+__all__ = ["TripFrameRenderer", "plot_positions", "positions_figure"]
 
 
 def _legend(ax: Any, names: list[str], colours: np.ndarray, title: str) -> None:
@@ -42,6 +42,18 @@ def plot_positions(trajectory: np.ndarray, path: str | Path, *, labels: np.ndarr
     label_name
         What the labels are (legend title), e.g. ``"cell type"``.
     """
+    fig = positions_figure(trajectory, labels=labels, n_panels=n_panels, title=title, label_name=label_name)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
+    tmp.replace(path)
+    return path
+
+
+def positions_figure(trajectory: np.ndarray, *, labels: np.ndarray | None = None, n_panels: int = 4,
+                     title: str = "CellTRIP", label_name: str = "label") -> Any:
+    """The matplotlib Figure of :func:`plot_positions`."""
     traj = np.asarray(trajectory, dtype=np.float64)
     final = traj[-1] - traj[-1].mean(0)
     _, _, vt = np.linalg.svd(final, full_matrices=False)
@@ -63,12 +75,7 @@ def plot_positions(trajectory: np.ndarray, path: str | Path, *, labels: np.ndarr
     if labels is not None:
         _legend(axes[-1], names, palette, label_name)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
-    tmp.replace(path)
-    return path
+    return fig
 
 
 class TripFrameRenderer:

@@ -61,8 +61,9 @@ class StepOutcome:
     reward: np.ndarray  # float64
     success: np.ndarray  # bool
     stopped: np.ndarray  # bool
-    n_new: np.ndarray  # int64, perturbations newly applied (doses raised) this step
-    cost: np.ndarray  # float64, the cost paid this step (cost x n_new, or x the dose added)
+    n_new: np.ndarray  # int64, perturbations newly applied (given a dose) this step
+    cost: np.ndarray  # float64, the cost paid this step (cost x dose)
+    dose: np.ndarray  # float64, the dose given this step (a newly applied discrete perturbation is a dose of 1)
 
 
 class ReprogramDynamics:
@@ -164,27 +165,27 @@ class ReprogramDynamics:
         success = ((distance <= self.threshold) & ~stop).numpy()
         reward = (state.distance - distance).double().numpy() - self.cost * n_new + self.success_bonus * success
         nxt = replace(state, cells=cells, applied=applied, distance=distance)
-        return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new, self.cost * n_new)
+        return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new, self.cost * n_new, n_new.astype(np.float64))
 
     def step_dose(self, state: PopulationState, doses: torch.Tensor) -> StepOutcome:
         """One step of every population under ``doses`` (B, P) float in [0, 1] (``action_mode="dose"``).
 
-        A dose stays in force at the highest level given so far (``applied = max(applied, doses)``), as a
-        discrete perturbation stays applied; every population goes through ONE batched transition call.
-        Reward: ``distance_before - distance_after - cost * (increase of the total dose) + success_bonus * success``,
-        so ``cost`` is the price of one unit of dose (a full knockout or overexpression costs what one discrete
-        perturbation costs). ``n_new`` counts the perturbations whose dose rose this step.
+        The doses are in force for this step (a treatment schedule: the next action replaces them); every
+        population goes through ONE batched transition call under them. Reward:
+        ``distance_before - distance_after - cost * sum(doses) + success_bonus * success``, so ``cost`` is the
+        price of one unit of dose for one step (a full knockout or overexpression costs what one discrete
+        perturbation costs). ``n_new`` counts the perturbations given a dose this step.
         """
-        applied = torch.maximum(state.applied, doses.float().clamp(0.0, 1.0))
-        added = (applied - state.applied).sum(1).double().numpy()
+        applied = doses.float().clamp(0.0, 1.0)
+        given = applied.sum(1).double().numpy()
         pert = (applied @ self._to_predictor).clamp_max(1.0)
         cells = self.world.transition(state.cells, pert, state.source).float()
         distance = self.world.reward.distance(cells).float()
         success = (distance <= self.threshold).numpy()
-        reward = (state.distance - distance).double().numpy() - self.cost * added + self.success_bonus * success
-        n_new = ((applied - state.applied) > 1e-6).sum(1).numpy().astype(np.int64)
+        reward = (state.distance - distance).double().numpy() - self.cost * given + self.success_bonus * success
+        n_new = (applied > 0).sum(1).numpy().astype(np.int64)
         nxt = PopulationState(cells, state.source, applied, distance)
-        return StepOutcome(nxt, reward, success, np.zeros(len(state), dtype=bool), n_new, self.cost * added)
+        return StepOutcome(nxt, reward, success, np.zeros(len(state), dtype=bool), n_new, self.cost * given, given)
 
     def masks(self, state: PopulationState) -> np.ndarray:
         """Valid actions (B, P + 1) bool: perturbations not yet applied, and stop (always valid)."""

@@ -156,9 +156,10 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
 
     With ``action_mode="dose"`` (``CellEnv-Reprogram-HSC-Dose-v0``) the space is ``Box(0, 1, (P,), float32)``:
     a dose of every perturbation, the knockdown strength of a ``_KO`` (production times 1 - dose) or the
-    level of an ``_OE`` (production mixed (1 - dose) natural + dose overexpressed). A dose stays in force
-    at the highest level given so far; there is no stop action (doses of 0 cost nothing). It needs a world
-    whose perturbations take a strength: HSC with ``dynamics="sde"`` or ``"ode"``, SERGIO.
+    level of an ``_OE`` (production mixed (1 - dose) natural + dose overexpressed). The doses act during
+    that step (a treatment schedule: the next action replaces them); there is no stop action (doses of 0
+    cost nothing). It needs a world whose perturbations take a strength: HSC with ``dynamics="sde"`` or
+    ``"ode"``, SERGIO.
 
     ## Observation Space
 
@@ -170,7 +171,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | [0, k) | mean of the population in a fixed PCA (fitted once on source and target cells) | expression |
     | [k, 2k) | std of the population along those components | expression |
     | [2k, 4k) | mean and std of the goal cells (constant within a task) | expression |
-    | [4k, 4k + P) | perturbations in force (0/1; doses in force with action_mode="dose") | - |
+    | [4k, 4k + P) | perturbations in force (0/1; the last step's doses with action_mode="dose") | - |
     | 4k + P | budget left: 1 - steps / budget, clipped at 0 (1 without a budget) | fraction |
 
     States are log1p expression for data worlds, 0/1 gene activities for the Boolean world, SERGIO's
@@ -191,7 +192,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     Potential-based (Ng, Harada & Russell 1999) with the reward model's distance d as the potential:
     ``r = d_before - d_after - cost * n_new + success_bonus * success`` where ``n_new`` is the number of
     perturbations newly applied this step (default cost 0.1, success bonus 1.0); with ``action_mode="dose"``
-    the cost is ``cost`` per unit of dose added (a full dose costs what a discrete perturbation costs). HSC: d is the
+    the cost is ``cost`` per unit of dose per step (a full dose for one step costs what a discrete perturbation costs). HSC: d is the
     Euclidean distance between the population's mean state and the erythrocyte state (``target.centroid``).
     SERGIO: Euclidean distance between the population's mean and the mean of 256 target cells
     (``target.centroid``; 11.4 at the start). Stop gives 0.
@@ -216,8 +217,8 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     ## Info
 
     ``perturbations`` (list of the names applied, in order), ``distance`` (to the goal after the step),
-    ``success`` (bool), ``n_perturbations`` (int), ``cost`` (cost paid so far), ``total_dose`` (sum of the
-    doses in force; a discrete perturbation is a dose of 1).
+    ``success`` (bool), ``n_perturbations`` (int), ``cost`` (cost paid so far), ``total_dose`` (the dose
+    given so far, summed over perturbations and steps; a discrete perturbation is one dose of 1).
 
     ## Rendering
 
@@ -318,6 +319,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         self.steps = 0
         self.applied_names: list[str] = []
         self.total_cost = 0.0
+        self.total_dose = 0.0
         self._last: StepOutcome | None = None
         self._track = PathRecorder(self.dynamics, 1)
         self._renderer: FrameRenderer | None = None
@@ -337,9 +339,11 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
                 out = self.dynamics.step(self.state, chosen, stop)
         self.state = out.state
         self.steps += 1
-        new = torch.nonzero(out.state.applied[0].float() > before[0].float()).flatten().tolist()
+        floor = 0.0 if self.action_mode == "dose" else before[0].float()  # doses: every one given this step
+        new = torch.nonzero(out.state.applied[0].float() > floor).flatten().tolist()
         self.applied_names += [self.perturbations[i] for i in new if self.perturbations[i] not in self.applied_names]
         self.total_cost += float(out.cost[0])
+        self.total_dose += float(out.dose[0])
         self._last = out
         if self.render_mode is not None and not out.stopped[0]:
             self._track.step([0], out.state.cells, step_labels(self.perturbations, before, out.state.applied))
@@ -355,6 +359,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         self.steps = 0
         self.applied_names = []
         self.total_cost = 0.0
+        self.total_dose = 0.0
         self._last = None
         if self.render_mode is not None:
             self._track.start([0], self.state.cells)
@@ -423,14 +428,14 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
             "success": success,
             "n_perturbations": len(self.applied_names),
             "cost": self.total_cost,
-            "total_dose": float(self.state.applied[0].float().sum()),
+            "total_dose": self.total_dose,
         }
 
     def _applied_text(self) -> list[str]:
         if self.action_mode != "dose":
             return list(self.applied_names)
         doses = self.state.applied[0].numpy()
-        return [f"{name} {doses[self.perturbations.index(name)]:.2f}" for name in self.applied_names]
+        return [f"{p} {d:.2f}" for p, d in zip(self.perturbations, doses, strict=True) if d > 0]
 
     def _status(self) -> str:
         out = self._last

@@ -51,12 +51,12 @@ def _embed(dyn: ReprogramDynamics, cells: np.ndarray | torch.Tensor) -> np.ndarr
 
 
 def step_labels(perturbations: list[str], before: torch.Tensor, after: torch.Tensor) -> list[str]:
-    """For each of B rows, what a step added: ``"A+B"`` (perturbations newly applied), doses as ``"A 0.40"``.
+    """For each of B rows, what a step did: ``"A + B"`` (perturbations newly applied), doses given as ``"A 0.40"``.
 
     ``before`` / ``after`` are the (B, P) perturbations in force (bool) or doses in force (float).
     """
     dose = after.dtype.is_floating_point
-    grew = (after.float() - before.float()) > _DOSE_EPS
+    grew = after > _DOSE_EPS if dose else after & ~before  # doses: those given this step
     out = []
     for row, a in zip(grew.numpy(), after.float().numpy(), strict=True):
         names = [f"{perturbations[j]} {a[j]:.2f}" if dose else perturbations[j] for j in np.flatnonzero(row)]

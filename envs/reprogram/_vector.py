@@ -121,6 +121,7 @@ class ReprogramVectorEnv(VectorEnv):
         self.state: PopulationState | None = None
         self.steps = np.zeros(num_envs, dtype=np.int64)
         self.costs = np.zeros(num_envs)
+        self.doses = np.zeros(num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -145,6 +146,7 @@ class ReprogramVectorEnv(VectorEnv):
         self.state = out.state
         self.steps += 1
         self.costs += out.cost
+        self.doses += out.dose
         if self.render_mode is not None:
             moved = np.flatnonzero(~out.stopped & ~resetting)
             self._track.step(moved, out.state.cells[moved],
@@ -194,6 +196,7 @@ class ReprogramVectorEnv(VectorEnv):
             self._status[:] = "start"
         self.steps[:] = 0
         self.costs[:] = 0.0
+        self.doses[:] = 0.0
         self._autoreset[:] = False
         return self._obs(), self._infos(np.zeros(self.num_envs, dtype=bool))
 
@@ -238,6 +241,7 @@ class ReprogramVectorEnv(VectorEnv):
             self._status[rows] = "start"
         self.steps[rows] = 0
         self.costs[rows] = 0.0
+        self.doses[rows] = 0.0
 
     def _obs(self) -> np.ndarray:
         budget = np.ones(self.num_envs)
@@ -257,7 +261,7 @@ class ReprogramVectorEnv(VectorEnv):
             "success": success,
             "n_perturbations": (applied > 0).sum(1).astype(np.int64),
             "cost": self.costs.copy(),
-            "total_dose": self.state.applied.double().sum(1).numpy(),
+            "total_dose": self.doses.copy(),
             "_perturbations": every, "_distance": every, "_success": every, "_n_perturbations": every, "_cost": every,
             "_total_dose": every,
         }

@@ -72,16 +72,18 @@ def test_dose_task_spaces_reward_and_doses_in_force() -> None:
     assert obs[4 * 8 + u.perturbations.index("Gata1_OE")] == pytest.approx(0.6)  # doses in force are observed
 
 
-def test_a_dose_stays_at_its_highest_level_and_only_a_rise_costs() -> None:
+def test_doses_act_during_their_step_and_each_step_pays_for_its_doses() -> None:
     env = gym.make(DOSE)
     u = env.unwrapped
     env.reset(seed=3)
     a = np.zeros(16, np.float32)
     a[u.perturbations.index("Gata1_OE")] = 0.8
-    env.step(a)
-    a[u.perturbations.index("Gata1_OE")] = 0.2  # lower: the 0.8 stays in force, nothing is paid
-    _, _, _, _, info = env.step(a)
-    assert info["total_dose"] == pytest.approx(0.8) and info["cost"] == pytest.approx(0.08)
+    obs, *_ = env.step(a)
+    assert obs[4 * 8 + u.perturbations.index("Gata1_OE")] == pytest.approx(0.8)
+    a[u.perturbations.index("Gata1_OE")] = 0.2  # the next action replaces the doses in force
+    obs, _, _, _, info = env.step(a)
+    assert obs[4 * 8 + u.perturbations.index("Gata1_OE")] == pytest.approx(0.2)
+    assert info["total_dose"] == pytest.approx(1.0) and info["cost"] == pytest.approx(0.1)
 
 
 def test_one_full_dose_is_not_enough_and_half_doses_of_the_right_pair_are() -> None:

@@ -199,7 +199,7 @@ def load_hyperparams(algo: str, task: str, overrides: dict[str, Any] | None = No
 
 
 def _schedule(value: Any) -> Any:
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or "schedule" not in value:  # action_noise is resolved with the env
         return value
     from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
 

@@ -8,11 +8,12 @@ No pyplot: the figure has its own Agg canvas, so rendering never touches the use
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BlitCanvas", "figure", "label_colours"]
+__all__ = ["BlitCanvas", "figure", "label_colours", "save_figure"]
 
 
 def figure(width: float, height: float, dpi: int) -> Any:
@@ -23,6 +24,16 @@ def figure(width: float, height: float, dpi: int) -> Any:
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary name in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    tmp.replace(path)
+    return path
 
 
 def label_colours(labels: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cellgym.envs._canvas import BlitCanvas, figure
+from cellgym.envs._canvas import BlitCanvas, figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -209,9 +209,4 @@ def plot_episodes(env: Any, episodes: list[Any], path: str | Path, *, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, 120)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cellgym.envs._canvas import BlitCanvas, figure, label_colours
+from cellgym.envs._canvas import BlitCanvas, figure, label_colours, save_figure
 
 __all__ = ["TripFrameRenderer", "plot_positions", "positions_figure"]
 
@@ -43,12 +43,7 @@ def plot_positions(trajectory: np.ndarray, path: str | Path, *, labels: np.ndarr
         What the labels are (legend title), e.g. ``"cell type"``.
     """
     fig = positions_figure(trajectory, labels=labels, n_panels=n_panels, title=title, label_name=label_name)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, 100)
 
 
 def positions_figure(trajectory: np.ndarray, *, labels: np.ndarray | None = None, n_panels: int = 4,

@@ -102,7 +102,7 @@ class PopulationPanel:
     """
 
     def __init__(self, ax: Axes, dynamics: ReprogramDynamics, *, source_name: str, target_name: str,
-                 animated: bool = False) -> None:
+                 animated: bool = False, current_label: str = "population now") -> None:
         self.ax = ax
         self.dynamics = dynamics
         self.animated = animated
@@ -117,7 +117,7 @@ class PopulationPanel:
                    label=f"target: {target_name}")
         empty = np.zeros((0, 2))
         self.source = ax.scatter(*empty.T, s=14, c="tab:blue", alpha=0.7, label=f"start: {source_name}")
-        self.current = ax.scatter(*empty.T, s=14, c="tab:green", alpha=0.7, label="population now")
+        self.current = ax.scatter(*empty.T, s=14, c="tab:green", alpha=0.7, label=current_label)
         (self.path,) = ax.plot([], [], "-o", c="k", lw=1.5, ms=4, zorder=4, label="population mean")
         self.notes: list[Any] = []
         points = np.concatenate([reference, target])
@@ -200,7 +200,8 @@ def plot_episodes(env: Any, episodes: list[Any], path: str | Path, *, title: str
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     for k, (ax, ep) in enumerate(zip(axes, shown, strict=False)):
         cells = episode_cells(env, ep.seed, ep.actions)
-        panel = PopulationPanel(ax, env.dynamics, source_name=env.source_name, target_name=env.target_name)
+        panel = PopulationPanel(ax, env.dynamics, source_name=env.source_name, target_name=env.target_name,
+                                current_label="final population")
         if k:
             ax.get_legend().remove()
         outcome = "success" if ep.success else "failure"

@@ -28,6 +28,10 @@ _register("CellEnv-Reprogram-SERGIO-v0",
           "SERGIO 'lineages' network (20 genes, 3 cell types): turn type0 cells into type1 (8 master-regulator KO/OE).",
           entry_point=_REPROGRAM, vector_entry_point=_REPROGRAM_VEC, max_episode_steps=6,
           kwargs={"world": "sergio", "source": "type0", "target": "type1", "budget": 6})
+_register("CellEnv-Reprogram-HSC-Dose-v0",
+          "Krumsiek 2011 network in BoolODE-style SDE dynamics: progenitors to erythrocytes with doses (16 KO/OE in [0, 1]).",
+          entry_point=_REPROGRAM, vector_entry_point=_REPROGRAM_VEC, max_episode_steps=6,
+          kwargs={"world": "hsc", "fate": "erythrocyte", "budget": 6, "dynamics": "sde", "action_mode": "dose"})
 _register("CellEnv-Reprogram-v0",
           "Any AnnData: source cells towards target cells through a fitted predictor (adata=, target=, predictor=).",
           entry_point=_REPROGRAM, vector_entry_point=_REPROGRAM_VEC, max_episode_steps=8,

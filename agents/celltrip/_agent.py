@@ -228,7 +228,8 @@ class CellTripAgent(Agent):
                          f"imputation error (refitted decoders, processed units) {errs or 'n/a'}")
         if plot is not None and trajectory is not None:
             labels = getattr(env, "labels", None)
-            plot_positions(trajectory, plot, labels=None if labels is None else np.asarray(labels)[env.cell_index])
+            plot_positions(trajectory, plot, labels=None if labels is None else np.asarray(labels)[env.cell_index],
+                           label_name=getattr(env, "label_name", "label"))
             lines.append(f"  positions over time drawn to {plot}")
         return "\n".join(lines)
 

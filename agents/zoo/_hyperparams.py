@@ -8,6 +8,8 @@ rejected with the closest valid names. Structured values are data, resolved agai
 
 - ``learning_rate: {schedule: linear, initial: 3.0e-4, final: 0.0}`` (also for ``clip_range``)
 - ``policy_kwargs: {net_arch: [64, 64], activation_fn: tanh, optimizer_class: adam}``
+- ``action_noise: {type: normal, std: 0.1}`` (SAC, TD3; also ``ornstein-uhlenbeck``): exploration noise of
+  that std on every action dimension, built for the env's action space (RL Zoo's ``noise_type`` / ``noise_std``)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU", "elu": "ELU", "leaky_relu": "Lea
                 "silu": "SiLU"}
 _OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 _SCHEDULES = ("linear", "constant")
+_NOISES = ("normal", "ornstein-uhlenbeck")
 
 
 class HyperparamError(CellgymError, ValueError):
@@ -124,6 +127,12 @@ def _check_value(key: str, value: Any, default: Any, where: str) -> None:
         if unknown or value.get("schedule") not in _SCHEDULES or not _is_number(value.get("initial")):
             raise HyperparamError(f"schedule for {key!r} {where}: expected {{schedule: linear|constant, "
                                   f"initial: float, final: float}}, got {value!r}.")
+        return
+    if key == "action_noise" and value is not None:
+        if not isinstance(value, dict) or set(value) != {"type", "std"} or value["type"] not in _NOISES \
+                or not _is_number(value["std"]) or value["std"] < 0:
+            raise HyperparamError(f"action_noise {where}: expected {{type: normal|ornstein-uhlenbeck, std: float >= 0}}, "
+                                  f"got {value!r}.")
         return
     if default is None or default is inspect.Parameter.empty or value is None:
         return
@@ -236,7 +245,7 @@ def whole_rollouts(algo: str, n_timesteps: int, n_envs: int, algo_kwargs: dict[s
 
 
 def _schedule(value: Any) -> Any:
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or "schedule" not in value:  # action_noise is resolved with the env
         return value
     from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
 
@@ -251,6 +260,19 @@ def resolve_algo_kwargs(algo_kwargs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("train_freq"), list):
         out["train_freq"] = tuple(out["train_freq"])
     return out
+
+
+def resolve_action_noise(algo_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
+    """``algo_kwargs`` with an ``action_noise`` mapping turned into SB3's noise object for ``action_space`` (a Box)."""
+    spec = algo_kwargs.get("action_noise")
+    if not isinstance(spec, dict):
+        return algo_kwargs
+    import numpy as np
+    from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+    n = int(np.prod(action_space.shape))
+    cls = NormalActionNoise if spec["type"] == "normal" else OrnsteinUhlenbeckActionNoise
+    return {**algo_kwargs, "action_noise": cls(mean=np.zeros(n), sigma=float(spec["std"]) * np.ones(n))}
 
 
 def resolve_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,13 @@ from cellgym.predictors.base._atomic import atomic_dir
 from cellgym.predictors.base._checkpoint import load_tensors, read_yaml
 from cellgym.predictors.base.errors import CheckpointError
 
-from ._hyperparams import algo_class, check_entry, resolve_algo_kwargs, resolve_policy_kwargs
+from ._hyperparams import (
+    algo_class,
+    check_entry,
+    resolve_action_noise,
+    resolve_algo_kwargs,
+    resolve_policy_kwargs,
+)
 from ._normalize import NORMALIZE_FILE, ObsNormalizer, restore_stats, stats_tensors, vec_normalize_options
 
 __all__ = ["SB3Agent"]
@@ -79,7 +85,7 @@ class SB3Agent(Agent):
         self.model = self.algo_cls(self.policy, env, seed=self.seed, device=self.device, verbose=0,
                                    tensorboard_log=tensorboard_log,
                                    policy_kwargs=resolve_policy_kwargs(self.policy_kwargs),
-                                   **resolve_algo_kwargs(self.algo_kwargs))
+                                   **resolve_action_noise(resolve_algo_kwargs(self.algo_kwargs), env.action_space))
         return self.model
 
     def learn(self, env: Any, total_timesteps: int, *, callback: Any = None, progress_bar: bool = False,

@@ -25,7 +25,7 @@ __all__ = ["GymnasiumVecEnv", "make_sb3_vec_env"]
 log = logging.getLogger(__name__)
 SUPPORTED_MODES = (AutoresetMode.SAME_STEP, AutoresetMode.DISABLED)
 #: info keys copied into the monitor CSV when the task reports them
-INFO_KEYWORDS = ("success", "distance", "n_perturbations", "cost")
+INFO_KEYWORDS = ("success", "distance", "n_perturbations", "cost", "total_dose")
 
 
 def _unbatch(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -49,7 +49,8 @@ class GymnasiumVecEnv(VecEnv):
     """SB3 ``VecEnv`` over a gymnasium ``VectorEnv`` in ``SAME_STEP`` autoreset mode.
 
     ``info["success"]`` is also exposed as ``is_success``, which SB3's ``EvalCallback`` reports as
-    ``eval/success_rate``.
+    ``eval/success_rate``. ``spec`` is the task's (``VecMonitor`` writes its id into ``monitor.csv``);
+    ``render()`` tiles the frames the vector env renders, one per sub-env.
     """
 
     def __init__(self, venv: gymnasium.vector.VectorEnv) -> None:
@@ -60,6 +61,7 @@ class GymnasiumVecEnv(VecEnv):
                                "autoreset_mode=AutoresetMode.SAME_STEP.")
         self.venv = venv
         self.mode = mode
+        self.spec = getattr(venv, "spec", None)
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
 
@@ -99,6 +101,11 @@ class GymnasiumVecEnv(VecEnv):
 
     def close(self) -> None:
         self.venv.close()
+
+    def get_images(self) -> list[Any]:
+        """One RGB frame per sub-env (``render_mode="rgb_array"``), from the vector env's ``render()``."""
+        frames = self.venv.render()
+        return [None] * self.num_envs if frames is None else list(frames)
 
     def _indices(self, indices: Any) -> list[int]:
         if indices is None:

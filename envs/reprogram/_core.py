@@ -25,7 +25,8 @@ class PopulationState:
     source
         Tensor (B, N, G) float32, the episode's starting cells (response models predict from these).
     applied
-        Tensor (B, P) bool, the perturbations in force (they accumulate).
+        Tensor (B, P), the perturbations in force (they accumulate): bool, or float doses in [0, 1]
+        with ``action_mode="dose"``.
     distance
         Tensor (B,) float32, the reward model's distance of ``cells`` to the goal.
     """
@@ -60,7 +61,9 @@ class StepOutcome:
     reward: np.ndarray  # float64
     success: np.ndarray  # bool
     stopped: np.ndarray  # bool
-    n_new: np.ndarray  # int64, perturbations newly applied this step
+    n_new: np.ndarray  # int64, perturbations newly applied (given a dose) this step
+    cost: np.ndarray  # float64, the cost paid this step (cost x dose)
+    dose: np.ndarray  # float64, the dose given this step (a newly applied discrete perturbation is a dose of 1)
 
 
 class ReprogramDynamics:
@@ -78,10 +81,14 @@ class ReprogramDynamics:
         Reward added on the step that reaches the goal.
     threshold
         Success when the distance is at most this (default: the world's).
+    dose
+        Perturbations are doses in [0, 1] (``applied`` float; :meth:`step_dose`) instead of on/off.
     """
 
-    def __init__(self, world: World, *, n_components: int, cost: float, success_bonus: float, threshold: float | None) -> None:
+    def __init__(self, world: World, *, n_components: int, cost: float, success_bonus: float, threshold: float | None,
+                 dose: bool = False) -> None:
         self.world = world
+        self.dose = bool(dose)
         self.cost = float(cost)
         self.success_bonus = float(success_bonus)
         self.threshold = float(world.threshold if threshold is None else threshold)
@@ -133,7 +140,7 @@ class ReprogramDynamics:
     # ------------------------------------------------------------------------------------------ state
     def initial(self, source: torch.Tensor) -> PopulationState:
         """States (B) of starting populations ``source`` (B, N, G): nothing applied yet."""
-        applied = torch.zeros(source.shape[0], self.n_perturbations, dtype=torch.bool)
+        applied = torch.zeros(source.shape[0], self.n_perturbations, dtype=torch.float32 if self.dose else torch.bool)
         return PopulationState(source, source, applied, self.world.reward.distance(source).float())
 
     def step(self, state: PopulationState, chosen: torch.Tensor, stop: torch.Tensor) -> StepOutcome:
@@ -158,10 +165,30 @@ class ReprogramDynamics:
         success = ((distance <= self.threshold) & ~stop).numpy()
         reward = (state.distance - distance).double().numpy() - self.cost * n_new + self.success_bonus * success
         nxt = replace(state, cells=cells, applied=applied, distance=distance)
-        return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new)
+        return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new, self.cost * n_new, n_new.astype(np.float64))
+
+    def step_dose(self, state: PopulationState, doses: torch.Tensor) -> StepOutcome:
+        """One step of every population under ``doses`` (B, P) float in [0, 1] (``action_mode="dose"``).
+
+        The doses are in force for this step (a treatment schedule: the next action replaces them); every
+        population goes through ONE batched transition call under them. Reward:
+        ``distance_before - distance_after - cost * sum(doses) + success_bonus * success``, so ``cost`` is the
+        price of one unit of dose for one step (a full knockout or overexpression costs what one discrete
+        perturbation costs). ``n_new`` counts the perturbations given a dose this step.
+        """
+        applied = doses.float().clamp(0.0, 1.0)
+        given = applied.sum(1).double().numpy()
+        pert = (applied @ self._to_predictor).clamp_max(1.0)
+        cells = self.world.transition(state.cells, pert, state.source).float()
+        distance = self.world.reward.distance(cells).float()
+        success = (distance <= self.threshold).numpy()
+        reward = (state.distance - distance).double().numpy() - self.cost * given + self.success_bonus * success
+        n_new = (applied > 0).sum(1).numpy().astype(np.int64)
+        nxt = PopulationState(cells, state.source, applied, distance)
+        return StepOutcome(nxt, reward, success, np.zeros(len(state), dtype=bool), n_new, self.cost * given, given)
 
     def masks(self, state: PopulationState) -> np.ndarray:
         """Valid actions (B, P + 1) bool: perturbations not yet applied, and stop (always valid)."""
         m = np.ones((len(state), self.n_perturbations + 1), dtype=bool)
-        m[:, :-1] = ~state.applied.numpy()
+        m[:, :-1] = ~state.applied.bool().numpy() if not self.dose else state.applied.numpy() < 1.0
         return m

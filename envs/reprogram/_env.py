@@ -9,9 +9,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from cellgym.envs._threads import check_num_threads, torch_threads
 from cellgym.envs.errors import InvalidActionError, ResetNeededError
+from cellgym.predictors.base.errors import DataSpecError
 
-from ._core import PopulationState, ReprogramDynamics
+from ._core import PopulationState, ReprogramDynamics, StepOutcome
+from ._render import FrameRenderer, PathRecorder, ansi_line, step_labels
 from ._worlds import build_world
 
 if TYPE_CHECKING:
@@ -24,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["ReprogramEnv", "make_dynamics"]
 
 WorldName = Literal["hsc", "sergio", "data"]
-ActionMode = Literal["single", "combination"]
+ActionMode = Literal["single", "combination", "dose"]
+RENDER_MODES = ("ansi", "rgb_array")
 
 
 def make_dynamics(
@@ -43,28 +47,49 @@ def make_dynamics(
     cost: float,
     success_bonus: float,
     threshold: float | None,
+    action_mode: ActionMode = "single",
+    dynamics: str | None = None,
 ) -> ReprogramDynamics:
     """Build the world and its batched dynamics (shared by :class:`ReprogramEnv` and the vector env)."""
     if n_cells < 1 or n_components < 1:
         raise ValueError(f"n_cells and n_components must be >= 1, got n_cells={n_cells}, n_components={n_components}.")
+    if dynamics is not None and world != "hsc":
+        raise DataSpecError(f"dynamics={dynamics!r} chooses the HSC world's simulator; world {world!r} takes its "
+                            "transition from predictor=. Drop dynamics=.")
     built = build_world(
         world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor, reward=reward,
-        context=context, n_cells=n_cells,
+        context=context, n_cells=n_cells, **({} if dynamics is None else {"dynamics": dynamics}),
     )
-    return ReprogramDynamics(built, n_components=n_components, cost=cost, success_bonus=success_bonus, threshold=threshold)
+    if action_mode == "dose" and not getattr(built.transition.predictor, "takes_doses", False):
+        raise DataSpecError(
+            f"action_mode='dose' needs a world whose perturbations take a strength (grn.boolean with dynamics "
+            f"'ode' or 'sde', grn.sergio); this one's transition is {built.transition.predictor.name!r}"
+            + (f" with dynamics {built.transition.predictor.config.get('dynamics')!r}" if world == "hsc" else "")
+            + ". For the HSC world pass dynamics='sde' (CellEnv-Reprogram-HSC-Dose-v0).")
+    return ReprogramDynamics(built, n_components=n_components, cost=cost, success_bonus=success_bonus, threshold=threshold,
+                             dose=action_mode == "dose")
 
 
 def action_space_for(n_perturbations: int, action_mode: ActionMode) -> spaces.Space:
-    """``Discrete(P + 1)`` (one perturbation or stop) or ``MultiBinary(P + 1)`` (a combination; last bit stops)."""
+    """``Discrete(P + 1)`` (one perturbation or stop), ``MultiBinary(P + 1)`` (a combination; last bit stops)
+    or ``Box(0, 1, (P,))`` (a dose of every perturbation)."""
     if action_mode == "single":
         return spaces.Discrete(n_perturbations + 1)
     if action_mode == "combination":
         return spaces.MultiBinary(n_perturbations + 1)
-    raise ValueError(f"action_mode: expected 'single' or 'combination', got {action_mode!r}.")
+    if action_mode == "dose":
+        return spaces.Box(0.0, 1.0, (n_perturbations,), dtype=np.float32)
+    raise ValueError(f"action_mode: expected 'single', 'combination' or 'dose', got {action_mode!r}.")
+
+
+def check_render_mode(render_mode: str | None) -> None:
+    """``render_mode`` is None or one of :data:`RENDER_MODES`, else one clear error."""
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode: expected None or one of {list(RENDER_MODES)}, got {render_mode!r}.")
 
 
 def decode_actions(actions: np.ndarray, n_perturbations: int, action_mode: ActionMode) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actions (B,) int or (B, P + 1) binary -> chosen (B, P) bool and stop (B,) bool."""
+    """Actions (B,) int or (B, P + 1) binary -> chosen (B, P) bool and stop (B,) bool (not for doses)."""
     if action_mode == "single":
         a = torch.as_tensor(np.asarray(actions, dtype=np.int64))
         onehot = torch.nn.functional.one_hot(a, n_perturbations + 1).bool()
@@ -78,13 +103,16 @@ def invalid_action(action: object, space: spaces.Space) -> InvalidActionError:
     arr = np.asarray(action)
     return InvalidActionError(
         f"action {action!r} (dtype {arr.dtype}, shape {arr.shape}) is not in the action space {space}. "
-        "Pass an integer in [0, n) (the last index stops) or, for action_mode='combination', a 0/1 vector."
+        "Pass an integer in [0, n) (the last index stops), for action_mode='combination' a 0/1 vector, for "
+        "action_mode='dose' a float32 vector of doses in [0, 1]."
     )
 
 
 def _is_int_action(action: object, action_mode: ActionMode) -> bool:
     """Integers only (``True`` is not action 1): a Python/NumPy int for ``single``, an int or bool array for
-    ``combination``."""
+    ``combination``; ``dose`` actions are float arrays, checked by the Box action space."""
+    if action_mode == "dose":
+        return isinstance(action, np.ndarray)
     if action_mode == "single":
         if isinstance(action, (bool, np.bool_)):
             return False
@@ -139,6 +167,13 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     SERGIO vocabulary (8 + stop): KO and OE of each master regulator, ``G0_KO, G0_OE, G1_KO, G1_OE, G2_KO,
     G2_OE, G3_KO, G3_OE``; index 8 stops.
 
+    With ``action_mode="dose"`` (``CellEnv-Reprogram-HSC-Dose-v0``) the space is ``Box(0, 1, (P,), float32)``:
+    a dose of every perturbation, the knockdown strength of a ``_KO`` (production times 1 - dose) or the
+    level of an ``_OE`` (production mixed (1 - dose) natural + dose overexpressed). The doses act during
+    that step (a treatment schedule: the next action replaces them); there is no stop action (doses of 0
+    cost nothing). It needs a world whose perturbations take a strength: HSC with ``dynamics="sde"`` or
+    ``"ode"``, SERGIO.
+
     ## Observation Space
 
     ``Box(low, high, (4 k + n_perturbations + 1,), float32)`` with k = ``n_components`` (HSC: 49, SERGIO: 41); the
@@ -149,7 +184,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | [0, k) | mean of the population in a fixed PCA (fitted once on source and target cells) | expression |
     | [k, 2k) | std of the population along those components | expression |
     | [2k, 4k) | mean and std of the goal cells (constant within a task) | expression |
-    | [4k, 4k + P) | perturbations in force (0/1) | - |
+    | [4k, 4k + P) | perturbations in force (0/1; the last step's doses with action_mode="dose") | - |
     | 4k + P | budget left: 1 - steps / budget, clipped at 0 (1 without a budget) | fraction |
 
     States are log1p expression for data worlds, 0/1 gene activities for the Boolean world, SERGIO's
@@ -169,7 +204,8 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
 
     Potential-based (Ng, Harada & Russell 1999) with the reward model's distance d as the potential:
     ``r = d_before - d_after - cost * n_new + success_bonus * success`` where ``n_new`` is the number of
-    perturbations newly applied this step (default cost 0.1, success bonus 1.0). HSC: d is the
+    perturbations newly applied this step (default cost 0.1, success bonus 1.0); with ``action_mode="dose"``
+    the cost is ``cost`` per unit of dose per step (a full dose for one step costs what a discrete perturbation costs). HSC: d is the
     Euclidean distance between the population's mean state and the erythrocyte state (``target.centroid``).
     SERGIO: Euclidean distance between the population's mean and the mean of 256 target cells
     (``target.centroid``; 11.4 at the start). Stop gives 0.
@@ -198,7 +234,16 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     ## Info
 
     ``perturbations`` (list of the names applied, in order), ``distance`` (to the goal after the step),
-    ``success`` (bool), ``n_perturbations`` (int), ``cost`` (cost paid so far).
+    ``success`` (bool), ``n_perturbations`` (int), ``cost`` (cost paid so far), ``total_dose`` (the dose
+    given so far, summed over perturbations and steps; a discrete perturbation is one dose of 1).
+
+    ## Rendering
+
+    ``render_mode="rgb_array"``: the ``cellgym enjoy --plot`` picture of the current population (reference
+    cells, the goal cell type, the starting and the current population, the path of its mean with each
+    step's perturbations) as a (384, 416, 3) uint8 frame, drawn on one reused matplotlib Agg canvas
+    (``benchmarks/render_speed.py`` measures frames per second); gymnasium's ``RecordVideo`` records it.
+    ``render_mode="ansi"``: one text line per step (perturbations in force, distance, success).
 
     ## Arguments
 
@@ -212,12 +257,15 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | reward | str or RewardModel | "target.energy" | data world reward model |
     | context | str | None | transition context (default: the source cells') |
     | n_cells | int | 32 | cells per population |
-    | action_mode | str | "single" | "single" (Discrete) or "combination" (MultiBinary) |
+    | action_mode | str | "single" | "single" (Discrete), "combination" (MultiBinary) or "dose" (Box) |
+    | dynamics | str | None | HSC only: the simulator's updates, "sync" (default) or continuous "ode" / "sde" |
     | cost | float | 0.1 | reward cost per perturbation |
     | success_bonus | float | 1.0 | reward on reaching the goal |
     | threshold | float | None | success threshold (default: the world's) |
     | n_components | int | 8 | PCA components k of the observation |
     | budget | int | None | step budget shown in the observation (registered = max_episode_steps) |
+    | render_mode | str | None | None, "rgb_array" or "ansi" |
+    | num_threads | int | 1 | torch threads of the env's own work (-1: torch's setting); see ``cellgym.envs._threads`` |
 
     >>> import gymnasium as gym, cellgym.envs
     >>> env = gym.make("CellEnv-Reprogram-HSC-v0")
@@ -236,10 +284,12 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     ## Version History
 
     * v0: Initial version (HSC: erythrocyte fate, 16 perturbations, 32 cells, 6 sync updates per step;
-      SERGIO: lineages network, type0 -> type1, 8 perturbations, 32 cells, threshold 0.15 of the type distance).
+      SERGIO: lineages network, type0 -> type1, 8 perturbations, 32 cells, threshold 0.15 of the type distance;
+      HSC-Dose: the HSC task in the BoolODE-style SDE world (noise-free mean path, 100 x 0.1 per step),
+      16 doses, cost 0.1 per unit of dose).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": 4}  # noqa: RUF012
 
     def __init__(
         self,
@@ -261,26 +311,36 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         n_components: int = 8,
         budget: int | None = None,
         render_mode: str | None = None,
+        dynamics: str | None = None,
+        num_threads: int | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode: this env does not render, got {render_mode!r}; pass None.")
-        self.dynamics = make_dynamics(
-            world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor, reward=reward,
-            context=context, n_cells=n_cells, n_components=n_components, cost=cost, success_bonus=success_bonus,
-            threshold=threshold,
-        )
+        check_render_mode(render_mode)
+        self.num_threads = check_num_threads(num_threads)
+        action_space_for(0, action_mode)  # an unknown action_mode fails before the world is built
+        with torch_threads(self.num_threads):
+            self.dynamics = make_dynamics(
+                world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor,
+                reward=reward, context=context, n_cells=n_cells, n_components=n_components, cost=cost,
+                success_bonus=success_bonus, threshold=threshold, action_mode=action_mode, dynamics=dynamics,
+            )
         self.action_mode: ActionMode = action_mode
         self.perturbations = list(self.dynamics.world.perturbations)
         self.n_perturbations = len(self.perturbations)
         self.action_space = action_space_for(self.n_perturbations, action_mode)
         self.observation_space = spaces.Box(self.dynamics.obs_low, self.dynamics.obs_high, dtype=np.float32)
         self.render_mode = render_mode
+        self.source_name = self.dynamics.world.source_name
+        self.target_name = self.dynamics.world.target_name
         self.budget = budget
         self.state: PopulationState | None = None
         self._ended: str | None = None  # why the episode ended ("terminated", "was truncated ..."), None while running
         self.steps = 0
         self.applied_names: list[str] = []
         self.total_cost = 0.0
+        self.total_dose = 0.0
+        self._last: StepOutcome | None = None
+        self._track = PathRecorder(self.dynamics, 1)
+        self._renderer: FrameRenderer | None = None
 
     def step(self, action: np.int64 | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply ``action``; the cells evolve under everything in force; returns the gymnasium 5-tuple."""
@@ -291,13 +351,23 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
                                    "stepping again.")
         if not _is_int_action(action, self.action_mode) or not self.action_space.contains(action):
             raise invalid_action(action, self.action_space)
-        chosen, stop = decode_actions(np.asarray(action)[None], self.n_perturbations, self.action_mode)
-        out = self.dynamics.step(self.state, chosen, stop)
+        before = self.state.applied
+        with torch_threads(self.num_threads):
+            if self.action_mode == "dose":
+                out = self.dynamics.step_dose(self.state, torch.as_tensor(np.asarray(action, dtype=np.float32))[None])
+            else:
+                chosen, stop = decode_actions(np.asarray(action)[None], self.n_perturbations, self.action_mode)
+                out = self.dynamics.step(self.state, chosen, stop)
         self.state = out.state
         self.steps += 1
-        new = torch.nonzero(chosen[0] & ~stop[0]).flatten().tolist()
+        floor = 0.0 if self.action_mode == "dose" else before[0].float()  # doses: every one given this step
+        new = torch.nonzero(out.state.applied[0].float() > floor).flatten().tolist()
         self.applied_names += [self.perturbations[i] for i in new if self.perturbations[i] not in self.applied_names]
-        self.total_cost += self.dynamics.cost * int(out.n_new[0])
+        self.total_cost += float(out.cost[0])
+        self.total_dose += float(out.dose[0])
+        self._last = out
+        if self.render_mode is not None and not out.stopped[0]:
+            self._track.step([0], out.state.cells, step_labels(self.perturbations, before, out.state.applied))
         terminated = bool(out.success[0] or out.stopped[0])
         # the budget is the registered max_episode_steps (gymnasium's TimeLimit does not tell the env it truncated)
         truncated = not terminated and self.budget is not None and self.steps >= self.budget
@@ -309,12 +379,33 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         """Draw a new starting population from ``self.np_random``."""
         super().reset(seed=seed)
         source = torch.from_numpy(self.dynamics.world.sampler(self.np_random))[None]
-        self.state = self.dynamics.initial(source)
+        with torch_threads(self.num_threads):
+            self.state = self.dynamics.initial(source)
         self._ended = None
         self.steps = 0
         self.applied_names = []
         self.total_cost = 0.0
+        self.total_dose = 0.0
+        self._last = None
+        if self.render_mode is not None:
+            self._track.start([0], self.state.cells)
         return self._obs(), self._info(False)
+
+    def render(self) -> np.ndarray | str | None:
+        """The current population as an RGB frame (``"rgb_array"``) or a text line (``"ansi"``); None without a mode."""
+        if self.render_mode is None:
+            gym.logger.warn("render() without a render_mode: pass render_mode='rgb_array' or 'ansi' to gymnasium.make.")
+            return None
+        if self.state is None:
+            raise gym.error.ResetNeeded("call reset() before render().")
+        if self.render_mode == "ansi":
+            return ansi_line(steps=self.steps, applied=self._applied_text(), distance=float(self.state.distance[0]),
+                             threshold=self.dynamics.threshold, status=self._status())
+        if self._renderer is None:
+            self._renderer = FrameRenderer(self.dynamics, source_name=self.source_name, target_name=self.target_name)
+        title = f"step {self.steps}: distance to {self.target_name} {float(self.state.distance[0]):.2f} ({self._status()})"
+        return self._renderer.frame(self.state.source[0].numpy(), self.state.cells[0].numpy(), self._track.paths[0],
+                                    self._track.labels[0], title)
 
     def action_masks(self) -> np.ndarray:
         """Valid actions (P + 1,) bool: perturbations not applied yet, and stop."""
@@ -323,7 +414,13 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         return self.dynamics.masks(self.state)[0]
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Release the render canvas."""
+        self._renderer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_renderer"] = None  # a canvas is rebuilt on the next render()
+        return state
 
     # ------------------------------------------------------------------------------- for planners
     def lookahead(self, actions: np.ndarray, state: PopulationState | None = None) -> tuple[PopulationState, np.ndarray]:
@@ -335,8 +432,12 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         actions = np.asarray(actions)
         k = actions.shape[0]
         rows = state.take(np.zeros(k, dtype=np.int64)) if len(state) == 1 else state
-        chosen, stop = decode_actions(actions, self.n_perturbations, self.action_mode)
-        out = self.dynamics.step(rows, chosen, stop)
+        with torch_threads(self.num_threads):
+            if self.action_mode == "dose":
+                out = self.dynamics.step_dose(rows, torch.as_tensor(actions, dtype=torch.float32))
+            else:
+                chosen, stop = decode_actions(actions, self.n_perturbations, self.action_mode)
+                out = self.dynamics.step(rows, chosen, stop)
         return out.state, out.reward
 
     def _budget(self) -> float:
@@ -353,4 +454,17 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
             "success": success,
             "n_perturbations": len(self.applied_names),
             "cost": self.total_cost,
+            "total_dose": self.total_dose,
         }
+
+    def _applied_text(self) -> list[str]:
+        if self.action_mode != "dose":
+            return list(self.applied_names)
+        doses = self.state.applied[0].numpy()
+        return [f"{p} {d:.2f}" for p, d in zip(self.perturbations, doses, strict=True) if d > 0]
+
+    def _status(self) -> str:
+        out = self._last
+        if out is None:
+            return "start"
+        return "success" if out.success[0] else "stopped" if out.stopped[0] else "running"

@@ -53,6 +53,10 @@ HSC_PRIMED: tuple[str, ...] = ("Cebpa", "Gata1", "Fli1", "Scl")
 SERGIO_THRESHOLD = 0.15
 # The true worlds' own simulators (``predictor=None`` or their registered name).
 HSC_TRUTH: dict[str, Any] = {"model": "krumsiek11", "dynamics": "sync", "n_steps": 6}
+# The HSC world with continuous (BoolODE-style) dynamics, whose perturbations take a dose: 40 Euler steps of
+# 0.25 (10 decay times) per action, enough for a population to settle at the attractor a dose set leads to
+# (measured: the same successes and distances within 0.01 of 100 steps of 0.1, at 2.5x the speed).
+HSC_CONTINUOUS: dict[str, Any] = {"n_steps": 40, "dt": 0.25}
 SERGIO_TRUTH: dict[str, Any] = {"network": "lineages", "overexpression": 1.0}
 # How a learned HSC predictor reads :func:`hsc_screen`: X holds the Boolean states, one context.
 HSC_SCREEN_SPEC = DataSpec(counts=None, context_key=None)
@@ -78,6 +82,8 @@ class World:
         Goal cells (T, G); their embedded mean and std are the goal summary.
     threshold
         Default success threshold on the distance.
+    source_name, target_name
+        What the start and goal cells are, as a biologist names them (figure legends, ``render()``).
     """
 
     transition: Transition
@@ -87,6 +93,8 @@ class World:
     reference: torch.Tensor
     target: torch.Tensor
     threshold: float
+    source_name: str = "source cells"
+    target_name: str = "target cells"
 
 
 class ProgenitorSampler:
@@ -230,16 +238,19 @@ def _resolve_world_predictor(predictor: str | Path | Predictor | None, truth: st
     return resolve_predictor(predictor, None if isinstance(predictor, Predictor) or is_folder else screen(), spec)
 
 
-def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | None) -> World:
+def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | None, dynamics: str = "sync") -> World:
     """Krumsiek 2011 myeloid Boolean network (synchronous updates, 6 per action) to fate ``fate``.
 
     ``predictor``: ``None`` or ``"grn.boolean"`` (the true world), a saved predictor folder, a fitted
     instance, or another registered name (fitted on :func:`hsc_screen`, cached). A learned predictor
     must have the network's 11 genes and the task's 16 perturbations in its vocabulary.
+    ``dynamics``: the true world's updates, ``"sync"`` or the continuous ``"ode"`` / ``"sde"`` (BoolODE-style,
+    ``HSC_CONTINUOUS``: 40 Euler steps of 0.25 per action, noise-free mean path), whose perturbations take doses.
     """
     if fate not in HSC_FATES:
         raise DataSpecError(f"HSC fate {fate!r}: expected one of {sorted(HSC_FATES)}.")
-    predictor = _resolve_world_predictor(predictor, "grn.boolean", HSC_TRUTH, hsc_screen, HSC_SCREEN_SPEC)
+    truth = HSC_TRUTH if dynamics == "sync" else {**HSC_TRUTH, "dynamics": dynamics, **HSC_CONTINUOUS}
+    predictor = _resolve_world_predictor(predictor, "grn.boolean", truth, hsc_screen, HSC_SCREEN_SPEC)
     _check_dynamic(predictor, "HSC")
     genes = list(make_predictor("grn.boolean", **HSC_TRUTH).genes)
     check_genes(genes, predictor.genes)  # GeneMismatchError naming the missing genes
@@ -265,6 +276,8 @@ def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | No
         reference=reference,
         target=target,
         threshold=0.3,
+        source_name="progenitor-like cells",
+        target_name=fate,
     )
 
 
@@ -309,6 +322,8 @@ def sergio_world(*, source: str | None, target: str | None, n_cells: int, predic
         reference=torch.cat([source_cells, target_cells]),
         target=target_cells,
         threshold=SERGIO_THRESHOLD * float(np.linalg.norm(src_state - tgt_state)),
+        source_name=source,
+        target_name=target,
     )
 
 
@@ -511,13 +526,15 @@ def data_world(
         reference=torch.from_numpy(reference),
         target=torch.from_numpy(tgt_ref),
         threshold=floor + 0.25 * max(start - floor, 0.0),
+        source_name=source if isinstance(source, str) else "control" if source is None else "source cells",
+        target_name=target if isinstance(target, str) else "target cells",
     )
 
 
 def build_world(world: str, **kw: Any) -> World:
     """Dispatch to the ``hsc``, ``sergio`` or ``data`` builder."""
     if world == "hsc":
-        return hsc_world(fate=kw["fate"], n_cells=kw["n_cells"], predictor=kw["predictor"])
+        return hsc_world(fate=kw["fate"], n_cells=kw["n_cells"], predictor=kw["predictor"], dynamics=kw.get("dynamics", "sync"))
     if world == "sergio":
         return sergio_world(source=kw["source"], target=kw["target"], n_cells=kw["n_cells"], predictor=kw["predictor"])
     if world == "data":

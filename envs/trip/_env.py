@@ -13,11 +13,13 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
+from cellgym.envs._threads import check_num_threads, torch_threads
 from cellgym.envs.errors import ResetNeededError
 from cellgym.predictors.base.errors import CellgymError, DataSpecError
 
 from ._neighbours import knn_graph
 from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
+from ._render import TripFrameRenderer
 
 DENSE_DISTANCE_MAX_CELLS = 8192
 """Up to this many cells the (N, N) modality distances are computed once per episode (N^2 floats)."""
@@ -106,6 +108,15 @@ class TripParallelEnv(ParallelEnv):
       (exact up to 20,000 cells, else faiss HNSW or pynndescent: :func:`~cellgym.envs.trip.knn_graph`) and
       is reused while the episode's cells stay the same.
 
+    With ``obs_format="flat"`` each cell observes one ``Box(low, high, (S + K S + 2,), float32)``: ``self``,
+    ``others`` flattened row by row, then ``n_others`` and ``self_slot`` as floats (what SuperSuit's
+    ``pad_observations_v0``, ``flatten_v0``, ``normalize_obs_v0`` and ``black_death_v3`` need). Its bounds:
+    positions ``[-bounds, bounds]`` (infinite without ``bounds``; ``normalize_obs_v0`` needs it set),
+    velocities ``[-max_velocity, max_velocity]``, input features their range over all the data's cells.
+
+    The global state (``state()``, ``state_space``): ``Box(-inf, inf, (max_cells, S), float32)``, the rows of
+    every current cell then zeros.
+
     ## Transition
     ``v <- clip(v + dt * force * a, -max_velocity, max_velocity)``; ``v <- (1 - friction) v``;
     ``x <- x + dt * v``; with ``bounds`` set, x is clipped to ``[-bounds, bounds]`` and the velocity
@@ -151,6 +162,10 @@ class TripParallelEnv(ParallelEnv):
     | reward_weights | dict | see Rewards | :class:`RewardWeights` fields |
     | episode_length | (int, int) | (100, 200) | range of the random horizon |
     | device | str | "cpu" | torch device of the state and of every batched tensor (``"cuda"`` for a GPU) |
+    | obs_format | str | "dict" | "dict" (see Observation Space) or "flat" (one Box per cell, for SuperSuit) |
+    | labels, label_name | array (N,), str | None, "label" | a label per data cell and what it is (colours of ``render()``) |
+    | render_mode | str | None | None or "rgb_array": cells in the first two dimensions, coloured by label |
+    | num_threads | int | 1 | torch threads of the world's own work (-1: torch's setting) |
 
     ``cellgym.registry.make("CellEnv-Trip-Integration-v0")`` builds the default integration world.
 
@@ -168,7 +183,7 @@ class TripParallelEnv(ParallelEnv):
     - v0: first version.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "name": "celltrip_v0"}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "name": "celltrip_v0", "render_fps": 10}
 
     def __init__(
         self,
@@ -196,7 +211,41 @@ class TripParallelEnv(ParallelEnv):
         episode_length: tuple[int, int] = (100, 200),
         preprocessing: Sequence[Modality] | None = None,
         device: str | torch.device = "cpu",
+        obs_format: str = "dict",
+        labels: Sequence[Any] | np.ndarray | None = None,
+        label_name: str = "label",
+        render_mode: str | None = None,
+        num_threads: int | None = None,
     ) -> None:
+        if obs_format not in ("dict", "flat"):
+            raise TripConfigError(f"obs_format must be 'dict' or 'flat'; got {obs_format!r}.")
+        if render_mode not in (None, "rgb_array"):
+            raise TripConfigError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}.")
+        self.num_threads = check_num_threads(num_threads)
+        with torch_threads(self.num_threads):
+            self._build(modalities, kinds=kinds, names=names, input_modalities=input_modalities,
+                        target_modalities=target_modalities, dim=dim, n_pcs=n_pcs, view=view, view_size=view_size,
+                        n_neighbours=n_neighbours, n_random=n_random, max_cells=max_cells, min_cells=min_cells, dt=dt, force=force, friction=friction,
+                        max_velocity=max_velocity, bounds=bounds, init_scale=init_scale, reward_weights=reward_weights,
+                        episode_length=episode_length, preprocessing=preprocessing, device=device)
+        self.obs_format = obs_format
+        if labels is not None and len(labels) != self.n_total:
+            raise DataSpecError(f"labels must have one entry per cell of the data ({self.n_total}); got {len(labels)}.")
+        self.labels = None if labels is None else np.asarray(labels)
+        self.label_name = str(label_name)
+        self.render_mode = render_mode
+        self._renderer: TripFrameRenderer | None = None
+        self.state_space = spaces.Box(-np.inf, np.inf, (self.max_cells, self.state_size), np.float32)
+        if obs_format == "flat":
+            self._observation_space = self._flat_space()
+
+    def _build(self, modalities: Sequence[Any], *, kinds: Sequence[ModalityKind] | None, names: Sequence[str] | None,
+               input_modalities: Sequence[int] | None, target_modalities: Sequence[int] | None, dim: int, n_pcs: int,
+               view: View, view_size: int, n_neighbours: int, n_random: int, max_cells: int | None, min_cells: int | None, dt: float, force: float, friction: float,
+               max_velocity: float, bounds: float | None, init_scale: float | None,
+               reward_weights: dict[str, float] | None, episode_length: tuple[int, int],
+               preprocessing: Sequence[Modality] | None, device: str | torch.device) -> None:
+        """Check the arguments, fit the preprocessing, set the spaces (the constructor's work)."""
         self.device = resolve_device(device)
         raw = [_as_array(m, k) if m is not None else None for k, m in enumerate(modalities)]
         if not raw:
@@ -283,7 +332,19 @@ class TripParallelEnv(ParallelEnv):
         self._action_space = spaces.Box(-1.0, 1.0, (self.dim,), np.float32)
         self.np_random, _ = seeding.np_random(None)
         self._torch_gen = torch.Generator()
-        self.render_mode = None
+
+    def _flat_space(self) -> spaces.Box:
+        """The ``obs_format="flat"`` space: self (S), others (K S), n_others, self_slot, with finite bounds where known."""
+        pos = np.inf if self.bounds is None else float(self.bounds)
+        feats = [self.features[k] for k in self.input_modalities]
+        f_lo = torch.cat([f.min(0).values for f in feats]).cpu().numpy() if feats else np.zeros(0)
+        f_hi = torch.cat([f.max(0).values for f in feats]).cpu().numpy() if feats else np.zeros(0)
+        row_lo = np.concatenate([np.full(self.dim, -pos), np.full(self.dim, -self.max_velocity), np.minimum(f_lo, 0.0)])
+        row_hi = np.concatenate([np.full(self.dim, pos), np.full(self.dim, self.max_velocity), np.maximum(f_hi, 0.0)])
+        k = self.n_view
+        low = np.concatenate([row_lo, np.tile(row_lo, k), [0.0, 0.0]]).astype(np.float32)
+        high = np.concatenate([row_hi, np.tile(row_hi, k), [k, k]]).astype(np.float32)
+        return spaces.Box(low, high, dtype=np.float32)
 
     # ------------------------------------------------------------------------------------------- spaces
     def observation_space(self, agent: str) -> spaces.Dict:
@@ -304,7 +365,8 @@ class TripParallelEnv(ParallelEnv):
             raise TripConfigError(f"actions must name every live cell exactly once; missing {missing}, "
                                   f"unknown {extra}. Pass {{agent: action for agent in env.agents}}.")
         batch = np.stack([actions[a] for a in self.agents]).astype(np.float32, copy=False)
-        obs, rewards, terminated, truncated = self.step_batch(torch.from_numpy(batch))
+        with torch_threads(self.num_threads):
+            obs, rewards, terminated, truncated = self.step_batch(torch.from_numpy(batch))
         agents = self.agents
         out_obs = self._obs_dict(obs)
         reward_dict = dict(zip(agents, rewards.tolist(), strict=True))  # .tolist() copies to the host
@@ -375,8 +437,29 @@ class TripParallelEnv(ParallelEnv):
     # -------------------------------------------------------------------------------------------- reset
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """PettingZoo reset; ``options`` may hold ``n_cells`` (int) or ``cells`` (data row indices)."""
-        obs = self.reset_batch(seed=seed, options=options)
+        with torch_threads(self.num_threads):
+            obs = self.reset_batch(seed=seed, options=options)
         return self._obs_dict(obs), {a: {} for a in self.agents}
+
+    def render(self) -> np.ndarray | None:
+        """``render_mode="rgb_array"``: the cells in the first two environment dimensions, coloured by label."""
+        if self.render_mode is None:
+            return None
+        if not hasattr(self, "positions"):
+            raise TripConfigError("call reset() before render().")
+        if self._renderer is None:
+            self._renderer = TripFrameRenderer(self.labels, self.label_name)
+        return self._renderer.frame(self.positions.cpu().numpy(), self.cell_index,
+                                    f"step {self.steps}: {len(self.positions)} cells")
+
+    def state(self) -> np.ndarray:
+        """The global state (``state_space``): every current cell's row (position, velocity, inputs), zero-padded."""
+        if not hasattr(self, "positions"):
+            raise TripConfigError("call reset() before state().")
+        out = np.zeros((self.max_cells, self.state_size), np.float32)
+        rows = self._obs().states.cpu().numpy()
+        out[: len(rows)] = rows
+        return out
 
     def reset_batch(self, seed: int | None = None, options: dict | None = None) -> TripObs:
         """Start an episode and return the batched observation (see :meth:`reset`)."""
@@ -459,7 +542,7 @@ class TripParallelEnv(ParallelEnv):
             n_random=self.n_random, dt=self.dt, force=self.force, friction=self.friction,
             max_velocity=self.max_velocity, bounds=self.bounds, init_scale=self.init_scale,
             reward_weights=asdict(self.reward_weights), episode_length=self.episode_length,
-            preprocessing=self.modalities, device=self.device)
+            preprocessing=self.modalities, device=self.device, obs_format=self.obs_format, num_threads=self.num_threads)
         kwargs.update(overrides)
         return TripParallelEnv(modalities, **kwargs)
 
@@ -481,7 +564,8 @@ class TripParallelEnv(ParallelEnv):
         return self
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Release the render canvas."""
+        self._renderer = None
 
     # ---------------------------------------------------------------------------------------- internals
     def _draw_view(self) -> None:
@@ -602,6 +686,10 @@ class TripParallelEnv(ParallelEnv):
         slot = np.full(len(states), self.n_view)
         slot[view] = np.arange(len(view))
         n_others = len(view)
+        if self.obs_format == "flat":
+            tail = others.ravel()
+            return {a: np.concatenate([row, tail, [n_others, s]]).astype(np.float32)
+                    for a, row, s in zip(self.agents, states, slot.tolist(), strict=True)}
         return {a: {"self": row, "others": others, "n_others": n_others, "self_slot": s}
                 for a, row, s in zip(self.agents, states, slot.tolist(), strict=True)}
 

@@ -21,15 +21,13 @@ def make_trip_env(adatas: Sequence[Any], input_modalities: Sequence[int] | None 
 def make_integration_env(n_cells: int = 300, seed: int = 0, **kwargs: Any) -> TripParallelEnv:
     """Two simulated modalities of the same cells (RNA counts, protein features), both input and target."""
     rna, protein, cell_type = simulate_multimodal(n_cells=n_cells, seed=seed)
-    env = TripParallelEnv([rna, protein], kinds=["counts", "features"], names=["rna", "protein"], **kwargs)
-    env.labels = cell_type
-    return env
+    return TripParallelEnv([rna, protein], kinds=["counts", "features"], names=["rna", "protein"],
+                           **{"labels": cell_type, "label_name": "cell type", **kwargs})
 
 
 def make_imputation_env(n_cells: int = 300, seed: int = 0, **kwargs: Any) -> TripParallelEnv:
     """A simulated layered tissue: cells see expression (input) and must reproduce space (target)."""
     counts, coords, layer = simulate_spatial_tissue(n_cells=n_cells, seed=seed)
-    env = TripParallelEnv([counts, coords], kinds=["counts", "spatial"], names=["rna", "spatial"],
-                          input_modalities=[0], target_modalities=[1], **kwargs)
-    env.labels = np.asarray(layer)
-    return env
+    return TripParallelEnv([counts, coords], kinds=["counts", "spatial"], names=["rna", "spatial"],
+                           input_modalities=[0], target_modalities=[1],
+                           **{"labels": np.asarray(layer), "label_name": "tissue layer", **kwargs})

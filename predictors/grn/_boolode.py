@@ -21,6 +21,11 @@ Hill coefficient n = 10 (BoolODE's default n), and all row weights alpha = 1. Dy
 
 (BoolODE's chemical-Langevin-shaped noise), integrated by Euler-Maruyama, clipped at 0. ``m_i`` is 1,
 0 for a knockout, the knockdown factor for a knockdown; an overexpressed gene has ``m_i f_i = 1``.
+
+Doses (graded perturbations, a multi-hot column set to d in [0, 1]): a knockout of dose d scales the
+production by ``1 - d`` (d = 1 is the knockout, d < 1 a knockdown of that strength) and an
+overexpression of dose d mixes ``(1 - d) m_i f_i + d`` (d = 1 forces production 1); a knockout still
+wins over an overexpression of the same gene. With 0/1 columns this is exactly the rule above.
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ def sde_step(
     net: BooleanNetwork,
     x: torch.Tensor,
     scale: torch.Tensor,
-    force_on: torch.Tensor,
+    overexpression: torch.Tensor,
     dt: float,
     noise: float,
     generator: torch.Generator | None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One Euler-Maruyama step (noise = 0: explicit Euler of the ODE).
 
@@ -67,11 +73,16 @@ def sde_step(
     x
         (B, G) float concentrations.
     scale
-        (B, G) production factor m (1 normal, 0 knockout, in between knockdown).
-    force_on
-        (B, G) bool, overexpressed genes (production 1).
+        (B, G) production factor m of the knockdowns (1 normal, in between knockdown).
+    overexpression
+        (B, G) overexpression level in [0, 1] (bool: overexpressed genes, production 1).
+    keep
+        (B, G) share of production left by knockouts, ``1 - dose`` (None: no knockout).
     """
-    prod = torch.where(force_on, torch.ones_like(x), scale * hill_production(net, x))
+    oe = overexpression.to(x.dtype)
+    prod = oe + (1.0 - oe) * scale * hill_production(net, x)
+    if keep is not None:
+        prod = keep * prod
     drift = prod - x
     if noise > 0:
         dw = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) * dt**0.5

@@ -86,11 +86,22 @@ class BooleanModule(PredictorModule):
         scale = torch.where(off, torch.zeros_like(n_kd), self.knockdown**n_kd)
         return off, on, scale
 
+    def doses(self, pert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, P) doses in [0, 1] -> knockdown scale, overexpression level and share kept by knockouts (B, G).
+
+        A 0/1 ``pert`` gives exactly :meth:`clamps` (see :mod:`._boolode` for the dose rule).
+        """
+        keep = 1.0 - (pert @ self.ko).clamp(0.0, 1.0)
+        return self.knockdown ** (pert @ self.kd), (pert @ self.oe).clamp(0.0, 1.0), keep
+
     def run(self, x: torch.Tensor, pert: torch.Tensor, generator: torch.Generator | None, *, noise: bool) -> torch.Tensor:
-        """Evolve cells ``x`` (B, G) for ``n_steps`` under ``pert`` (B, P); returns float32 (B, G)."""
+        """Evolve cells ``x`` (B, G) for ``n_steps`` under ``pert`` (B, P); returns float32 (B, G).
+
+        Boolean dynamics read a column as applied when it is > 0; continuous dynamics read it as a dose in [0, 1].
+        """
         net = self.network
-        off, on, scale = self.clamps(pert.to(x.dtype))
         if self.dynamics in ("sync", "async"):
+            off, on, _ = self.clamps(pert.to(x.dtype))
             s = net.clamp(x > 0.5, on, off)
             if self.dynamics == "sync":
                 for _ in range(self.n_steps):
@@ -100,9 +111,10 @@ class BooleanModule(PredictorModule):
                     s = net.step_async(s, on, off, generator=generator)
             return s.to(torch.float32)
         y = x.to(torch.float32).clamp_min(0.0)
+        scale, oe, keep = self.doses(pert.to(torch.float32))
         sigma = self.noise if noise and self.dynamics == "sde" else 0.0
         for _ in range(self.n_steps):
-            y = sde_step(net, y, scale, on, self.dt, sigma, generator)
+            y = sde_step(net, y, scale, oe, self.dt, sigma, generator, keep)
         return y
 
     def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
@@ -188,6 +200,11 @@ class BooleanPredictor(Predictor):
         self.spec = DataSpec(counts=None)  # predict() reads simulator states from X
         self._attractor_codes: set[int] | None = None
         self._build_module()
+
+    @property
+    def takes_doses(self) -> bool:
+        """Continuous dynamics read a perturbation column as a dose in [0, 1] (Boolean ones as on/off)."""
+        return self.config["dynamics"] in ("ode", "sde")
 
     def _build_module(self) -> None:
         c = self.config

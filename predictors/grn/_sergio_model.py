@@ -21,6 +21,9 @@ PREDICT_SEED = 0
 class SergioModule(PredictorModule):
     """Chemical-Langevin dynamics of a SERGIO network for B cells at once (buffers hold the network).
 
+    A perturbation column set to d in [0, 1] is a dose: a knockout keeps ``1 - d`` of the production, an
+    overexpression mixes ``(1 - d)`` natural and ``d`` overexpressed production (0/1: plain KO / OE).
+
     Parameters
     ----------
     network
@@ -85,13 +88,15 @@ class SergioModule(PredictorModule):
     def run(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor, generator: torch.Generator | None, *, noise: bool) -> torch.Tensor:
         """Evolve cells ``x`` (B, G) for ``n_steps`` under ``pert`` (B, P) in cell types ``ctx`` (B,)."""
         pert = pert.to(torch.float32)
-        off = (pert @ self.ko) > 0
-        on = ((pert @ self.oe) > 0) & ~off
-        scale = torch.where(off, torch.zeros_like(off, dtype=torch.float32), self.knockdown ** (pert @ self.kd))
+        # doses in [0, 1]: a knockout of dose d keeps 1 - d of the production, an overexpression of dose d
+        # mixes (1 - d) natural + d overexpressed production; 0/1 columns are the plain KO / OE (KO wins)
+        keep = 1.0 - (pert @ self.ko).clamp(0.0, 1.0)
+        oe = (pert @ self.oe).clamp(0.0, 1.0)
+        scale = self.knockdown ** (pert @ self.kd)
         y = x.to(torch.float32).clamp_min(0.0)
         q, dt, lam = (self.noise if noise else 0.0), self.dt, self.decay
         for _ in range(self.n_steps):
-            prod = torch.where(on, self.oe_level.expand_as(y), scale * self.production(y, ctx))
+            prod = keep * (oe * self.oe_level + (1.0 - oe) * scale * self.production(y, ctx))
             y_next = y + (prod - lam * y) * dt
             if q > 0:
                 # sqrt(P) dW_a + sqrt(lam x) dW_b has the law of sqrt(P + lam x) dW: one draw per entry
@@ -139,6 +144,7 @@ class SergioPredictor(Predictor):
 
     name = "grn.sergio"
     dynamic = True
+    takes_doses = True  # a perturbation column in [0, 1] is a dose (see SergioModule)
 
     def __init__(
         self,

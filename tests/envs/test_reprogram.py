@@ -40,7 +40,7 @@ def test_hsc_two_step_reprogramming_and_potential_based_reward(hsc: gym.Env) -> 
     obs, info = hsc.reset(seed=0)
     assert obs.shape == (49,) and obs.dtype == np.float32 and hsc.observation_space.contains(obs)
     assert info == {"perturbations": [], "distance": pytest.approx(info["distance"]), "success": False,
-                    "n_perturbations": 0, "cost": 0.0}
+                    "n_perturbations": 0, "cost": 0.0, "total_dose": 0.0}
     d0 = info["distance"]
     names = env.perturbations
     total = 0.0

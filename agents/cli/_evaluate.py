@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import add_data_options, load_data, parse_filters, spec_from_args
+from ._options import add_data_options, load_data, parse_filters, show_fit_progress, spec_from_args
 
 SPLITS = ("perturbations", "combos", "contexts", "random")
 
@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, fitting and subsampling (default 0)")
     p.add_argument("--output", metavar="DIR", help="where metrics.csv and per_perturbation.csv go (default runs/evaluate/<data>_<split>_<k>)")
     p.add_argument("--test-fraction", type=float, metavar="F", help="fraction held out when --holdout is not given (default 0.5 for combos, else 0.3)")
-    p.add_argument("--de-k", type=int, default=20, metavar="K", help="k of the top-k DE-gene metrics (default 20)")
+    p.add_argument("--de-k", type=int, default=20, metavar="K", help="k of the top-k DE-gene metrics r2_de, de_overlap, direction_agreement (default 20; r2_scgen_top100 always uses 100)")
+    p.add_argument("--max-epochs", type=int, metavar="N", help="cap on the epochs of every trained predictor (default: each predictor's own, with early stopping)")
     add_data_options(p)
     p.set_defaults(run=run)
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cellgym.predictors import split, validate
-    from cellgym.predictors.evaluation import METRICS, evaluate
+    from cellgym.predictors.evaluation import FIT_COLUMNS, METRICS, discrimination_note, evaluate
     from cellgym.registry import get
 
     parse_filters(args.subset, "--subset"), parse_filters(args.exclude, "--exclude")  # syntax first
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, adata.obs.columns)
     validate(adata, spec)
     sp = split(adata, spec, args.split, seed=args.seed, holdout=args.holdout, test_fraction=args.test_fraction)
-    result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k)
+    show_fit_progress()
+    result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, max_epochs=args.max_epochs)
 
     out = _output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         f"{n_test} test cells, {result.metrics['n_groups'].iloc[0]} (context, perturbation) groups"
     )
     with pd.option_context("display.width", 250, "display.max_columns", 50):
-        print(result.metrics[[*METRICS, "coverage"]].round(3).to_string())
+        print(result.metrics[[*METRICS, "coverage", *FIT_COLUMNS]].round(3).to_string())
+    note = discrimination_note(result)
+    if note:
+        print(f"note: {note}")
     print(f"wrote {out / 'metrics.csv'} and {out / 'per_perturbation.csv'}")
     return 0

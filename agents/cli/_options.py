@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,3 +113,16 @@ def parse_kv(items: list[str], flag: str) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise CellgymError(f"{flag} {item!r}: the value is not valid YAML ({exc}).") from exc
     return out
+
+
+def show_fit_progress() -> None:
+    """Print the fit loop's per-epoch progress lines (logger ``cellgym.fit``, INFO) to stderr."""
+    import logging
+
+    log = logging.getLogger("cellgym.fit")
+    if not any(getattr(h, "_cellgym", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._cellgym = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)

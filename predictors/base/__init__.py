@@ -15,7 +15,7 @@ from ._data import (
     split,
     validate,
 )
-from ._fit import train_module
+from ._fit import train_module, validation_rows
 from ._keys import BATCH
 from ._predictor import Predictor, PredictorModule, seeded
 from ._types import FitData, FitReport, LossOutput
@@ -50,5 +50,6 @@ __all__ = [
     "split",
     "train_module",
     "validate",
+    "validation_rows",
     "write_checkpoint",
 ]

@@ -56,6 +56,7 @@ from cellgym.predictors.base import (
     raw_counts,
     train_module,
     validate,
+    validation_rows,
 )
 from cellgym.predictors.base._data import TARGET_SUM, unknown_perturbation_error
 
@@ -112,7 +113,12 @@ class Gem1Base(Predictor):
     learning_rate, weight_decay
         AdamW.
     epochs
-        Default number of epochs (None: ``clip(200_000 / n_cells, 20, 200)``).
+        Default maximum number of epochs (None: ``clip(200_000 / n_cells, 20, 200)``).
+    validation_fraction, patience
+        Early stopping: ``validation_fraction`` of the cells of every training (context, label) group
+        are held out of the gradient steps; training stops once their loss has not improved for
+        ``patience`` epochs and the best epoch's weights are kept (``validation_fraction=0``: no
+        validation, exactly ``epochs`` epochs). See :func:`cellgym.predictors.base.train_module`.
     """
 
     likelihoods: ClassVar[tuple[str, ...]] = ("nb",)  # allowed values; the first is the default
@@ -134,8 +140,14 @@ class Gem1Base(Predictor):
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         epochs: int | None = None,
+        validation_fraction: float = 0.1,
+        patience: int = 10,
         extra_perturbations: Sequence[str] = (),
     ) -> None:
+        if not 0.0 <= validation_fraction < 0.5 or patience < 1:
+            raise DataSpecError(
+                f"{self.name} needs 0 <= validation_fraction < 0.5 and patience >= 1, got {validation_fraction}, {patience}."
+            )
         likelihood = likelihood or self.likelihoods[0]
         if likelihood not in self.likelihoods:
             raise DataSpecError(f"{self.name} likelihood must be one of {list(self.likelihoods)}, got {likelihood!r}.")
@@ -146,7 +158,7 @@ class Gem1Base(Predictor):
             likelihood=likelihood, groups=self.groups.to_dict(), n_latent=[int(d) for d in n_latent], n_hidden=n_hidden, n_layers=n_layers,
             dropout=dropout, beta=beta, classifier_weight=classifier_weight, unseen_rate=unseen_rate,
             prior_decode_rate=prior_decode_rate, learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
-            extra_perturbations=[str(p) for p in extra_perturbations],
+            validation_fraction=float(validation_fraction), patience=int(patience), extra_perturbations=[str(p) for p in extra_perturbations],
         )
         self.vocab = MetadataVocab()
 
@@ -226,8 +238,12 @@ class Gem1Base(Predictor):
         optimizer = torch.optim.AdamW(  # fused: one kernel per step instead of ~10 per parameter tensor
             module.parameters(), lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"], fused=True
         )
+        groups = data.ctx.astype(np.int64) * (len(np.unique(data.labels)) + 1) + np.unique(data.labels, return_inverse=True)[1]
+        fraction = self.config.get("validation_fraction", 0.0)
         return train_module(module, tensors, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
-                            logger=logger, optimizer=optimizer)
+                            logger=logger, optimizer=optimizer,
+                            validation=validation_rows(groups, fraction, seed) if fraction > 0 else None,
+                            patience=self.config.get("patience", 10))
 
     # ------------------------------------------------------------------------------------------ features
     def _features(self, obs: pd.DataFrame, pert: torch.Tensor) -> dict[str, np.ndarray]:

@@ -61,6 +61,8 @@ def test_welch_t_matches_scipy_and_de_genes():
 def test_de_overlap_and_direction_by_hand():
     assert M.de_overlap(np.array([1, 2, 3, 4]), np.array([3, 4, 5, 6]), k=4) == 0.5
     assert M.de_overlap(np.array([], dtype=int), np.array([3, 4]), k=2) == 0.0
+    assert M.de_overlap(np.array([1, 2, 9]), np.array([1, 9]), k=4) == 0.5  # k_eff = 2 real DE genes: pred[:2]
+    assert np.isnan(M.de_overlap(np.array([1]), np.array([], dtype=int), k=4))
     pred = np.array([1.0, -1.0, 0.0, 2.0])
     true = np.array([2.0, 1.0, -1.0, 0.5])
     assert M.direction_agreement(pred, true, np.array([0, 1, 2, 3])) == pytest.approx(2 / 4)
@@ -103,3 +105,51 @@ def test_energy_distance_by_hand_and_properties():
     one = M.energy_distance(big_x, big_y, max_cells=200, seed=1)
     assert one == M.energy_distance(big_x, big_y, max_cells=200, seed=1)
     assert one != M.energy_distance(big_x, big_y, max_cells=200, seed=2)
+
+
+def test_de_genes_ranked_by_fold_change_among_significant_genes_by_hand():
+    a = rng.normal(size=(30, 10))
+    a[:, 2] += 0.8  # significant, small change
+    a[:, 6] += 3.0  # significant, big change
+    b = rng.normal(size=(30, 10))
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    q = stats.false_discovery_control(p)
+    sig = np.flatnonzero(q < 0.05)
+    expected = sig[np.argsort(-np.abs(a.mean(0) - b.mean(0))[sig])]
+    assert list(M.de_genes(a, b, 5)) == list(expected[:5])
+    assert list(M.de_genes(a, b, 5)[:2]) == [6, 2]
+
+
+def test_de_overlap_ignores_zero_variance_genes_with_tiny_predicted_changes():
+    """The issue-14 case: genes that are zero in every control cell get a tiny predicted change.
+
+    Their Welch t is ±inf, so ranking by |t| called them the top DE genes and de_overlap read 0 even for a
+    prediction with the right changes. Ranking significant genes by fold change finds the real ones.
+    """
+    n_genes = 300
+    ctrl = rng.normal(2.0, 0.5, size=(80, n_genes))
+    ctrl[:, :150] = 0.0  # zero in every control cell
+    real = rng.normal(2.0, 0.5, size=(60, n_genes))
+    real[:, :150] = 0.0
+    real[:, 200:220] += 1.5  # the real DE genes
+    true_de = M.de_genes(real, ctrl, 20)
+    assert set(true_de.tolist()) == set(range(200, 220))
+    pred = ctrl.copy()
+    pred[:, 200:220] += 1.5
+    pred[:, :150] += 1e-4  # tiny change of genes without variance: |t| = inf
+    assert (np.abs(M.welch_t(pred, ctrl)[:150]) > 1e12).all()  # inf up to rounding
+    old = np.argsort(-np.abs(M.welch_t(pred, ctrl)), kind="stable")[:20]
+    assert M.de_overlap(old, true_de, 20) == 0.0  # the old ranking: the first 20 zero-variance genes
+    assert M.de_overlap(M.de_genes(pred, ctrl, 20), true_de, 20) == 1.0
+    assert np.isnan(M.welch_pvalues(pred, ctrl)[:150]).all()
+
+
+def test_r2_pearson_is_squared_correlation_on_top_changed_genes():
+    ctrl = np.zeros((5, 6))
+    real = np.tile([0.0, 3.0, -2.0, 0.1, 1.0, 0.0], (5, 1))
+    assert list(M.top_changed_genes(real, ctrl, 3)) == [1, 2, 4]
+    pred_mean = np.array([9.0, 2.0, -1.0, 0.0, 1.0, 9.0])
+    genes = M.top_changed_genes(real, ctrl, 3)
+    r = stats.pearsonr(pred_mean[genes], real.mean(0)[genes]).statistic
+    assert M.r2_pearson(pred_mean, real.mean(0), genes) == pytest.approx(r**2)
+    assert M.r2_pearson(np.ones(6), real.mean(0)) == 0.0

@@ -110,6 +110,16 @@ class Gem1Base(Predictor):
     prior_decode_rate
         Fraction of training cells decoded with the perturbation latent from its prior (see
         :class:`Gem1Module`; 0 is the plain GEM-1 objective).
+    matched_controls
+        Decode the ``prior_decode_rate`` share of training cells with the technical / biological
+        latents of a matched control cell (same technical + biological metadata; drawn once per fit
+        with the fit's seed) instead of their metadata prior: the inference path of
+        :meth:`predict_batch` (default True; False is the issue-4 model).
+    unseen_effect
+        ``"mean_of_seen"`` (default): an unseen single's effect on a cell is the equal-weight mean of
+        the seen singles' predicted changes of that cell; ``"generic"``: GEM-1's learned generic effect.
+        Applies to ``predict_batch`` (evaluation, environments); the AnnData tasks
+        (``ref_predict_perturbation`` ...) decode counts and keep the generic effect.
     learning_rate, weight_decay
         AdamW.
     epochs
@@ -142,8 +152,12 @@ class Gem1Base(Predictor):
         epochs: int | None = None,
         validation_fraction: float = 0.1,
         patience: int = 10,
+        matched_controls: bool = True,
+        unseen_effect: str = "mean_of_seen",
         extra_perturbations: Sequence[str] = (),
     ) -> None:
+        if unseen_effect not in ("mean_of_seen", "generic"):
+            raise DataSpecError(f"unseen_effect must be 'mean_of_seen' or 'generic', got {unseen_effect!r}.")
         if not 0.0 <= validation_fraction < 0.5 or patience < 1:
             raise DataSpecError(
                 f"{self.name} needs 0 <= validation_fraction < 0.5 and patience >= 1, got {validation_fraction}, {patience}."
@@ -158,7 +172,8 @@ class Gem1Base(Predictor):
             likelihood=likelihood, groups=self.groups.to_dict(), n_latent=[int(d) for d in n_latent], n_hidden=n_hidden, n_layers=n_layers,
             dropout=dropout, beta=beta, classifier_weight=classifier_weight, unseen_rate=unseen_rate,
             prior_decode_rate=prior_decode_rate, learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
-            validation_fraction=float(validation_fraction), patience=int(patience), extra_perturbations=[str(p) for p in extra_perturbations],
+            validation_fraction=float(validation_fraction), patience=int(patience),
+            matched_controls=bool(matched_controls), unseen_effect=unseen_effect, extra_perturbations=[str(p) for p in extra_perturbations],
         )
         self.vocab = MetadataVocab()
 
@@ -209,6 +224,7 @@ class Gem1Base(Predictor):
             classifier_weight=c["classifier_weight"],
             unseen_rate=c["unseen_rate"],
             prior_decode_rate=c["prior_decode_rate"],
+            unseen_effect=c.get("unseen_effect", "generic"),
         )
 
     def _target(self, data: FitData) -> np.ndarray:
@@ -234,6 +250,8 @@ class Gem1Base(Predictor):
                 if mask.any() and rest.shape[1]:
                     module.pert_rest_default[row] = torch.from_numpy(rest[mask].mean(0))
         tensors = {"x": data.x, "target": self._target(data), "library": library.astype(np.float32), **data.meta}
+        if self.config.get("matched_controls", False):
+            tensors["x_match"] = data.x[matched_controls(data, seed)]
         module.to(device)
         optimizer = torch.optim.AdamW(  # fused: one kernel per step instead of ~10 per parameter tensor
             module.parameters(), lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"], fused=True
@@ -585,6 +603,33 @@ class Gem1Base(Predictor):
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.vocab = MetadataVocab.from_dict(extra["vocab"])
+
+
+def matched_controls(data: Gem1FitData, seed: int | None) -> np.ndarray:
+    """(N,) row of a control cell for every cell: a random control with the same technical + biological
+    features (else the same context, else any control; a control is matched to itself)."""
+    rng = np.random.default_rng(0 if seed is None else seed)
+    n = data.x.shape[0]
+    out = np.arange(n)
+    ctrl = np.flatnonzero(data.is_control)
+    if ctrl.size == 0:
+        return out
+    feats = np.concatenate([data.meta["m_technical"], data.meta["m_biological"], data.ctx[:, None].astype(np.float32)], 1)
+    levels = [feats, data.ctx[:, None], np.zeros((n, 1))]
+    todo = np.flatnonzero(~data.is_control)
+    for level in levels:
+        if todo.size == 0:
+            break
+        _, key = np.unique(level, axis=0, return_inverse=True)
+        key = key.ravel()
+        order = ctrl[np.argsort(key[ctrl], kind="stable")]
+        starts = np.searchsorted(key[order], key[todo], side="left")
+        ends = np.searchsorted(key[order], key[todo], side="right")
+        has = ends > starts
+        pick = starts[has] + (rng.random(has.sum()) * (ends[has] - starts[has])).astype(np.int64)
+        out[todo[has]] = order[pick]
+        todo = todo[~has]
+    return out
 
 
 def _group_keys(obs: pd.DataFrame, columns: list[str]) -> np.ndarray:

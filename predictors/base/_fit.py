@@ -62,7 +62,7 @@ def train_module(
     step: StepFn = default_step,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     validation: np.ndarray | None = None,
-    patience: int = 10,
+    patience: int = 20,
     min_delta: float = 1e-4,
 ) -> FitReport:
     """Train ``module`` on aligned tensors (same first dimension) for at most ``epochs`` passes.
@@ -90,7 +90,7 @@ def train_module(
         ``patience`` epochs, and the weights of the best epoch are restored. None: no validation,
         exactly ``epochs`` epochs.
     patience
-        Epochs without improvement of the validation loss before stopping (default 10).
+        Epochs without improvement of the validation loss before stopping (default 20).
     """
     data = {k: torch.as_tensor(v).to(device) for k, v in tensors.items()}
     n_all = next(iter(data.values())).shape[0]
@@ -170,13 +170,18 @@ def train_module(
 
 @torch.no_grad()
 def _mean_loss(module: nn.Module, data: dict[str, torch.Tensor], batch_size: int) -> float:
-    """Mean ``module.loss`` over ``data`` in eval mode (cells weighted equally)."""
+    """Mean ``module.loss`` over ``data`` in eval mode (cells weighted equally).
+
+    Latent draws inside the loss use a fixed seed, so epochs are compared on the same noise.
+    """
     module.eval()
     n = next(iter(data.values())).shape[0]
     total = 0.0
-    for begin in range(0, n, batch_size * 4):
-        batch = {k: v[begin : begin + batch_size * 4] for k, v in data.items()}
-        b = next(iter(batch.values())).shape[0]
-        total += float(module.loss(batch).loss) * b
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for begin in range(0, n, batch_size * 4):
+            batch = {k: v[begin : begin + batch_size * 4] for k, v in data.items()}
+            b = next(iter(batch.values())).shape[0]
+            total += float(module.loss(batch).loss) * b
     module.train()
     return total / max(n, 1)

@@ -109,7 +109,10 @@ class Gem1Base(Predictor):
         unknown name raises :class:`UnknownPerturbationError`.
     prior_decode_rate
         Fraction of training cells decoded with the perturbation latent from its prior (see
-        :class:`Gem1Module`; 0 is the plain GEM-1 objective).
+        :class:`Gem1Module`; 0 is the plain GEM-1 objective). Default 1.0 (issue 14; was 0.5): with
+        matched controls every cell is decoded on the inference path. Measured on the weak + strong
+        simulated screen (``tests/predictors/test_gem1.py``), correlation of the predicted with the real
+        delta of a seen weak single: 0.19 at 0.5 and 25 epochs, 0.81 at 1.0 (0.91 after early stopping).
     matched_controls
         Decode the ``prior_decode_rate`` share of training cells with the technical / biological
         latents of a matched control cell (same technical + biological metadata; drawn once per fit
@@ -146,12 +149,12 @@ class Gem1Base(Predictor):
         beta: float = 1.0,
         classifier_weight: float = 1.0,
         unseen_rate: float = 0.1,
-        prior_decode_rate: float = 0.5,
+        prior_decode_rate: float = 1.0,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         epochs: int | None = None,
         validation_fraction: float = 0.1,
-        patience: int = 10,
+        patience: int = 20,
         matched_controls: bool = True,
         unseen_effect: str = "mean_of_seen",
         extra_perturbations: Sequence[str] = (),
@@ -261,7 +264,7 @@ class Gem1Base(Predictor):
         return train_module(module, tensors, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
                             logger=logger, optimizer=optimizer,
                             validation=validation_rows(groups, fraction, seed) if fraction > 0 else None,
-                            patience=self.config.get("patience", 10))
+                            patience=self.config.get("patience", 20))
 
     # ------------------------------------------------------------------------------------------ features
     def _features(self, obs: pd.DataFrame, pert: torch.Tensor) -> dict[str, np.ndarray]:

@@ -99,8 +99,8 @@ class Gem1Module(PredictorModule):
         (measured: ~1% of the shift on a SERGIO screen); with it the priors and decoder are trained
         on the metadata-only path that ``predict_expression`` / ``predict_perturbation`` use. When the
         batch holds ``x_match`` (a matched control cell of each training cell: same technical and
-        biological metadata), those cells take the technical / biological latents of their matched
-        control's posterior instead, the path :meth:`predict_batch` and ``ref_predict_perturbation``
+        biological metadata), those cells take the technical / biological latents of their
+        matched control's posterior and the perturbation latent's prior mean instead, the path :meth:`predict_batch` and ``ref_predict_perturbation``
         use at inference (the fix proposed in the issue-4 notes): the perturbation latent must then
         explain the whole difference to the controls, weak effects included.
     unseen_effect

@@ -23,6 +23,8 @@ register("predictors", "gem1.nb", "cellgym.predictors.gem1:Gem1NB",
          "GEM-1 metadata-conditioned VAE with a negative-binomial decoder (counts).")
 register("predictors", "gem1.sc", "cellgym.predictors.gem1:Gem1SC",
          "GEM-1 single-cell VAE: per-cell library size, NB training, multinomial sampling.")
+register("predictors", "ensemble", "cellgym.predictors.ensemble:EnsemblePredictor",
+         "K members (bootstrap or seeds, any families): member mean, per-cell disagreement, energy distance between members.")
 
 # --- reward models --------------------------------------------------------------------------------------
 register("rewards", "target.energy", "cellgym.predictors.rewards:EnergyDistanceReward",

@@ -21,6 +21,8 @@ References
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -151,7 +153,8 @@ def welch_pvalues(cells: ArrayLike, control: ArrayLike) -> np.ndarray:
     b = np.asarray(control, dtype=np.float64)
     if a.shape[0] < 2 or b.shape[0] < 2:
         return np.full(a.shape[1], np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision-loss note on near-constant genes
         p = stats.ttest_ind(a, b, axis=0, equal_var=False).pvalue
     p = np.asarray(p, dtype=np.float64)
     p[_no_variance(a) & _no_variance(b)] = np.nan

@@ -35,6 +35,8 @@ register("rewards", "target.classifier", "cellgym.predictors.rewards:ClassifierR
          "1 - mean probability of the target label under a classifier fitted on labelled cells.")
 register("rewards", "gem1.classifier", "cellgym.predictors.gem1:Gem1ClassifierReward",
          "1 - mean probability of the goal label under a GEM-1 model's biological latent classifier.")
+register("rewards", "uncertainty.penalised", "cellgym.predictors.rewards:UncertaintyPenalisedReward",
+         "A goal reward minus lambda x the ensemble's member disagreement of each predicted step.")
 
 # --- agents ---------------------------------------------------------------------------------------------
 register("agents", "random", "cellgym.agents.planning:RandomAgent",

@@ -329,4 +329,12 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
             "success": success,
             "n_perturbations": len(self.applied_names),
             "cost": self.total_cost,
+            **self._disagreement_info(),
         }
+
+    def _disagreement_info(self) -> dict[str, Any]:
+        """``disagreement`` of the last step (uncertainty.penalised worlds only)."""
+        if not hasattr(self.dynamics.world.reward, "penalty"):
+            return {}
+        last = getattr(self.dynamics, "last_disagreement", None)
+        return {"disagreement": float(last[0]) if last is not None and self.steps else 0.0}

@@ -189,4 +189,13 @@ class ReprogramVectorEnv(VectorEnv):
             "n_perturbations": applied.sum(1).astype(np.int64),
             "cost": self.costs.copy(),
             "_perturbations": every, "_distance": every, "_success": every, "_n_perturbations": every, "_cost": every,
+            **self._disagreement_info(every),
         }
+
+    def _disagreement_info(self, every: np.ndarray) -> dict[str, Any]:
+        """``disagreement`` (num_envs,) of the last step (uncertainty.penalised worlds only)."""
+        if not hasattr(self.dynamics.world.reward, "penalty"):
+            return {}
+        last = getattr(self.dynamics, "last_disagreement", None)
+        value = last.copy() if last is not None and len(last) == self.num_envs else np.zeros(self.num_envs)
+        return {"disagreement": value, "_disagreement": every}

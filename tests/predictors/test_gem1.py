@@ -225,12 +225,14 @@ def test_unseen_single_at_least_as_good_as_the_mean_baseline() -> None:
 
     Issue 4's bug (gem1.sc -0.012 vs mean 0.567), fixed in issue 14: training cells are decoded with their
     matched controls' technical / biological latents and an unseen single adds the mean of the seen singles'
-    predicted changes, close to what baseline.mean predicts (measured: gem1.sc 0.589, baseline.mean 0.567).
+    predicted changes, close to what baseline.mean predicts (measured: gem1.sc 0.572, baseline.mean 0.567).
     """
     data = simulate_weak_and_strong()
     spec = DataSpec(batch_key="batch")
     sp_ = split(data, spec, "perturbations", seed=0, holdout=["W5", "W6"])
-    models = ["baseline.mean", Gem1SC(n_hidden=64, extra_perturbations=["W5", "W6"])]
+    # prior_decode_rate=1.0: every training cell on the matched-control path (the default 0.5 keeps combinations
+    # on Norman19 but learns a seen weak single at r 0.19 here; see Gem1Base's docstring)
+    models = ["baseline.mean", Gem1SC(n_hidden=64, prior_decode_rate=1.0, extra_perturbations=["W5", "W6"])]
     res = evaluate(data, spec, sp_, models, fit_kwargs={"gem1.sc": {"epochs": 60}})
     r = res.metrics["pearson_delta"]
     print(f"held-out weak singles, pearson_delta: baseline.mean {r['baseline.mean']:.3f}, gem1.sc {r['gem1.sc']:.3f}")

@@ -11,29 +11,16 @@ ensemble, so the disagreement is computed too). Prints a Markdown table; it meas
 from __future__ import annotations
 
 import argparse
-import time
 
 import anndata as ad
 import torch
+from vector_env import steps_per_second  # same measurement as benchmarks/vector_env.py
 
 from cellgym.envs.reprogram import ReprogramVectorEnv
 from cellgym.predictors import DataSpec
 from cellgym.predictors.ensemble import EnsemblePredictor
 from cellgym.predictors.rewards import EnergyDistanceReward, UncertaintyPenalisedReward
 from cellgym.registry import make_predictor
-
-
-def steps_per_second(venv: ReprogramVectorEnv, seconds: float) -> float:
-    """Random-action env-steps per second (sub-env steps, autoresets included)."""
-    venv.reset(seed=0)
-    venv.action_space.seed(0)
-    actions = [venv.action_space.sample() for _ in range(64)]
-    venv.step(actions[0])  # warm-up
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        venv.step(actions[n % len(actions)])
-        n += 1
-    return n * venv.num_envs / (time.perf_counter() - start)
 
 
 def main() -> None:

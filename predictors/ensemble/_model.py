@@ -113,10 +113,6 @@ class EnsemblePredictor(Predictor):
         self.predictors: list[Predictor] = []
         self.last_disagreement: torch.Tensor | None = None
 
-    @property
-    def dynamic(self) -> bool:  # type: ignore[override]
-        """A simulator ensemble evolves cells; a response-model ensemble maps controls (as its members)."""
-        return bool(self.predictors and self.predictors[0].dynamic)
 
     # ------------------------------------------------------------------------------------------- fitting
     def fit(self, adata: AnnData, spec: DataSpec | None = None, *, epochs: int | None = None, batch_size: int = 256,
@@ -180,7 +176,14 @@ class EnsemblePredictor(Predictor):
                 "extra": member._extra_state()}
 
     def _assemble(self) -> None:
-        """``self.module`` from ``self.predictors``: member modules and the column maps."""
+        """``self.module`` from ``self.predictors``: member modules and the column maps.
+
+        The ensemble is a simulator (``dynamic``) exactly when its members are.
+        """
+        dynamic = {bool(m.dynamic) for m in self.predictors}
+        if len(dynamic) > 1:
+            raise DataSpecError("ensemble members must all be response models or all simulators (grn.*), not a mix.")
+        self.dynamic = dynamic.pop()  # instance attribute over the class default
         maps = []
         for m in self.predictors:
             if list(m.genes) != list(self.genes) or list(m.contexts) != list(self.contexts):

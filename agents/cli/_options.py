@@ -120,7 +120,10 @@ def show_fit_progress() -> None:
     import logging
 
     log = logging.getLogger("cellgym.fit")
-    if not any(getattr(h, "_cellgym", False) for h in log.handlers):
+    ours = [h for h in log.handlers if getattr(h, "_cellgym", False)]
+    if ours:
+        ours[0].setStream(sys.stderr)  # the current stderr (a second run in one process)
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._cellgym = True  # type: ignore[attr-defined]

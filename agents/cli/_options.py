@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,17 +116,23 @@ def parse_kv(items: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at emit time (test captures, redirects)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def show_fit_progress() -> None:
     """Print the fit loop's per-epoch progress lines (logger ``cellgym.fit``, INFO) to stderr."""
-    import logging
-
     log = logging.getLogger("cellgym.fit")
-    ours = [h for h in log.handlers if getattr(h, "_cellgym", False)]
-    if ours:
-        ours[0].setStream(sys.stderr)  # the current stderr (a second run in one process)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._cellgym = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.setLevel(logging.INFO)

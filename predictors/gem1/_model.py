@@ -306,7 +306,10 @@ class Gem1Base(Predictor):
             raise unknown_perturbation_error(undeclared, self.perturbations)
         warnings.warn(
             f"{self.name}: perturbation(s) {unseen[:10]}{' ...' if len(unseen) > 10 else ''} were not seen in "
-            "training; they are predicted with the model's learned generic perturbation effect.",
+            "training; they are predicted with "
+            + ("the mean of the seen singles' predicted changes (predict_batch) or the learned generic effect "
+               "(the AnnData tasks)." if self.config.get("unseen_effect") == "mean_of_seen" else
+               "the model's learned generic perturbation effect."),
             stacklevel=2,
         )
         unseen_set = set(unseen)

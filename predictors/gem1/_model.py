@@ -118,7 +118,10 @@ class Gem1Base(Predictor):
         Decode the ``prior_decode_rate`` share of training cells with the technical / biological
         latents of a matched control cell (same technical + biological metadata; drawn once per fit
         with the fit's seed) instead of their metadata prior: the inference path of
-        :meth:`predict_batch` (default True; False is the issue-4 model).
+        :meth:`predict_batch`. Opt-in (default False): with ``prior_decode_rate=1.0`` it makes held-out
+        weak singles match ``baseline.mean`` (tests/predictors/test_gem1.py), but as a default it gained
+        nothing on Norman19 doubles at 0.5 (0.408 vs 0.404) and, together with early stopping, the
+        learned SERGIO screen world's bfs plan no longer reached its goal (issue 14 notes).
     unseen_effect
         ``"mean_of_seen"`` (default): an unseen single's effect on a cell is the equal-weight mean of
         the seen singles' predicted changes of that cell; ``"generic"``: GEM-1's learned generic effect.
@@ -156,7 +159,7 @@ class Gem1Base(Predictor):
         epochs: int | None = None,
         validation_fraction: float = 0.1,
         patience: int = 20,
-        matched_controls: bool = True,
+        matched_controls: bool = False,
         unseen_effect: str = "mean_of_seen",
         extra_perturbations: Sequence[str] = (),
     ) -> None:

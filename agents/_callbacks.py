@@ -8,6 +8,7 @@ Scalars (windowed over the last ``window`` finished episodes, written at every l
 ``cell/distance_to_goal``  distance to the goal at the end of the episode (``info["distance"]``)
 ``cell/n_perturbations``   perturbations applied per episode (``info["n_perturbations"]``)
 ``cell/cost``              total perturbation cost per episode (``info["cost"]``)
+``cell/disagreement``      ensemble disagreement of the episode's last step (``uncertainty.penalised`` worlds)
 ``cell/steps_over_optimum`` mean episode length / the ``bfs`` optimum (only where one is known)
 ``cell/perturbation``      histogram of the action indices chosen during the window
 ========================== ==========================================================================
@@ -27,7 +28,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 __all__ = ["CellMetricsCallback", "CheckpointCallback", "StopOnSignal"]
 
 _SCALARS = {"success": "cell/success_rate", "distance": "cell/distance_to_goal",
-            "n_perturbations": "cell/n_perturbations", "cost": "cell/cost"}
+            "n_perturbations": "cell/n_perturbations", "cost": "cell/cost",
+            "disagreement": "cell/disagreement"}
 
 
 class CellMetricsCallback(BaseCallback):

@@ -25,7 +25,7 @@ from .base.errors import DataSpecError, UnknownPerturbationError
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["METRICS", "EvaluationResult", "evaluate"]
+__all__ = ["FIT_COLUMNS", "METRICS", "EvaluationResult", "discrimination_note", "evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,26 @@ METRICS: tuple[str, ...] = (
     "mae_delta",
     "r2",
     "r2_de",
+    "r2_scgen_top100",
     "de_overlap",
     "direction_agreement",
     "discrimination",
     "energy_distance",
 )
-"""Metric columns, in order: see :mod:`cellgym.predictors.metrics` for the definitions."""
+"""Metric columns, in order: see :mod:`cellgym.predictors.metrics` for the definitions.
+
+``r2``: 1 - SS_res/SS_tot of the mean expression over all genes; ``r2_de``: the same over the real top-k
+DE genes (``de_k``, ranked as cell-eval does: :func:`~cellgym.predictors.metrics.de_genes`);
+``r2_scgen_top100``: the squared Pearson correlation of the mean expression over the 100 genes with the
+largest real |mean perturbed - mean control| (scGen / CellGen / CPA's held-out-cell-type "R²").
+``discrimination`` is NaN where a context has a single perturbation (nothing to discriminate among).
+"""
+
+FIT_COLUMNS: tuple[str, ...] = ("fit_epochs", "fit_seconds")
+"""Training budget columns of :attr:`EvaluationResult.metrics`: epochs run (0 for closed-form fits,
+fewer than the maximum after early stopping) and wall time of ``fit`` in seconds."""
+
+SCGEN_TOP = 100
 
 CHUNK = 8192
 
@@ -57,7 +71,7 @@ class EvaluationResult:
         One row per predictor (index ``predictor``): the mean of each metric over the held-out
         groups it could predict, ``coverage`` (fraction of groups predicted; a predictor that does not
         know a perturbation raises :class:`UnknownPerturbationError`, and that group is skipped) and
-        ``n_groups``.
+        ``n_groups``, and the training budget (:data:`FIT_COLUMNS`; NaN for a predictor passed fitted).
     per_perturbation
         One row per (predictor, context, perturbation): every metric, ``n_cells`` (real held-out
         cells) and ``predicted`` (False where the predictor could not predict it; metrics NaN).
@@ -107,6 +121,7 @@ def evaluate(
     max_cells: int = 500,
     fit_kwargs: dict[str, dict[str, Any]] | None = None,
     progress: bool = False,
+    max_epochs: int | None = None,
 ) -> EvaluationResult:
     """Fit each predictor on ``split.train`` and score its predictions of the held-out groups.
 
@@ -133,6 +148,10 @@ def evaluate(
         Extra ``fit`` keyword arguments per registry name (e.g. ``{"gem1.bulk": {"epochs": 5}}``).
     progress
         Show a progress bar (stderr) over the held-out groups each predictor predicts.
+    max_epochs
+        Cap on the epochs of every trained predictor (passed as ``fit(epochs=...)`` unless ``fit_kwargs``
+        sets them; closed-form predictors ignore it). Training progress (epoch, loss, validation loss,
+        time left) is logged at INFO to ``cellgym.fit``.
 
     Returns
     -------
@@ -141,6 +160,8 @@ def evaluate(
     validate(adata, spec)
     if de_k < 1:
         raise DataSpecError(f"de_k must be >= 1, got {de_k}.")
+    if max_epochs is not None and max_epochs < 1:
+        raise DataSpecError(f"max_epochs must be >= 1, got {max_epochs}.")
     fit_kwargs = fit_kwargs or {}
     x = expression(adata, spec)
     labels = adata.obs[spec.perturbation_key].astype(str).to_numpy()
@@ -179,12 +200,16 @@ def evaluate(
 
     train = adata[split.train]
     rows: list[dict[str, Any]] = []
+    budget: dict[str, tuple[float, float]] = {}
     for entry in predictors:
         predictor = _make(entry, extra)
         name = predictor.name or type(predictor).__name__
         if predictor.module is None:
             logger.info("fitting %s on %d cells", name, train.n_obs)
-            predictor.fit(train, spec, seed=seed, **fit_kwargs.get(name, {}))
+            kwargs = {"epochs": max_epochs, **fit_kwargs.get(name, {})}
+            report = predictor.fit(train, spec, seed=seed, **kwargs)
+            budget[name] = (float(report.epochs), float(report.seconds))
+            logger.info("fitted %s: %d epochs in %.1f s", name, report.epochs, report.seconds)
         pred_deltas: dict[tuple[str, str], np.ndarray] = {}
         for i, (ctx, lab) in enumerate(tqdm(groups, desc=f"score {name}", unit="group", disable=not progress,
                                             file=sys.stderr, leave=False)):
@@ -204,6 +229,8 @@ def evaluate(
     agg = per.groupby("predictor", sort=False)[list(METRICS)].mean()
     agg["coverage"] = per.groupby("predictor", sort=False)["predicted"].mean()
     agg["n_groups"] = per.groupby("predictor", sort=False).size()
+    agg["fit_epochs"] = [budget.get(p, (np.nan, np.nan))[0] for p in agg.index]
+    agg["fit_seconds"] = [budget.get(p, (np.nan, np.nan))[1] for p in agg.index]
     return EvaluationResult(metrics=agg, per_perturbation=per, split=split)
 
 
@@ -214,6 +241,7 @@ def _group_metrics(
     pm, pc, tm, tc = pred.mean(0), pred_ctrl.mean(0), real.mean(0), ctrl.mean(0)
     true_de = M.de_genes(real, ctrl, k)
     pred_de = M.de_genes(pred, pred_ctrl, k)
+    top = M.top_changed_genes(real, ctrl, SCGEN_TOP)
     return {
         "pearson_delta": M.pearson_delta(pm, tm, pc, tc),
         "mse": M.mse(pm, tm),
@@ -222,6 +250,7 @@ def _group_metrics(
         "mae_delta": M.mae_delta(pm, tm, pc, tc),
         "r2": M.r2_mean(pm, tm),
         "r2_de": M.r2_mean(pm, tm, true_de) if true_de.size else np.nan,
+        "r2_scgen_top100": M.r2_pearson(pm, tm, top),
         "de_overlap": M.de_overlap(pred_de, true_de, k),
         "direction_agreement": M.direction_agreement(pm - pc, tm - tc, true_de),
         "discrimination": np.nan,
@@ -247,3 +276,20 @@ def _add_discrimination(
         for row in rows:
             if row["predictor"] == name and (row["context"], row["perturbation"]) in score_of:
                 row["discrimination"] = float(score_of[(row["context"], row["perturbation"])])
+
+
+def discrimination_note(result: EvaluationResult) -> str | None:
+    """One line saying why ``discrimination`` is NaN, or None when it is defined everywhere it was scored.
+
+    The score ranks a prediction among the real deltas of all perturbations of its context; a context
+    with a single perturbation has nothing to rank it against.
+    """
+    per = result.per_perturbation
+    nan = per[per["predicted"] & per["discrimination"].isna()]
+    if nan.empty:
+        return None
+    contexts = sorted({str(c) or "(all)" for c in nan["context"]})
+    return (
+        f"discrimination is NaN for {len(nan.drop_duplicates(['context', 'perturbation']))} group(s) in context(s) "
+        f"{contexts[:5]}: each has a single perturbation, so there is nothing to rank the prediction against."
+    )

@@ -21,6 +21,8 @@ References
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -38,6 +40,9 @@ __all__ = [
     "mse_delta",
     "pearson_delta",
     "r2_mean",
+    "r2_pearson",
+    "top_changed_genes",
+    "welch_pvalues",
     "welch_t",
 ]
 
@@ -120,7 +125,8 @@ def welch_t(cells: ArrayLike, control: ArrayLike) -> np.ndarray:
 
     The statistic of scanpy's ``rank_genes_groups(method="t-test")`` and of
     ``scipy.stats.ttest_ind(equal_var=False)``. A gene with zero variance in both groups gets
-    t = 0 when the means are equal and ±inf otherwise.
+    t = 0 when the means are equal and ±inf otherwise (so never rank genes by |t| alone:
+    :func:`de_genes` tests with it but ranks by fold change).
     """
     a = np.asarray(cells, dtype=np.float64)
     b = np.asarray(control, dtype=np.float64)
@@ -134,21 +140,93 @@ def welch_t(cells: ArrayLike, control: ArrayLike) -> np.ndarray:
     return t
 
 
-def de_genes(cells: ArrayLike, control: ArrayLike, k: int) -> np.ndarray:
-    """Indices of the top-``k`` differentially expressed genes of ``cells`` vs ``control`` by |Welch t|.
+def welch_pvalues(cells: ArrayLike, control: ArrayLike) -> np.ndarray:
+    """Two-sided Welch t-test p-value per gene (``scipy.stats.ttest_ind(equal_var=False)``).
 
-    Genes whose statistic is exactly 0 (no change at all) are never called DE, so fewer than ``k``
-    indices come back for a prediction that changes fewer than ``k`` genes (none for no-change).
-    Ties are broken by gene index (stable sort).
+    **Zero-variance guard:** a gene with no variance in either group (up to rounding) cannot be tested
+    (its t is 0, ±inf or ~1e16 whatever the size of the change); its p-value is NaN, so it is never
+    called DE.
     """
-    score = np.abs(welch_t(cells, control))
-    order = np.argsort(-score, kind="stable")[:k]
-    return order[score[order] > 0]
+    from scipy import stats
+
+    a = np.asarray(cells, dtype=np.float64)
+    b = np.asarray(control, dtype=np.float64)
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        return np.full(a.shape[1], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision-loss note on near-constant genes
+        p = stats.ttest_ind(a, b, axis=0, equal_var=False).pvalue
+    p = np.asarray(p, dtype=np.float64)
+    p[_no_variance(a) & _no_variance(b)] = np.nan
+    return p
+
+
+def _no_variance(x: np.ndarray) -> np.ndarray:
+    """(G,) True where a gene is constant over cells up to rounding (a constant shifted by 1e-4 in float64
+    has a variance of ~1e-40, not 0)."""
+    return x.var(0) <= 1e-20 * (1.0 + x.mean(0) ** 2)
+
+
+def de_genes(cells: ArrayLike, control: ArrayLike, k: int, *, fdr: float = 0.05) -> np.ndarray:
+    """Indices of the top-``k`` differentially expressed genes of ``cells`` vs ``control``, as cell-eval ranks.
+
+    cell-eval's ``overlap_at_k`` (``DEOverlapMetric``: ``fdr_threshold=0.05``,
+    ``sort_by=ABS_FOLD_CHANGE``): genes significant at Benjamini-Hochberg FDR < ``fdr``, ordered by
+    |log fold change| (the difference of mean log1p expression), the first ``k``. Differences from
+    cell-eval: the test is Welch's t (cell-eval calls pdex's Wilcoxon test), and genes without
+    variance in both groups are never DE (:func:`welch_pvalues`). Ties in |fold change| break by
+    gene index. Fewer than ``k`` indices come back when fewer genes are significant (none for a
+    no-change prediction).
+    """
+    from scipy import stats
+
+    a = np.asarray(cells, dtype=np.float64)
+    b = np.asarray(control, dtype=np.float64)
+    p = welch_pvalues(a, b)
+    testable = ~np.isnan(p)
+    q = np.full(p.shape, np.nan)
+    if testable.any():
+        q[testable] = stats.false_discovery_control(p[testable], method="bh")
+    significant = np.flatnonzero(testable & (q < fdr))
+    lfc = np.abs(a.mean(0) - b.mean(0))[significant]
+    return significant[np.argsort(-lfc, kind="stable")[:k]]
+
+
+def top_changed_genes(cells: ArrayLike, control: ArrayLike, k: int = 100) -> np.ndarray:
+    """Indices of the ``k`` genes with the largest |mean(cells) - mean(control)| (scGen's gene set)."""
+    diff = np.abs(np.asarray(cells, dtype=np.float64).mean(0) - np.asarray(control, dtype=np.float64).mean(0))
+    return np.argsort(-diff, kind="stable")[:k]
+
+
+def r2_pearson(pred_mean: ArrayLike, true_mean: ArrayLike, genes: np.ndarray | None = None) -> float:
+    """Squared Pearson correlation of predicted and real mean expression over ``genes`` (scGen, CellGen).
+
+    The held-out-cell-type literature (scGen, Lotfollahi et al. 2019; CPA) reports this "R²" over
+    the top 100 genes by |mean perturbed - mean control| of the real cells
+    (:func:`top_changed_genes`); it is *not* :func:`r2_mean` (1 - SS_res/SS_tot). 0.0 when either
+    vector is constant.
+    """
+    t, p = _vec(true_mean), _vec(pred_mean)
+    if genes is not None:
+        t, p = t[genes], p[genes]
+    t, p = t - t.mean(), p - p.mean()
+    denom = np.sqrt((t**2).sum() * (p**2).sum())
+    if denom <= 1e-12:
+        return 0.0
+    return float(((t * p).sum() / denom) ** 2)
 
 
 def de_overlap(pred_de: np.ndarray, true_de: np.ndarray, k: int) -> float:
-    """DE-gene overlap@k: ``|pred_de ∩ true_de| / k`` (cell-eval ``overlap_at_k``; 0 for no-change)."""
-    return len(set(np.asarray(pred_de).tolist()) & set(np.asarray(true_de).tolist())) / float(k)
+    """DE-gene overlap@k (cell-eval ``overlap_at_k``): ``|pred_de ∩ true_de| / |true_de|``.
+
+    ``pred_de`` and ``true_de`` are ranked lists from :func:`de_genes`; with ``k_eff = min(k, |true_de|)``
+    the score is ``|pred_de[:k_eff] ∩ true_de[:k_eff]| / k_eff``, as cell-eval computes it. NaN when the
+    real cells have no DE gene (cell-eval reports 0.0 there); 0 for a no-change prediction.
+    """
+    true = np.asarray(true_de).tolist()[:k]
+    if not true:
+        return float("nan")
+    return len(set(np.asarray(pred_de).tolist()[: len(true)]) & set(true)) / float(len(true))
 
 
 def direction_agreement(pred_delta: ArrayLike, true_delta: ArrayLike, genes: np.ndarray) -> float:

@@ -29,6 +29,8 @@ register("predictors", "gem1.sc", "cellgym.predictors.gem1:Gem1SC",
          "GEM-1 single-cell VAE: per-cell library size, NB training, multinomial sampling.")
 register("predictors", "galaxy", "cellgym.predictors.galaxy:GalaxyPredictor",
          "Galaxy/SATURN cross-species model: macrogenes from gene embeddings, X_galaxy, perturbation transfer.")
+register("predictors", "ensemble", "cellgym.predictors.ensemble:EnsemblePredictor",
+         "K members (bootstrap or seeds, any families): member mean, per-cell disagreement, energy distance between members.")
 
 # --- reward models --------------------------------------------------------------------------------------
 register("rewards", "target.energy", "cellgym.predictors.rewards:EnergyDistanceReward",
@@ -43,6 +45,8 @@ register("rewards", "gem1.classifier", "cellgym.predictors.gem1:Gem1ClassifierRe
          "1 - mean probability of the goal label under a GEM-1 model's biological latent classifier.")
 register("rewards", "galaxy.embedding", "cellgym.predictors.galaxy:GalaxyEmbeddingReward",
          "Centroid distance to goal cells (any species) in a galaxy model's shared X_galaxy space.")
+register("rewards", "uncertainty.penalised", "cellgym.predictors.rewards:UncertaintyPenalisedReward",
+         "A goal reward minus lambda x the ensemble's member disagreement of each predicted step.")
 
 # --- agents ---------------------------------------------------------------------------------------------
 register("agents", "random", "cellgym.agents.planning:RandomAgent",

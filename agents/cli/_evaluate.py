@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cellgym.predictors.base._data import SPLIT_KINDS
-
 from ._options import add_data_options, load_data, parse_filters, parse_kv, spec_from_args
 
-SPLITS = SPLIT_KINDS
+SPLITS = ("perturbations", "combos", "contexts", "fewshot", "random")  # cellgym.predictors.base._data.SPLIT_KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, fitting and subsampling (default 0)")
     p.add_argument("--output", metavar="DIR", help="where metrics.csv and per_perturbation.csv go (default runs/evaluate/<data>_<split>_<k>)")
     p.add_argument("--test-fraction", type=float, metavar="F", help="fraction held out when --holdout is not given (default 0.5 for combos, else 0.3)")
-    p.add_argument("--de-k", type=int, default=20, metavar="K", help="k of the top-k DE-gene metrics (default 20)")
+    p.add_argument("--de-k", type=int, default=20, metavar="K", help="k of the top-k DE-gene metrics r2_de, de_overlap, direction_agreement (default 20; r2_scgen_top100 always uses 100)")
+    p.add_argument("--max-epochs", type=int, metavar="N", help="cap on the epochs of every trained predictor (default: each predictor's own, with early stopping)")
     p.add_argument("--fit-kwargs", nargs="+", default=[], metavar="NAME:KEY:VALUE",
                    help="fit() options per predictor, VALUE parsed as YAML, e.g. gem1.bulk:epochs:5 state.transition:epochs:50")
     add_data_options(p)
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cellgym.predictors import split, validate
-    from cellgym.predictors.evaluation import METRICS, evaluate
+    from cellgym.predictors.evaluation import FIT_COLUMNS, METRICS, discrimination_note, evaluate
     from cellgym.registry import get
 
     parse_filters(args.subset, "--subset"), parse_filters(args.exclude, "--exclude")  # syntax first
@@ -85,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     bars = {name: ProgressLogger(None, desc=f"fit {name}") for name in args.predictors}  # epochs, where there are
     try:
         result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, progress=True,
+                          max_epochs=args.max_epochs,
                           fit_kwargs={name: {**fit_kwargs.get(name, {}), "logger": bar} for name, bar in bars.items()})
     finally:
         for bar in bars.values():
@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         f"{n_test} test cells, {result.metrics['n_groups'].iloc[0]} (context, perturbation) groups"
     )
     with pd.option_context("display.width", 250, "display.max_columns", 50):
-        print(result.metrics[[*METRICS, "coverage"]].round(3).to_string())
+        print(result.metrics[[*METRICS, "coverage", *FIT_COLUMNS]].round(3).to_string())
+    note = discrimination_note(result)
+    if note:
+        print(f"note: {note}")
     print(f"wrote {out / 'metrics.csv'} and {out / 'per_perturbation.csv'}")
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 from cellgym.predictors.base.errors import DataSpecError
 
 from . import _fit_species
-from ._options import add_data_options, load_data, parse_kv, spec_from_args
+from ._options import add_data_options, load_data, parse_kv, show_fit_progress, spec_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=args.tensorboard_log)
+    show_fit_progress()
     logger = ProgressLogger(args.epochs, writer)
     try:
         report = predictor.fit(adata, spec, epochs=args.epochs, batch_size=args.batch_size, device=args.device,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,3 +118,25 @@ def parse_kv(items: list[str], flag: str) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise CellgymError(f"{flag} {item!r}: the value is not valid YAML ({exc}).") from exc
     return out
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at emit time (test captures, redirects)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
+def show_fit_progress() -> None:
+    """Print the fit loop's per-epoch progress lines (logger ``cellgym.fit``, INFO) to stderr."""
+    log = logging.getLogger("cellgym.fit")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)

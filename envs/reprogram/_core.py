@@ -164,6 +164,13 @@ class ReprogramDynamics:
         n_new = new.sum(1).numpy().astype(np.int64)
         success = ((distance <= self.threshold) & ~stop).numpy()
         reward = (state.distance - distance).double().numpy() - self.cost * n_new + self.success_bonus * success
+        if hasattr(self.world.reward, "penalty"):  # uncertainty.penalised: - lam * disagreement of this step
+            penalty, disagreement = np.zeros(len(state)), np.zeros(len(state))
+            if go.numel():
+                pen, dis = self.world.reward.penalty(go.numel())
+                penalty[go.numpy()], disagreement[go.numpy()] = pen.double().numpy(), dis.double().numpy()
+            reward = reward - penalty
+            self.last_disagreement = disagreement
         nxt = replace(state, cells=cells, applied=applied, distance=distance)
         return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new, self.cost * n_new, n_new.astype(np.float64))
 

@@ -455,6 +455,7 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
             "n_perturbations": len(self.applied_names),
             "cost": self.total_cost,
             "total_dose": self.total_dose,
+            **self._disagreement_info(),
         }
 
     def _applied_text(self) -> list[str]:
@@ -468,3 +469,10 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         if out is None:
             return "start"
         return "success" if out.success[0] else "stopped" if out.stopped[0] else "running"
+
+    def _disagreement_info(self) -> dict[str, Any]:
+        """``disagreement`` of the last step (uncertainty.penalised worlds only)."""
+        if not hasattr(self.dynamics.world.reward, "penalty"):
+            return {}
+        last = getattr(self.dynamics, "last_disagreement", None)
+        return {"disagreement": float(last[0]) if last is not None and self.steps else 0.0}

@@ -264,4 +264,13 @@ class ReprogramVectorEnv(VectorEnv):
             "total_dose": self.doses.copy(),
             "_perturbations": every, "_distance": every, "_success": every, "_n_perturbations": every, "_cost": every,
             "_total_dose": every,
+            **self._disagreement_info(every),
         }
+
+    def _disagreement_info(self, every: np.ndarray) -> dict[str, Any]:
+        """``disagreement`` (num_envs,) of the last step (uncertainty.penalised worlds only)."""
+        if not hasattr(self.dynamics.world.reward, "penalty"):
+            return {}
+        last = getattr(self.dynamics, "last_disagreement", None)
+        value = last.copy() if last is not None and len(last) == self.num_envs else np.zeros(self.num_envs)
+        return {"disagreement": value, "_disagreement": every}

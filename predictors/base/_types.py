@@ -27,6 +27,8 @@ class FitReport:
     seconds: float
     n_obs: int
     history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
+    stopped_early: bool = False
 
     def last(self, key: str = "loss") -> float:
         """The final epoch's value of ``key``."""

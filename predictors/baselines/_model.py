@@ -190,6 +190,10 @@ class AdditiveBaseline(_Baseline):
         return {"effects": effects}
 
 
+DESIGNS = ("auto", "gene", "indicator")
+"""Perturbation designs of :class:`LinearBaseline`."""
+
+
 class LinearBaseline(_Baseline):
     """``baseline.linear``: the linear model of Ahlmann-Eltze, Huber & Anders 2025 (Nat. Methods,
     "Deep-learning-based gene perturbation effect prediction does not yet outperform simple linear
@@ -198,16 +202,35 @@ class LinearBaseline(_Baseline):
     With ``Y`` (G x n) the training deltas of the n perturbations of a context (pseudobulk minus the
     control pseudobulk; singles and combinations), ``b`` its row means, ``G`` (G x K) the gene
     embedding = the top-K principal components of the gene-centred pseudobulk (``U_K S_K`` of the SVD
-    of ``Y - b``; centring the pseudobulk or the deltas is the same thing) and ``P`` (n x K) the
-    perturbation embedding = the rows of ``G`` of each perturbation's target gene (summed over the
-    targets of a combination), the model is ``Y ≈ G W Pᵀ + b`` with the closed-form two-sided ridge
-    solution ``W = (GᵀG + λI)⁻¹ Gᵀ (Y - b) P (PᵀP + λI)⁻¹``; a perturbation p is predicted as
-    ``b + G W p``.
+    of ``Y - b``; centring the pseudobulk or the deltas is the same thing) and ``P`` (n x D) the
+    perturbation embedding (below; a combination's row is the sum of its singles' rows), the model is
+    ``Y ≈ G W Pᵀ + b`` with the closed-form two-sided ridge solution
+    ``W = (GᵀG + λI)⁻¹ Gᵀ (Y - b) P (PᵀP + λI)⁻¹``; a perturbation p is predicted as ``b + G W p``.
 
-    A target gene that is not among the measured genes has a zero embedding, so its prediction is
-    ``b``, the mean training effect (exactly :class:`MeanBaseline`). No per-perturbation embedding is
-    learned (that would not be the paper's model). Contexts are fitted separately; a context without
-    perturbed training cells gets the model fitted on all contexts' deltas pooled.
+    Perturbation embeddings (``design``)
+    ------------------------------------
+    ``"gene"``
+        The paper's: the row of ``G`` of each perturbation's target gene (D = K). A target that is not
+        a measured gene has a zero row, so it is predicted as ``b`` (exactly :class:`MeanBaseline`):
+        on Norman19 (1 of 32 targets among the 500 genes) or on GRN screens labelled ``G14_KO`` this
+        design *is* the mean baseline.
+    ``"indicator"``
+        Learned from the training data: one indicator column per single perturbation (D = P), a
+        combination is the sum of its singles' indicators (the paper's double-perturbation design).
+        Singles seen in training (alone or inside a combination) get their own fitted effect; a single
+        never seen gets a zero row, i.e. ``b``.
+    ``"auto"`` (default)
+        Both blocks side by side (D = K + P): ``[gene row of the target | indicator]``, each block
+        present where it exists, fitted in two stages: the gene block is the paper's model, the
+        indicator block is fitted (same ridge) to the residual the gene block leaves, so a design with
+        no measured targets is exactly ``"indicator"`` and one with all targets unseen is ``"gene"``. Per perturbation this is: *indicator + gene row* (seen in training,
+        target measured), *indicator* (seen, target not measured), *gene row* (unseen, target measured:
+        the gene block's weights are fitted on the training perturbations whose targets are measured),
+        *mean effect b* (unseen and target not measured). :attr:`variants` records which one applied
+        to each perturbation of the vocabulary after fitting (also logged).
+
+    Contexts are fitted separately; a context without perturbed training cells gets the model fitted
+    on all contexts' deltas pooled.
 
     Parameters
     ----------
@@ -216,25 +239,40 @@ class LinearBaseline(_Baseline):
         perturbations (the rest of the embedding is zero).
     ridge
         λ of both ridge penalties (paper: 0.1).
+    design
+        ``"auto"``, ``"gene"`` or ``"indicator"`` (above).
     extra_perturbations
-        Single perturbations to accept beyond the training ones (predicted from their gene's row).
+        Single perturbations to accept beyond the training ones (predicted as their design says).
     """
 
     name: ClassVar[str] = "baseline.linear"
 
-    def __init__(self, *, n_pcs: int = 10, ridge: float = 0.1, extra_perturbations: Sequence[str] = ()) -> None:
+    def __init__(
+        self, *, n_pcs: int = 10, ridge: float = 0.1, design: str = "auto", extra_perturbations: Sequence[str] = ()
+    ) -> None:
         if n_pcs < 1 or ridge < 0:
             raise DataSpecError(f"LinearBaseline needs n_pcs >= 1 and ridge >= 0, got n_pcs={n_pcs}, ridge={ridge}.")
+        if design not in DESIGNS:
+            raise DataSpecError(f"LinearBaseline design must be one of {list(DESIGNS)}, got {design!r}.")
         Predictor.__init__(
-            self, n_pcs=int(n_pcs), ridge=float(ridge), extra_perturbations=[str(p) for p in extra_perturbations]
+            self,
+            n_pcs=int(n_pcs),
+            ridge=float(ridge),
+            design=design,
+            extra_perturbations=[str(p) for p in extra_perturbations],
         )
+        self.variants: dict[str, str] = {}
+
+    def _n_dims(self) -> int:
+        k, p = self.config["n_pcs"], len(self.perturbations)
+        return {"gene": k, "indicator": p, "auto": k + p}[self.config.get("design", "gene")]
 
     def _build_module(self) -> None:
         self.module = LinearBaselineModule(
-            len(self.contexts), len(self.perturbations), len(self.genes), self.config["n_pcs"]
+            len(self.contexts), len(self.perturbations), len(self.genes), self.config["n_pcs"], self._n_dims()
         )
 
-    def _embedding_rows(self, labels: Sequence[str]) -> np.ndarray:
+    def _target_rows(self, labels: Sequence[str]) -> np.ndarray:
         """(n, G) 0/1 matrix: which measured genes each label targets."""
         gene_index = {g: i for i, g in enumerate(self.genes)}
         rows = np.zeros((len(labels), len(self.genes)))
@@ -244,8 +282,27 @@ class LinearBaseline(_Baseline):
                     rows[r, gene_index[target]] = 1.0
         return rows
 
-    def _fit_linear(self, delta: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(G, W, b)`` for deltas (n, G) whose target-gene indicator rows are ``targets`` (n, G)."""
+    def _indicator_rows(self, labels: Sequence[str]) -> np.ndarray:
+        """(n, P) multi-hot of each label's singles over the vocabulary."""
+        index = {p: i for i, p in enumerate(self.perturbations)}
+        rows = np.zeros((len(labels), len(self.perturbations)))
+        for r, label in enumerate(labels):
+            for single in self.spec.split_label(label):
+                rows[r, index[single]] = 1.0
+        return rows
+
+    def _embeddings(self, gene_emb: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """(n, D) perturbation embedding of ``labels`` under the configured design."""
+        design = self.config.get("design", "gene")
+        blocks = []
+        if design in ("gene", "auto"):
+            blocks.append(self._target_rows(labels) @ gene_emb)
+        if design in ("indicator", "auto"):
+            blocks.append(self._indicator_rows(labels))
+        return np.concatenate(blocks, axis=1)
+
+    def _fit_linear(self, delta: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(G, W, b)`` for the deltas (n, G) of ``labels``."""
         k, lam = self.config["n_pcs"], self.config["ridge"]
         n_genes = delta.shape[1]
         y = delta.T  # (G, n), the paper's orientation
@@ -255,33 +312,65 @@ class LinearBaseline(_Baseline):
         r = min(k, s.size)
         gene_emb = np.zeros((n_genes, k))
         gene_emb[:, :r] = u[:, :r] * s[:r]
-        p = targets @ gene_emb  # (n, K): rows of G of the targets, summed for combinations
-        eye = np.eye(k)
-        left = np.linalg.solve(gene_emb.T @ gene_emb + lam * eye, gene_emb.T @ yc)  # (K, n)
-        w = left @ p @ np.linalg.inv(p.T @ p + lam * eye)  # (K, K)
-        return gene_emb, w, b
+        p = self._embeddings(gene_emb, labels)  # (n, D)
+        solve_left = np.linalg.solve(gene_emb.T @ gene_emb + lam * np.eye(k), gene_emb.T)  # (K, G)
+
+        def ridge(target: np.ndarray, emb: np.ndarray) -> np.ndarray:
+            return solve_left @ target @ emb @ np.linalg.inv(emb.T @ emb + lam * np.eye(emb.shape[1]))
+
+        if self.config.get("design", "gene") != "auto":
+            return gene_emb, ridge(yc, p), b  # (K, D)
+        # auto: the paper's gene-row model first, then the indicators on what it leaves unexplained
+        w_gene = ridge(yc, p[:, :k])
+        w_ind = ridge(yc - gene_emb @ w_gene @ p[:, :k].T, p[:, k:])
+        return gene_emb, np.concatenate([w_gene, w_ind], axis=1), b
+
+    def _record_variants(self, bulk: Pseudobulk) -> None:
+        design = self.config.get("design", "gene")
+        measured = set(self.genes)
+        seen = {s for lab in bulk.labels for s in self.spec.split_label(lab)}
+        variants = {}
+        for p in self.perturbations:
+            gene = design != "indicator" and p in measured
+            ind = design != "gene" and p in seen
+            variants[p] = (
+                "indicator + gene row" if gene and ind else "indicator" if ind else "gene row" if gene else "mean effect b"
+            )
+        self.variants = variants
+        as_mean = sorted(p for p, v in variants.items() if v == "mean effect b")
+        logger.info("baseline.linear (design=%s): %s", design, variants)
+        if as_mean:
+            logger.warning(
+                "baseline.linear (design=%s): %d perturbation(s) with neither a measured target gene nor training "
+                "cells are predicted with the mean training effect b: %s", design, len(as_mean), as_mean[:10],
+            )
 
     def _buffers_from(self, bulk: Pseudobulk) -> dict[str, np.ndarray]:
-        n_ctx, n_genes, k = len(self.contexts), len(self.genes), self.config["n_pcs"]
+        n_ctx, n_genes, k, d = len(self.contexts), len(self.genes), self.config["n_pcs"], self._n_dims()
         out = {
             "gene_embedding": np.zeros((n_ctx, n_genes, k)),
-            "pert_embedding": np.zeros((n_ctx, len(self.perturbations), k)),
-            "weights": np.zeros((n_ctx, k, k)),
+            "pert_embedding": np.zeros((n_ctx, len(self.perturbations), d)),
+            "weights": np.zeros((n_ctx, k, d)),
             "offset": np.zeros((n_ctx, n_genes)),
         }
+        self._record_variants(bulk)
         if len(bulk.labels) == 0:
             return out
-        targets = self._embedding_rows(bulk.labels)
-        vocab_targets = self._embedding_rows(self.perturbations)
         pooled = None
         for c in range(n_ctx):
             here = bulk.ctx == c
             if here.any():
-                fitted = self._fit_linear(bulk.delta[here], targets[here])
+                fitted = self._fit_linear(bulk.delta[here], bulk.labels[here])
             else:
-                pooled = pooled or self._fit_linear(bulk.delta, targets)
+                pooled = pooled or self._fit_linear(bulk.delta, bulk.labels)
                 fitted = pooled
             gene_emb, w, b = fitted
             out["gene_embedding"][c], out["weights"][c], out["offset"][c] = gene_emb, w, b
-            out["pert_embedding"][c] = vocab_targets @ gene_emb
+            out["pert_embedding"][c] = self._embeddings(gene_emb, self.perturbations)
         return out
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"variants": self.variants}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.variants = dict(extra.get("variants", {}))

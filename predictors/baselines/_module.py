@@ -77,21 +77,22 @@ class LinearBaselineModule(PredictorModule):
     gene_embedding
         (C, G, K) float32, ``G``: the top-K principal components of the training pseudobulk.
     pert_embedding
-        (C, P, K) float32, ``P``: for each single perturbation the row of ``G`` of its target gene
-        (zeros when the target is not among the measured genes).
+        (C, P, D) float32, ``P``: each single perturbation's embedding (its design: gene rows of ``G``,
+        indicators, or both side by side; see :class:`~cellgym.predictors.baselines.LinearBaseline`).
     weights
-        (C, K, K) float32, ``W`` from the two-sided ridge regression.
+        (C, K, D) float32, ``W`` from the two-sided ridge regression.
     offset
         (C, G) float32, ``b``: the mean training delta (row means of ``Y``).
 
     A combination's embedding is the sum of its singles' rows; a control row gets delta 0.
     """
 
-    def __init__(self, n_contexts: int, n_perturbations: int, n_genes: int, n_pcs: int) -> None:
+    def __init__(self, n_contexts: int, n_perturbations: int, n_genes: int, n_pcs: int, n_dims: int | None = None) -> None:
         super().__init__()
+        n_dims = n_pcs if n_dims is None else n_dims
         self.register_buffer("gene_embedding", torch.zeros(n_contexts, n_genes, n_pcs))
-        self.register_buffer("pert_embedding", torch.zeros(n_contexts, n_perturbations, n_pcs))
-        self.register_buffer("weights", torch.zeros(n_contexts, n_pcs, n_pcs))
+        self.register_buffer("pert_embedding", torch.zeros(n_contexts, n_perturbations, n_dims))
+        self.register_buffer("weights", torch.zeros(n_contexts, n_pcs, n_dims))
         self.register_buffer("offset", torch.zeros(n_contexts, n_genes))
 
     def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
@@ -99,7 +100,7 @@ class LinearBaselineModule(PredictorModule):
 
         def delta(rows: torch.Tensor, c: int) -> torch.Tensor:
             p = pert[rows]
-            z = p @ self.pert_embedding[c]  # (b, K) perturbation embedding
+            z = p @ self.pert_embedding[c]  # (b, D) perturbation embedding
             linear = (z @ self.weights[c].T) @ self.gene_embedding[c].T  # (b, G)
             return linear + (p.sum(1, keepdim=True) > 0).to(x.dtype) * self.offset[c]
 

@@ -97,7 +97,17 @@ class Gem1Module(PredictorModule):
         preprint). Without it the technical / biological posteriors, which see the perturbed cell,
         absorb the perturbation's effect and the perturbation prior learns a small fraction of it
         (measured: ~1% of the shift on a SERGIO screen); with it the priors and decoder are trained
-        on the metadata-only path that ``predict_expression`` / ``predict_perturbation`` use.
+        on the metadata-only path that ``predict_expression`` / ``predict_perturbation`` use. When the
+        batch holds ``x_match`` (a matched control cell of each training cell: same technical and
+        biological metadata), those cells take the technical / biological latents of their
+        matched control's posterior and the perturbation latent's prior mean instead, the path :meth:`predict_batch` and ``ref_predict_perturbation``
+        use at inference (the fix proposed in the issue-4 notes): the perturbation latent must then
+        explain the whole difference to the controls, weak effects included.
+    unseen_effect
+        What :meth:`predict_batch` does for singles unseen in training (the count in the last column
+        of ``pert``): ``"mean_of_seen"`` adds, per unseen single, the equal-weight mean of the seen
+        singles' predicted changes for that cell (default); ``"generic"`` uses the learned "unseen"
+        feature of the prior (GEM-1's generic effect, trained by ``unseen_rate``).
     """
 
     def __init__(
@@ -116,9 +126,11 @@ class Gem1Module(PredictorModule):
         classifier_weight: float = 1.0,
         unseen_rate: float = 0.1,
         prior_decode_rate: float = 0.5,
+        unseen_effect: Literal["mean_of_seen", "generic"] = "mean_of_seen",
     ) -> None:
         super().__init__()
         self.prior_decode_rate = prior_decode_rate
+        self.unseen_effect = unseen_effect
         self.n_genes = n_genes
         self.n_latent = tuple(int(d) for d in n_latent)
         self.n_perturbations = n_perturbations
@@ -238,7 +250,11 @@ class Gem1Module(PredictorModule):
             # posterior of the technical / biological blocks, which sees the perturbed cell, explains the
             # perturbation's effect and the perturbation prior learns almost none of it
             use_prior = (torch.rand(x.shape[0], 1, device=x.device) < self.prior_decode_rate).to(x.dtype)
-            z = [use_prior * pg.mean + (1 - use_prior) * zg for zg, pg in zip(z, priors, strict=True)]
+            ref = [pg.mean for pg in priors]
+            if "x_match" in batch:  # technical / biological latents of a matched control, as at inference
+                q_match = self.posterior(batch["x_match"])
+                ref = [q_match[0].mean, q_match[1].mean, ref[2]]
+            z = [use_prior * rg + (1 - use_prior) * zg for zg, rg in zip(z, ref, strict=True)]
         h = self.decode(torch.cat(z, dim=-1))
         recon = -self.distribution(h, batch["library"]).log_prob(batch["target"])
         if recon.dim() == 2:
@@ -286,12 +302,44 @@ class Gem1Module(PredictorModule):
         log-fold change ``de_pred`` = f(z_pert) - f(z_control) (clamped at 0), which keeps the cell's
         own variation and avoids the gap between the log of a mean and the mean of logs on sparse
         counts. ``ctx`` is not needed: the biological latent comes from the cell itself.
+
+        Unseen singles (``pert`` with P + 1 columns, the last counting them) add their effect as
+        ``unseen_effect`` says (class docstring).
         """
         q = self.posterior(x)
-        z_pert = self.prior(2, self.pert_features(pert)).mean
-        z_ref = self.prior(2, self.pert_features(torch.zeros_like(pert))).mean
-        h_pert, h_ref = self.response(q[0].mean, q[1].mean, z_pert, z_ref)
-        return (x + self.log1p_expression(h_pert) - self.log1p_expression(h_ref)).clamp_min(0.0)
+        tech, bio = q[0].mean, q[1].mean
+        n_unseen = pert[:, self.n_perturbations] if pert.shape[1] > self.n_perturbations else pert.new_zeros(pert.shape[0])
+        known = pert[:, : self.n_perturbations]
+        generic = self.unseen_effect == "generic" and pert.shape[1] > self.n_perturbations
+        z_pert = self.prior(2, self.pert_features(pert if generic else known)).mean
+        z_ref = self.prior(2, self.pert_features(torch.zeros_like(known))).mean
+        h_pert, h_ref = self.response(tech, bio, z_pert, z_ref)
+        f_ref = self.log1p_expression(h_ref)
+        delta = self.log1p_expression(h_pert) - f_ref
+        rows = torch.nonzero(n_unseen > 0).squeeze(1)
+        if not generic and rows.numel():
+            delta[rows] = delta[rows] + n_unseen[rows, None] * self.mean_seen_change(tech[rows], bio[rows], f_ref[rows])
+        return (x + delta).clamp_min(0.0)
+
+    def mean_seen_change(self, tech: torch.Tensor, bio: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
+        """(B, G) equal-weight mean over the P seen singles of each cell's predicted change f(z_s) - f(z_ref).
+
+        One batched decode of B x P rows (in chunks of about 4096 rows). Zero when no single was seen.
+        """
+        p = self.n_perturbations
+        b = tech.shape[0]
+        if p == 0 or b == 0:
+            return torch.zeros_like(f_ref)
+        z_s = self.prior(2, self.pert_features(torch.eye(p, device=tech.device, dtype=tech.dtype))).mean  # (P, d)
+        out = torch.zeros_like(f_ref)
+        cells_per_chunk = max(1, 4096 // p)
+        for s in range(0, b, cells_per_chunk):
+            sl = slice(s, s + cells_per_chunk)
+            n = tech[sl].shape[0]
+            z = torch.cat([tech[sl].repeat_interleave(p, 0), bio[sl].repeat_interleave(p, 0), z_s.repeat(n, 1)], -1)
+            f = self.log1p_expression(self.decode(z)).view(n, p, -1)
+            out[sl] = f.mean(1) - f_ref[sl]
+        return out
 
 
 def multinomial_counts(probs: torch.Tensor, totals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

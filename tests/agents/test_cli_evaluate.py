@@ -87,3 +87,15 @@ def test_not_an_h5ad(tmp_path, capsys):
     bad.write_text("not hdf5")
     assert main(["evaluate", "--data", str(bad), "--split", "combos", "--predictors", "baseline.mean"]) == 2
     assert "is not a readable .h5ad file" in capsys.readouterr().err
+
+
+def test_evaluate_max_epochs_budget_columns_and_progress(h5ad, tmp_path, capsys):
+    code = main(["evaluate", "--data", str(h5ad), "--split", "perturbations", "--predictors", "baseline.mean", "gem1.bulk",
+                 "--max-epochs", "2", "--de-k", "10", "--output", str(tmp_path)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "fit_epochs" in captured.out and "r2_scgen_top100" in captured.out
+    assert "epoch 2/2" in captured.err and "left" in captured.err  # the fit loop's progress lines
+    metrics = pd.read_csv(tmp_path / "metrics.csv", index_col="predictor")
+    assert metrics.loc["gem1.bulk", "fit_epochs"] == 2 and metrics.loc["baseline.mean", "fit_epochs"] == 0
+    assert main(["evaluate", "--data", str(h5ad), "--split", "combos", "--predictors", "gem1.bulk", "--max-epochs", "0"]) == 2

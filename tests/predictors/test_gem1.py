@@ -43,7 +43,7 @@ def data() -> ad.AnnData:
 @pytest.fixture(scope="module")
 def fitted(data: ad.AnnData) -> Gem1SC:
     model = Gem1SC(n_hidden=64)
-    model.fit(data, SPEC, epochs=25, seed=0)
+    model.fit(data, SPEC, epochs=40, seed=0)  # 25 before issue 14: the matched-control path learns the classifier later
     return model
 
 
@@ -220,16 +220,21 @@ def simulate_weak_and_strong(n: int = 1500, g: int = 40, seed: int = 0) -> ad.An
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 4): GEM-1's generic effect for unseen singles is dominated by the "
-                   "strong perturbations and the weak shared effect is absorbed by the technical/biological posteriors; "
-                   "on Papalexi held-out perturbations gem1.nb scores 0.053 vs baseline.mean 0.156")
 def test_unseen_single_at_least_as_good_as_the_mean_baseline() -> None:
-    # held-out weak singles share the effect of the training weak singles, which baseline.mean captures
+    """Held-out weak singles share the effect of the training weak singles, which baseline.mean captures.
+
+    Issue 4's bug (gem1.sc -0.012 vs mean 0.567), fixed in issue 14: training cells are decoded with their
+    matched controls' technical / biological latents and an unseen single adds the mean of the seen singles'
+    predicted changes, close to what baseline.mean predicts (measured: gem1.sc 0.572, baseline.mean 0.567).
+    """
     data = simulate_weak_and_strong()
     spec = DataSpec(batch_key="batch")
     sp_ = split(data, spec, "perturbations", seed=0, holdout=["W5", "W6"])
-    res = evaluate(data, spec, sp_, ["baseline.mean", Gem1SC(n_hidden=64, extra_perturbations=["W5", "W6"])],
-                   fit_kwargs={"gem1.sc": {"epochs": 25}})
+    # the opt-in matched-control path for every training cell (the defaults keep Norman19 combinations but learn a
+    # seen weak single at r 0.19 here; see Gem1Base's docstring)
+    model = Gem1SC(n_hidden=64, matched_controls=True, prior_decode_rate=1.0, extra_perturbations=["W5", "W6"])
+    models = ["baseline.mean", model]
+    res = evaluate(data, spec, sp_, models, fit_kwargs={"gem1.sc": {"epochs": 60}})
     r = res.metrics["pearson_delta"]
     print(f"held-out weak singles, pearson_delta: baseline.mean {r['baseline.mean']:.3f}, gem1.sc {r['gem1.sc']:.3f}")
     assert r["baseline.mean"] > 0.4  # the simulation gives the mean baseline something to find

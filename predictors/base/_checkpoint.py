@@ -5,13 +5,15 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from ._atomic import atomic_write, atomic_write_text
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
@@ -34,6 +36,8 @@ def write_checkpoint(path: str | Path, config: dict[str, Any], state: dict[str, 
     path.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "cellgym_version": cellgym_version(), **config}
     # each file under a temporary name, then moved, so a crash never leaves half a file
+    import torch  # here, not at import: the CLI reads YAML through this module without loading torch
+
     atomic_write(path / WEIGHTS_FILE, lambda tmp: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp))
     atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     return path
@@ -59,6 +63,8 @@ def load_tensors(file: str | Path, map_location: Any = "cpu") -> Any:
     Nothing in the file is ever executed. torch's own advice to retry with ``weights_only=False`` (which
     would run whatever code a pickle carries) is not passed on.
     """
+    import torch
+
     file = Path(file)
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
@@ -78,6 +84,8 @@ def load_tensors(file: str | Path, map_location: Any = "cpu") -> Any:
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a folder written by :func:`write_checkpoint`; raise :class:`CheckpointError` on any problem."""
+    import torch
+
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no predictor folder at {str(path)!r}; expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE}.")

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(e.g. CellEnv-Design-Norman-v0=norman19_mcfaline23_devel.h5ad)")
     p.add_argument("--worlds", nargs="+", default=list(DEFAULT_WORLDS), metavar="PREDICTOR")
     p.add_argument("--planners", nargs="+", default=["random", "greedy", "exhaustive", "maskable_ppo"])
-    p.add_argument("--max-perturbations", type=int, default=2)
+    p.add_argument("--max-perturbations", type=int, default=None,
+                   help="largest set proposed (default per task: 2 for doubles, 1 for Papalexi's single knockouts)")
     p.add_argument("--ppo-timesteps", type=int, default=6000, help="MaskablePPO training steps per target")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/design/benchmark", help="output prefix")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from cellgym.agents.design._score import summarise
 
     torch.set_num_threads(1)
-    if args.max_perturbations < 1:
+    if args.max_perturbations is not None and args.max_perturbations < 1:
         raise CellgymError(f"--max-perturbations must be >= 1, got {args.max_perturbations}.")
     tasks = parse_tasks(args.task)
     problems = {t: problems_for(t, p) for t, p in tasks.items()}

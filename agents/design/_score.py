@@ -165,7 +165,7 @@ def design_benchmark(
     worlds: Sequence[str],
     planners: Sequence[str] = PLANNERS,
     *,
-    max_perturbations: int = 2,
+    max_perturbations: int | None = None,
     ppo_timesteps: int = 6000,
     seed: int = 0,
     n_cells: int = 32,
@@ -174,6 +174,8 @@ def design_benchmark(
     """Score every (task, target, world, planner); returns per-target scores and the oracle rows.
 
     The world of a task is fitted once, without any of its held-out targets (:meth:`DesignProblem.fit_world`).
+    ``max_perturbations`` defaults to each problem's (the size of its largest held-out set). Target k of a
+    task is planned with seed ``seed + k`` (random orders and policies differ between targets).
     """
     from cellgym.envs.design._tasks import _env
 
@@ -183,7 +185,8 @@ def design_benchmark(
     scores: list[DesignScore] = []
     oracles: list[dict[str, Any]] = []
     for task, task_problems in problems.items():
-        for problem in task_problems:
+        for k, problem in enumerate(task_problems):
+            target_seed = seed + k
             measured = problem.measured()
             truth = frozenset(problem.spec.split_label(problem.target))
             target_cells = measured[truth]
@@ -193,27 +196,27 @@ def design_benchmark(
                             "oracle_energy_distance": others[best]})
             for world in worlds:
                 env = _env(problem, {"predictor": world, "n_cells": n_cells}, max_perturbations, None)
-                sets = candidate_sets(env.unwrapped.perturbations, max_perturbations)
+                sets = candidate_sets(env.unwrapped.perturbations, env.unwrapped.budget)
                 distances = None
                 for planner in planners:
                     if progress:
                         progress(f"{task} {problem.target}: {world} x {planner}")
                     start = time.perf_counter()
                     if planner == "random":
-                        ranked = rank_random(env, sets, seed=seed)
+                        ranked = rank_random(env, sets, seed=target_seed)
                     elif planner in ("greedy", "exhaustive"):
-                        distances = world_distances(env, sets, seed=seed) if distances is None else distances
+                        distances = world_distances(env, sets, seed=target_seed) if distances is None else distances
                         rank = rank_greedy if planner == "greedy" else rank_exhaustive
-                        ranked = rank(env, sets, seed=seed, distances=distances)
+                        ranked = rank(env, sets, seed=target_seed, distances=distances)
                     else:
-                        ranked = _ppo_ranking(problem, world, max_perturbations, n_cells, ppo_timesteps, seed, env)
+                        ranked = _ppo_ranking(problem, world, max_perturbations, n_cells, ppo_timesteps, target_seed, env)
                     row = score_proposals(problem, ranked, len(sets), measured, target_cells)
                     scores.append(DesignScore(task, problem.target, world, planner, len(sets), **row,
                                               seconds=time.perf_counter() - start))
     return scores, oracles
 
 
-def _ppo_ranking(problem: DesignProblem, world: str, max_perturbations: int, n_cells: int, timesteps: int,
+def _ppo_ranking(problem: DesignProblem, world: str, max_perturbations: int | None, n_cells: int, timesteps: int,
                  seed: int, env: Any) -> Ranking:
     """MaskablePPO trained in the design world (its default hyperparameters, 8 envs), then its proposals."""
     from stable_baselines3.common.vec_env import VecMonitor

@@ -42,6 +42,8 @@ class DesignProblem:
         so one fitted world serves them all).
     vocabulary
         The screen's single perturbations (measured alone or inside a combination): the action set.
+    max_perturbations
+        The largest set the question allows (the episode length): the size of the largest held-out set.
     """
 
     adata: AnnData
@@ -50,6 +52,7 @@ class DesignProblem:
     context: str | None
     holdout: tuple[str, ...]
     vocabulary: list[str]
+    max_perturbations: int = 2
 
     def _contexts(self) -> np.ndarray:
         key = self.spec.context_key
@@ -149,7 +152,8 @@ def design_problem(
             raise DataSpecError(f"design target {target!r} was measured in contexts {found}; pass context=<one of them>.")
         context = found[0]
     holdout = tuple(sorted(set(holdout or ()) | {target}))
-    problem = DesignProblem(adata, spec, target, context, holdout, _vocabulary(labels, spec))
+    size = max(len(spec.split_label(h)) for h in holdout)
+    problem = DesignProblem(adata, spec, target, context, holdout, _vocabulary(labels, spec), size)
     if not problem.source_mask.any():
         raise DataSpecError(f"design target {target!r}: no {spec.control!r} cells in context {context!r} to start from.")
     if not problem.target_mask.any():
@@ -158,13 +162,20 @@ def design_problem(
 
 
 # ------------------------------------------------------------------------------------------ env factories
-def _env(problem: DesignProblem, kwargs: dict[str, Any], max_perturbations: int, num_envs: int | None) -> Any:
-    """The env (``num_envs`` None) or native vector env of ``problem``; its world is fitted without the target."""
+def _env(problem: DesignProblem, kwargs: dict[str, Any], max_perturbations: int | None, num_envs: int | None) -> Any:
+    """The env (``num_envs`` None) or native vector env of ``problem``; its world is fitted without the target.
+
+    Defaults that differ from the reprogramming tasks: ``max_perturbations`` = the problem's (2 for doubles,
+    1 for singles), ``cost`` 0.01 per perturbation (a tie-breaker towards smaller sets: the question is
+    which set produces the cells, not which is cheapest).
+    """
     from gymnasium.wrappers import TimeLimit
 
+    max_perturbations = problem.max_perturbations if max_perturbations is None else max_perturbations
     if max_perturbations < 1:
         raise DataSpecError(f"max_perturbations must be >= 1, got {max_perturbations}.")
     kwargs.pop("max_episode_steps", None)  # the episode length is max_perturbations
+    kwargs.setdefault("cost", 0.01)
     predictor = problem.fit_world(kwargs.pop("predictor", DEFAULT_PREDICTOR))
     common = {**problem.env_kwargs(predictor, kwargs.pop("reward", "target.energy")), "budget": max_perturbations, **kwargs}
     if num_envs is None:
@@ -185,20 +196,21 @@ def _generic_problem(kwargs: dict[str, Any]) -> DesignProblem:
                           holdout=kwargs.pop("holdout", None))
 
 
-def make_design_env(*, max_perturbations: int = 2, **kwargs: Any) -> gym.Env:
+def make_design_env(*, max_perturbations: int | None = None, **kwargs: Any) -> gym.Env:
     """``CellEnv-Design-v0``: a :class:`ReprogramEnv` whose world never saw the target condition.
 
     Keyword arguments: ``adata``, ``target`` (required), ``spec``, ``context``, ``holdout``, ``predictor``
     (a registered name fitted here without the held-out labels, default ``baseline.additive``; a saved
     folder or a fitted instance is used as it is, so it must not have seen the target), ``reward``
     (default ``target.energy``: potential-based change of the energy distance to the target cells),
-    ``max_perturbations`` (the episode ends after this many steps, or on stop), and any
+    ``max_perturbations`` (the episode ends after this many steps, or on stop; default the size of the
+    largest held-out set), ``cost`` (default 0.01 per perturbation), and any
     :class:`ReprogramEnv` option (``n_cells``, ``cost``, ...).
     """
     return _env(_generic_problem(kwargs), kwargs, max_perturbations, None)
 
 
-def make_design_vector_env(num_envs: int = 1, *, max_perturbations: int = 2, **kwargs: Any) -> ReprogramVectorEnv:
+def make_design_vector_env(num_envs: int = 1, *, max_perturbations: int | None = None, **kwargs: Any) -> ReprogramVectorEnv:
     """Native vector env of :func:`make_design_env` (one batched predictor call per step)."""
     return _env(_generic_problem(kwargs), kwargs, max_perturbations, num_envs)
 
@@ -305,10 +317,10 @@ def _factories(task: str, problems_of: Any, data_keys: tuple[str, ...]) -> tuple
     def problem(kwargs: dict[str, Any]) -> DesignProblem:
         return _pick(problems_of(**{k: kwargs.pop(k) for k in data_keys if k in kwargs}), kwargs.pop("target", None), task)
 
-    def make_env(*, max_perturbations: int = 2, **kwargs: Any) -> gym.Env:
+    def make_env(*, max_perturbations: int | None = None, **kwargs: Any) -> gym.Env:
         return _env(problem(kwargs), kwargs, max_perturbations, None)
 
-    def make_vec(num_envs: int = 1, *, max_perturbations: int = 2, **kwargs: Any) -> ReprogramVectorEnv:
+    def make_vec(num_envs: int = 1, *, max_perturbations: int | None = None, **kwargs: Any) -> ReprogramVectorEnv:
         return _env(problem(kwargs), kwargs, max_perturbations, num_envs)
 
     make_env.__doc__ = f"``{task}`` (see :func:`{problems_of.__name__}`; ``target=`` one of its held-out targets)."

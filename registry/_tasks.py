@@ -92,6 +92,22 @@ _register("CellEnv-Reprogram-Screen-v0",
           kwargs={"budget": 6})
 
 
+# --- inverse design (envs/design): the goal is a held-out condition's measured cells -------------------------
+_DESIGN = "cellgym.envs.design:"
+_register("CellEnv-Design-v0",
+          "Inverse design on any screen: which perturbations produce the target condition's cells? (adata=, target=).",
+          entry_point=_DESIGN + "make_design_env", vector_entry_point=_DESIGN + "make_design_vector_env")
+_register("CellEnv-Design-Norman-v0",
+          "Norman 2019 K562 CRISPRa: recover held-out doubles from their cells; world fitted without them (path=).",
+          entry_point=_DESIGN + "make_norman_env", vector_entry_point=_DESIGN + "make_norman_vector_env")
+_register("CellEnv-Design-Papalexi-v0",
+          "Papalexi 2021 THP-1 knockouts: recover held-out knockouts from their cells (path=).",
+          entry_point=_DESIGN + "make_papalexi_env", vector_entry_point=_DESIGN + "make_papalexi_vector_env")
+_register("CellEnv-Design-SERGIO-v0",
+          "Embedded default: recover held-out doubles of a simulated grn.sergio screen (no file needed).",
+          entry_point=_DESIGN + "make_sergio_env", vector_entry_point=_DESIGN + "make_sergio_vector_env")
+
+
 # --- CellTRIP multi-agent worlds (envs/trip) -------------------------------------------------------------
 register_parallel_task(
     "CellEnv-Trip-Integration-v0", "cellgym.envs.trip:make_integration_env",

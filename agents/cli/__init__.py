@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "train": "cellgym.agents.cli._train",
     "enjoy": "cellgym.agents.cli._enjoy",
     "benchmark": "cellgym.agents.cli._benchmark",
+    "design-benchmark": "cellgym.agents.cli._design_benchmark",
+    "leaderboard": "cellgym.agents.cli._leaderboard",
     "fit": "cellgym.agents.cli._fit",
     "predict": "cellgym.agents.cli._predict",
     "embed-genes": "cellgym.agents.cli._embed_genes",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from cellgym.predictors.base import (
     check_genes,
     expression,
 )
-from cellgym.registry import get, make_predictor, make_reward
+from cellgym.registry import get, make_predictor, make_reward, predictor_class
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -440,12 +442,15 @@ def data_hash(adata: AnnData, spec: DataSpec, name: str, config: dict[str, Any])
     return h.hexdigest()[:16]
 
 
-def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, spec: DataSpec) -> Predictor:
+def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, spec: DataSpec, *,
+                      extra_perturbations: Sequence[str] = ()) -> Predictor:
     """A ready predictor from an instance, a saved folder, or a registered name (fitted on ``adata``, cached).
 
     A registered name is fitted once on ``adata`` (seed 0) and saved under
     ``$CELLGYM_CACHE/predictors/<name>-<hash>`` (default cache ``~/.cache/cellgym``), the hash covering
     data, spec and config, so the next env on the same data loads it instead of refitting.
+    ``extra_perturbations`` (singles absent from ``adata``) are passed to a registered predictor whose
+    constructor accepts them, so that it can predict them.
     """
     if isinstance(predictor, Predictor):
         if predictor.module is None:
@@ -464,7 +469,8 @@ def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, 
     get("predictors", name)  # unknown names fail here, with close matches
     if adata is None:
         raise DataSpecError(f"predictor {name!r} must be fitted, so the task needs adata=...; or pass a fitted instance.")
-    model = make_predictor(name)
+    accepts_extra = "extra_perturbations" in inspect.signature(predictor_class(name).__init__).parameters
+    model = make_predictor(name, **({"extra_perturbations": list(extra_perturbations)} if extra_perturbations and accepts_extra else {}))
     folder = _cache_dir() / "predictors" / f"{name}-{data_hash(adata, spec, name, model.config)}"
     if (folder / "config.yaml").exists():
         try:

@@ -30,7 +30,24 @@ def _generic_kwargs() -> dict[str, Any]:
     return {"adata": adata, "spec": DataSpec(counts=None), "target": "A", "predictor": model}
 
 
-TASK_KWARGS = {"CellEnv-Reprogram-v0": _generic_kwargs}
+def _design_kwargs() -> dict[str, Any]:
+    kwargs = _generic_kwargs()
+    kwargs["predictor"] = "baseline.additive"  # fitted by the task without the target
+    return kwargs
+
+
+def _shared(relative: str) -> dict[str, Any]:
+    from conftest import shared_file
+
+    return {"path": str(shared_file(relative))}
+
+
+TASK_KWARGS = {
+    "CellEnv-Reprogram-v0": _generic_kwargs,
+    "CellEnv-Design-v0": _design_kwargs,
+    "CellEnv-Design-Norman-v0": lambda: _shared("perturb/norman19_mcfaline23_devel.h5ad"),
+    "CellEnv-Design-Papalexi-v0": lambda: _shared("perturb/papalexi2021_thp1_lowmoi.h5ad"),
+}
 TASKS = sorted(i for i in gym.registry if i.startswith("CellEnv-"))
 
 

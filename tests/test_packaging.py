@@ -28,7 +28,7 @@ def test_wheel_contains_every_module_and_data_file(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for root in PACKAGE_ROOTS:
+    for root in (*PACKAGE_ROOTS, "cellgym"):  # cellgym/: the top-level package (__version__, python -m cellgym)
         shutil.copytree(ROOT / root, src / root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(src), "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, text=True)
@@ -39,5 +39,6 @@ def test_wheel_contains_every_module_and_data_file(tmp_path: Path) -> None:
     # the files the code reads by path: the shipped Boolean models and the hyperparameter YAML
     assert "cellgym/predictors/grn/models/krumsiek11.txt" in data
     assert "cellgym/agents/hyperparams/maskable_ppo.yml" in data
+    expected |= {"cellgym/__init__.py": "code", "cellgym/__main__.py": "code"}
     missing = sorted(set(expected) - shipped)
     assert not missing, f"the wheel lacks {missing}"

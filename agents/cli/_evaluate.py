@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import add_data_options, load_data, parse_filters, parse_kv, spec_from_args
+from ._options import add_data_options, load_data, parse_filters, parse_kv, show_fit_progress, spec_from_args
 
 SPLITS = ("perturbations", "combos", "contexts", "fewshot", "random")  # cellgym.predictors.base._data.SPLIT_KINDS
 
@@ -79,16 +79,9 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, adata.obs.columns)
     validate(adata, spec)
     sp = split(adata, spec, args.split, seed=args.seed, holdout=args.holdout, test_fraction=args.test_fraction)
-    from ._fit import ProgressLogger
-
-    bars = {name: ProgressLogger(None, desc=f"fit {name}") for name in args.predictors}  # epochs, where there are
-    try:
-        result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, progress=True,
-                          max_epochs=args.max_epochs,
-                          fit_kwargs={name: {**fit_kwargs.get(name, {}), "logger": bar} for name, bar in bars.items()})
-    finally:
-        for bar in bars.values():
-            bar.close()
+    show_fit_progress()  # per-epoch lines of every trained predictor: epoch, loss, time left
+    result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, progress=True,
+                      max_epochs=args.max_epochs, fit_kwargs=fit_kwargs)
 
     out = _output_dir(args)
     out.mkdir(parents=True, exist_ok=True)

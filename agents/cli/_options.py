@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -90,20 +89,10 @@ def apply_filters(adata: AnnData, subset: dict[str, list[str]], exclude: dict[st
 
 
 def read_data(path: str) -> AnnData:
-    """Read an ``.h5ad``; a missing or unreadable file raises :class:`DataSpecError` (one line)."""
-    import anndata
+    """Read ``--data`` (an ``.h5ad``); a folder, missing or unreadable file raises :class:`DataSpecError` (one line)."""
+    from cellgym.predictors.base._data import read_h5ad
 
-    file = Path(path)
-    if file.is_dir():
-        found = sorted(p.name for p in file.glob("*.h5ad"))[:5]
-        raise DataSpecError(f"--data {path!r} is a folder, not a file. Pass the path of an .h5ad file"
-                            + (f", e.g. one of {found} in it." if found else " (the folder holds none)."))
-    if not file.is_file():
-        raise DataSpecError(f"--data {path!r}: no such file. Pass the path of an .h5ad file.")
-    try:
-        return anndata.read_h5ad(file)
-    except Exception as exc:  # h5py/anndata raise many types for a file that is not an AnnData
-        raise DataSpecError(f"--data {path!r} is not a readable .h5ad file ({type(exc).__name__}: {exc}).") from exc
+    return read_h5ad(path, what="--data")
 
 
 def parse_kv(items: list[str], flag: str) -> dict[str, Any]:

@@ -196,7 +196,7 @@ def design_benchmark(
                             "oracle_energy_distance": others[best]})
             for world in worlds:
                 env = _env(problem, {"predictor": world, "n_cells": n_cells}, max_perturbations, None)
-                sets = candidate_sets(env.unwrapped.perturbations, env.unwrapped.budget)
+                sets = candidate_sets(env.unwrapped.perturbations, env.unwrapped.dynamics.max_applied)
                 distances = None
                 for planner in planners:
                     if progress:

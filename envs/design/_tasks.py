@@ -11,6 +11,7 @@ import numpy as np
 
 from cellgym.envs.reprogram import ReprogramEnv, ReprogramVectorEnv, resolve_predictor
 from cellgym.predictors.base import DataSpec, DataSpecError, Predictor, expression, validate
+from cellgym.predictors.base._data import read_h5ad
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -165,26 +166,23 @@ def design_problem(
 def _env(problem: DesignProblem, kwargs: dict[str, Any], max_perturbations: int | None, num_envs: int | None) -> Any:
     """The env (``num_envs`` None) or native vector env of ``problem``; its world is fitted without the target.
 
-    Defaults that differ from the reprogramming tasks: ``max_perturbations`` = the problem's (2 for doubles,
-    1 for singles), ``cost`` 0.01 per perturbation (a tie-breaker towards smaller sets: the question is
-    which set produces the cells, not which is cheapest).
+    An episode ends (terminated) once ``max_perturbations`` perturbations are applied, or on stop; default
+    the problem's (2 for doubles, 1 for singles). ``cost`` defaults to 0.01 per perturbation (a tie-breaker
+    towards smaller sets: the question is which set produces the cells, not which is cheapest).
     """
-    from gymnasium.wrappers import TimeLimit
-
     max_perturbations = problem.max_perturbations if max_perturbations is None else max_perturbations
     if max_perturbations < 1:
         raise DataSpecError(f"max_perturbations must be >= 1, got {max_perturbations}.")
-    kwargs.pop("max_episode_steps", None)  # the episode length is max_perturbations
+    kwargs.pop("max_episode_steps", None)
     kwargs.setdefault("cost", 0.01)
     predictor = problem.fit_world(kwargs.pop("predictor", DEFAULT_PREDICTOR))
-    common = {**problem.env_kwargs(predictor, kwargs.pop("reward", "target.energy")), "budget": max_perturbations, **kwargs}
-    if num_envs is None:
-        env = ReprogramEnv(**common)
-        env.problem = problem  # what the scoring harness reads (target, vocabulary, measured cells)
-        return TimeLimit(env, max_episode_steps=max_perturbations)
-    venv = ReprogramVectorEnv(num_envs, **common, max_episode_steps=max_perturbations)
-    venv.problem = problem
-    return venv
+    # the step budget only bounds re-applying a perturbation already in force
+    common = {**problem.env_kwargs(predictor, kwargs.pop("reward", "target.energy")), "budget": max_perturbations + 1,
+              **kwargs}
+    env = ReprogramEnv(**common) if num_envs is None else ReprogramVectorEnv(num_envs, **common)
+    env.dynamics.max_applied = max_perturbations
+    env.problem = problem  # what the scoring harness reads (target, vocabulary, measured cells)
+    return env
 
 
 def _generic_problem(kwargs: dict[str, Any]) -> DesignProblem:
@@ -216,19 +214,11 @@ def make_design_vector_env(num_envs: int = 1, *, max_perturbations: int | None =
 
 
 # ----------------------------------------------------------------------------------------- data sets
-def read_h5ad(path: str | Path | None, task: str, expected: str) -> AnnData:
-    """Read the task's data file; a missing path or unreadable file is one line naming what to pass."""
-    import anndata
-
+def _read(path: str | Path | None, task: str, expected: str) -> AnnData:
+    """The task's data file; without ``path=`` one line names the file to pass (nothing is downloaded)."""
     if path is None:
         raise DataSpecError(f"{task} needs path=<{expected}>; nothing is downloaded at run time.")
-    file = Path(path)
-    if not file.is_file():
-        raise DataSpecError(f"{task}: no file at {str(file)!r}; pass path=<{expected}>.")
-    try:
-        return anndata.read_h5ad(file)
-    except Exception as exc:  # h5py/anndata raise many types for a file that is not an AnnData
-        raise DataSpecError(f"{task}: {str(file)!r} is not a readable .h5ad file ({type(exc).__name__}).") from None
+    return read_h5ad(path, what=f"{task} path=")
 
 
 def _cached(problems_of: Any) -> Any:
@@ -252,7 +242,7 @@ def _cached(problems_of: Any) -> Any:
 def norman_problems(path: str | Path | None = None) -> list[DesignProblem]:
     """Norman et al. 2019 K562 CRISPRa (the PerturBench devel file): every double whose two singles were
     measured alone is a target, all held out together (one world serves them all)."""
-    adata = read_h5ad(path, "CellEnv-Design-Norman-v0", "norman19_mcfaline23_devel.h5ad")
+    adata = _read(path, "CellEnv-Design-Norman-v0", "norman19_mcfaline23_devel.h5ad")
     if "dataset" in adata.obs:
         adata = adata[adata.obs["dataset"].astype(str) == "norman19"].copy()
     spec = DataSpec(context_key="cell_type" if "cell_type" in adata.obs else None, counts=None)
@@ -270,7 +260,7 @@ def norman_problems(path: str | Path | None = None) -> list[DesignProblem]:
 def papalexi_problems(path: str | Path | None = None, *, n_targets: int = 8, seed: int = 0) -> list[DesignProblem]:
     """Papalexi et al. 2021 THP-1 ECCITE-seq knockouts (raw counts): ``n_targets`` knockouts held out
     together (seeded choice; ``unassigned`` cells dropped)."""
-    adata = read_h5ad(path, "CellEnv-Design-Papalexi-v0", "papalexi2021_thp1_lowmoi.h5ad")
+    adata = _read(path, "CellEnv-Design-Papalexi-v0", "papalexi2021_thp1_lowmoi.h5ad")
     adata = adata[adata.obs["perturbation"].astype(str) != "unassigned"].copy()
     spec = DataSpec(context_key=None)
     labels = sorted(set(adata.obs["perturbation"].astype(str)) - {spec.control})

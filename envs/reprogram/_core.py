@@ -83,6 +83,12 @@ class ReprogramDynamics:
         Success when the distance is at most this (default: the world's).
     dose
         Perturbations are doses in [0, 1] (``applied`` float; :meth:`step_dose`) instead of on/off.
+
+    Attributes
+    ----------
+    max_applied
+        None, or the size of a complete perturbation set: a population that has this many applied ends its
+        episode as if it had stopped (the inverse-design tasks set it to their ``max_perturbations``).
     """
 
     def __init__(self, world: World, *, n_components: int, cost: float, success_bonus: float, threshold: float | None,
@@ -92,6 +98,7 @@ class ReprogramDynamics:
         self.cost = float(cost)
         self.success_bonus = float(success_bonus)
         self.threshold = float(world.threshold if threshold is None else threshold)
+        self.max_applied: int | None = None
         self.n_perturbations = len(world.perturbations)
         # (P, P_predictor) map from the task's vocabulary to the predictor's multi-hot columns
         vocab = {p: i for i, p in enumerate(world.transition.perturbations)}
@@ -172,7 +179,10 @@ class ReprogramDynamics:
             reward = reward - penalty
             self.last_disagreement = disagreement
         nxt = replace(state, cells=cells, applied=applied, distance=distance)
-        return StepOutcome(nxt, reward, success, stop.numpy().copy(), n_new, self.cost * n_new, n_new.astype(np.float64))
+        stopped = stop.numpy().copy()
+        if self.max_applied is not None:  # a complete set ends the episode
+            stopped |= applied.sum(1).numpy() >= self.max_applied
+        return StepOutcome(nxt, reward, success, stopped, n_new, self.cost * n_new, n_new.astype(np.float64))
 
     def step_dose(self, state: PopulationState, doses: torch.Tensor) -> StepOutcome:
         """One step of every population under ``doses`` (B, P) float in [0, 1] (``action_mode="dose"``).

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -103,6 +104,24 @@ class Split:
 
 
 # ----------------------------------------------------------------------------------------------- checks
+def read_h5ad(path: str | Path, *, what: str = "--data") -> AnnData:
+    """Read an ``.h5ad`` file; a folder, a missing file or an unreadable one raises :class:`DataSpecError`
+    in one line, ``what`` naming the option or argument the path came from."""
+    import anndata
+
+    file = Path(path)
+    if file.is_dir():
+        found = sorted(p.name for p in file.glob("*.h5ad"))[:5]
+        raise DataSpecError(f"{what} {str(path)!r} is a folder, not a file. Pass the path of an .h5ad file"
+                            + (f", e.g. one of {found} in it." if found else " (the folder holds none)."))
+    if not file.is_file():
+        raise DataSpecError(f"{what} {str(path)!r}: no such file. Pass the path of an .h5ad file.")
+    try:
+        return anndata.read_h5ad(file)
+    except Exception as exc:  # h5py/anndata raise many types for a file that is not an AnnData
+        raise DataSpecError(f"{what} {str(path)!r} is not a readable .h5ad file ({type(exc).__name__}: {exc}).") from exc
+
+
 def is_count_matrix(x: Any, n_check: int = 100_000) -> bool:
     """True when ``x`` holds non-negative integers (raw counts) rather than normalised/log values."""
     data = x.data if sp.issparse(x) else np.asarray(x).ravel()

@@ -23,6 +23,8 @@ register("predictors", "gem1.nb", "cellgym.predictors.gem1:Gem1NB",
          "GEM-1 metadata-conditioned VAE with a negative-binomial decoder (counts).")
 register("predictors", "gem1.sc", "cellgym.predictors.gem1:Gem1SC",
          "GEM-1 single-cell VAE: per-cell library size, NB training, multinomial sampling.")
+register("predictors", "cellgen", "cellgym.predictors.cellgen:CellGen",
+         "CellGen FiLM-conditioned gated-attention WGAN: edits the input cell, no cell-type input; time-step forecasts.")
 
 # --- reward models --------------------------------------------------------------------------------------
 register("rewards", "target.energy", "cellgym.predictors.rewards:EnergyDistanceReward",
@@ -33,6 +35,8 @@ register("rewards", "target.classifier", "cellgym.predictors.rewards:ClassifierR
          "1 - mean probability of the target label under a classifier fitted on labelled cells.")
 register("rewards", "gem1.classifier", "cellgym.predictors.gem1:Gem1ClassifierReward",
          "1 - mean probability of the goal label under a GEM-1 model's biological latent classifier.")
+register("rewards", "cellgen.critic", "cellgym.predictors.cellgen:CellGenCriticReward",
+         "How far below real cells a CellGen critic scores the population (realism penalty).")
 
 # --- agents ---------------------------------------------------------------------------------------------
 register("agents", "random", "cellgym.agents.planning:RandomAgent",

@@ -56,7 +56,8 @@ class CellGen(Predictor):
         Gated gene attention: genes projected into ``n_tokens`` tokens of width ``token_dim``,
         ``n_heads`` heads (see :mod:`cellgym.predictors.cellgen._module` for why tokens, not genes).
     n_critic
-        Critic steps per generator step (WGAN-GP: 5).
+        Critic steps per generator step (WGAN-GP: 5; default 1, which with the distribution term gives
+        five times the generator updates per CPU-second; see the ablation in the report of issue #11).
     penalty
         ``"gp"`` (WGAN-GP) or ``"div"`` (WGAN-div).
     gp_weight, identity_weight, cycle_weight, distribution_weight
@@ -92,17 +93,17 @@ class CellGen(Predictor):
         n_tokens: int = 16,
         token_dim: int = 16,
         n_heads: int = 2,
-        n_critic: int = 5,
+        n_critic: int = 1,
         penalty: Literal["gp", "div"] = "gp",
         gp_weight: float | None = None,
         identity_weight: float = 1.0,
         cycle_weight: float = 1.0,
-        distribution_weight: float = 1.0,
-        learning_rate: float = 2e-4,
+        distribution_weight: float = 5.0,
+        learning_rate: float = 1e-3,
         critic_learning_rate: float | None = None,
         betas: Sequence[float] = (0.5, 0.9),
         epochs: int | None = None,
-        default_steps: int = 3000,
+        default_steps: int = 1500,
         n_gene_features: int = 16,
         unseen_rate: float = 0.1,
         extra_perturbations: Sequence[str] = (),

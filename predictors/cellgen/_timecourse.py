@@ -33,7 +33,7 @@ def simulate_time_course(
     *,
     source: str = "type0",
     target: str = "type1",
-    steps_per_time: int = 10,
+    steps_per_time: int = 20,
     network: str = "lineages",
     seed: int = 0,
 ) -> AnnData:

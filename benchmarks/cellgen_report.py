@@ -1,7 +1,8 @@
 """CellGen on the shared screens: the evaluation table, distribution fidelity and the critic's AUC, in one run.
 
 For one split the script runs :func:`cellgym.predictors.evaluate` (the code behind ``cellgym
-evaluate``; same seed, same fits, so the table equals the CLI's) with ``cellgen`` next to the four
+evaluate``; same seed, same fits; the table equals the CLI's except for the GEM-1 row, fitted for
+``--gem1-epochs`` epochs here to keep the run short) with ``cellgen`` next to the four
 baselines and a GEM-1 model, then, on the fitted cellgen and ``baseline.mean``:
 
 - distribution fidelity per held-out group: energy distance, per-gene variance (Pearson r of the
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--holdout", nargs="+")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="folder for metrics.csv, fidelity.csv")
+    parser.add_argument("--gem1-epochs", type=int, default=20, help="GEM-1 epochs (its own default when 0)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from sklearn.metrics import roc_auc_score
@@ -74,7 +76,7 @@ def main() -> None:
     mean = make_predictor("baseline.mean", extra_perturbations=extra)
     start = time.perf_counter()
     res = evaluate(adata, spec, sp, ["baseline.nochange", mean, "baseline.additive", "baseline.linear", gem, cellgen],
-                   seed=args.seed)
+                   seed=args.seed, fit_kwargs={gem: {"epochs": args.gem1_epochs}} if args.gem1_epochs else None)
     print(f"{args.data} split={sp.kind} holdout={list(sp.holdout)[:8]} ({len(sp.test)} test cells); "
           f"evaluate took {time.perf_counter() - start:.0f} s")
     cols = ["pearson_delta", "r2_de", "mse_delta", "de_overlap", "direction_agreement", "discrimination", "energy_distance", "coverage"]

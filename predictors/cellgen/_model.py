@@ -103,12 +103,16 @@ class CellGen(Predictor):
         critic_learning_rate: float | None = None,
         betas: Sequence[float] = (0.5, 0.9),
         epochs: int | None = None,
-        default_steps: int = 1500,
+        default_steps: int = 500,
         n_gene_features: int = 16,
         unseen_rate: float = 0.1,
         extra_perturbations: Sequence[str] = (),
         mode: Literal["auto", "perturbation", "trajectory"] = "auto",
     ) -> None:
+        try:  # values from the CLI's --predictor-kwargs may arrive as strings ("1e-3")
+            learning_rate, unseen_rate, n_critic = float(learning_rate), float(unseen_rate), int(n_critic)
+        except (TypeError, ValueError) as exc:
+            raise DataSpecError(f"cellgen: learning_rate, unseen_rate and n_critic must be numbers ({exc}).") from exc
         if penalty not in ("gp", "div"):
             raise DataSpecError(f"cellgen penalty must be 'gp' or 'div', got {penalty!r}.")
         if mode not in ("auto", "perturbation", "trajectory"):

@@ -167,3 +167,25 @@ def test_trajectory_forecast_beats_no_change_and_linear_extrapolation() -> None:
         assert ed["cellgen"] < ed["nochange"] and ed["cellgen"] < ed["linear_mean"], scores
     with pytest.raises(Exception, match="cannot roll"):
         model.predict(test[:5], start=4, steps=3)
+
+
+def test_cellgym_fit_logs_gan_scalars_to_tensorboard_and_divergence_is_one_line(tmp_path, capsys) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cellgym.agents.cli import main
+
+    h5 = tmp_path / "screen.h5ad"
+    _screen(n=30).write_h5ad(h5)
+    small = ["n_hidden:32", "n_latent:16", "cond_dim:16", "n_tokens:4", "token_dim:8"]
+    common = ["fit", "--predictor", "cellgen", "--data", str(h5), "--context-key", "line", "--counts", "none", "--epochs", "3"]
+    assert main([*common, "--out", str(tmp_path / "m"), "--tensorboard-log", str(tmp_path / "tb"), "--predictor-kwargs", *small]) == 0
+    ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"fit/critic_loss", "fit/generator_loss", "fit/gradient_penalty", "fit/wasserstein", "fit/energy_distance"} <= tags
+    assert len(ea.Scalars("fit/wasserstein")) == 3
+    assert isinstance(Predictor.load(tmp_path / "m"), CellGen)
+    capsys.readouterr()
+    rc = main([*common, "--out", str(tmp_path / "bad"), "--predictor-kwargs", *small, "learning_rate:1.0e12", "--epochs", "50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len([line for line in err if "diverged" in line]) == 1 and "Traceback" not in "\n".join(err)

@@ -232,18 +232,22 @@ def energy_distance(
 
 def energy_distance_torch(
     x: torch.Tensor, y: torch.Tensor, x_groups: torch.Tensor | None = None, y_groups: torch.Tensor | None = None,
-    n_groups: int | None = None,
+    n_groups: int | None = None, *, unbiased: bool = False,
 ) -> torch.Tensor:
     """Differentiable energy distance (the statistic of :func:`energy_distance`, V-statistic, no subsampling).
 
     Without groups: a scalar for the sets ``x`` (N, G) and ``y`` (M, G). With ``x_groups`` (N,) and
     ``y_groups`` (M,) int64 in ``[0, n_groups)``: one distance per group (n_groups,) between the
     cells of that group in ``x`` and in ``y`` (NaN for a group absent from either side), from one
-    ``cdist`` per pair of sets. Used as a training loss (e.g. CellGen's distribution term).
+    ``cdist`` per pair of sets. ``unbiased`` leaves the i = j pairs out of the within-set means (the
+    U-statistic): the V-statistic's zero diagonal rewards small sets for shrinking, so a training loss
+    on a few cells per group (CellGen's distribution term) must use the U-statistic.
     """
     dxy, dxx, dyy = torch.cdist(x, y), torch.cdist(x, x), torch.cdist(y, y)
+    off = 1 if unbiased else 0  # the diagonal of dxx, dyy is zero: leaving it out divides by n (n - 1)
     if x_groups is None or y_groups is None:
-        return 2 * dxy.mean() - dxx.mean() - dyy.mean()
+        n, m = x.shape[0], y.shape[0]
+        return 2 * dxy.mean() - dxx.sum() / (n * (n - off)) - dyy.sum() / (m * (m - off))
     n_groups = int(max(int(x_groups.max()), int(y_groups.max())) + 1) if n_groups is None else n_groups
     mx = torch.nn.functional.one_hot(x_groups, n_groups).to(x.dtype)  # (N, C)
     my = torch.nn.functional.one_hot(y_groups, n_groups).to(y.dtype)  # (M, C)
@@ -252,4 +256,4 @@ def energy_distance_torch(
     def group_mean(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
         return ((a.T @ d) * b.T).sum(1) / (na * nb)
 
-    return 2 * group_mean(dxy, mx, my, nx, ny) - group_mean(dxx, mx, mx, nx, nx) - group_mean(dyy, my, my, ny, ny)
+    return 2 * group_mean(dxy, mx, my, nx, ny) - group_mean(dxx, mx, mx, nx, nx - off) - group_mean(dyy, my, my, ny, ny - off)

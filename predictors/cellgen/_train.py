@@ -38,8 +38,8 @@ class GANWeights:
     cycle
         L1 between ``G(G(x, c), control)`` and ``x`` (back to control; StarGAN's reconstruction).
     distribution
-        Energy distance (Székely & Rizzo 2013) between the generated and the real cells of each
-        condition in the batch: a direct distribution-matching term next to the critic (CellGen's
+        Energy distance (Székely & Rizzo 2013; U-statistic) between the generated and the real cells of
+        each condition in the batch: a direct distribution-matching term next to the critic (CellGen's
         losses do not have it; the ablation in the report of issue #11 shows what it adds).
     drift
         Small penalty on the squared real scores that keeps the unbounded critic from drifting
@@ -171,7 +171,7 @@ class GANStep:
                 terms["cycle"] = (module.generate(fake, none_pert, none_step) - x).abs().mean()
             if w.distribution > 0:
                 _, group = torch.unique(torch.cat([pert, step[:, None].to(pert)], 1), dim=0, return_inverse=True)
-                terms["energy_distance"] = energy_distance_torch(fake, real, group, group).nanmean()
+                terms["energy_distance"] = energy_distance_torch(fake, real, group, group, unbiased=True).nanmean()
             gen_loss = (adversarial + w.identity * terms.get("identity", 0.0) + w.cycle * terms.get("cycle", 0.0)
                         + w.distribution * terms.get("energy_distance", 0.0))
             for p in module.critic_parameters():

@@ -240,8 +240,9 @@ def energy_distance_torch(
     ``y_groups`` (M,) int64 in ``[0, n_groups)``: one distance per group (n_groups,) between the
     cells of that group in ``x`` and in ``y`` (NaN for a group absent from either side), from one
     ``cdist`` per pair of sets. ``unbiased`` leaves the i = j pairs out of the within-set means (the
-    U-statistic): the V-statistic's zero diagonal rewards small sets for shrinking, so a training loss
-    on a few cells per group (CellGen's distribution term) must use the U-statistic.
+    U-statistic; NaN for a group with fewer than two cells on a side): the V-statistic's zero diagonal
+    rewards small sets for shrinking, so a training loss on a few cells per group (CellGen's
+    distribution term) must use the U-statistic. NaN groups carry no gradient (use ``nanmean``).
     """
     dxy, dxx, dyy = torch.cdist(x, y), torch.cdist(x, x), torch.cdist(y, y)
     off = 1 if unbiased else 0  # the diagonal of dxx, dyy is zero: leaving it out divides by n (n - 1)
@@ -254,6 +255,8 @@ def energy_distance_torch(
     nx, ny = mx.sum(0), my.sum(0)
 
     def group_mean(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
-        return ((a.T @ d) * b.T).sum(1) / (na * nb)
+        return ((a.T @ d) * b.T).sum(1) / (na * nb).clamp_min(1)  # clamped: finite gradients for empty groups
 
-    return 2 * group_mean(dxy, mx, my, nx, ny) - group_mean(dxx, mx, mx, nx, nx - off) - group_mean(dyy, my, my, ny, ny - off)
+    ed = 2 * group_mean(dxy, mx, my, nx, ny) - group_mean(dxx, mx, mx, nx, nx - off) - group_mean(dyy, my, my, ny, ny - off)
+    valid = (nx > off) & (ny > off)  # U-statistic: at least two cells on each side
+    return torch.where(valid, ed, torch.full_like(ed, float("nan")))

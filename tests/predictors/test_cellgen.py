@@ -189,3 +189,19 @@ def test_cellgym_fit_logs_gan_scalars_to_tensorboard_and_divergence_is_one_line(
     rc = main([*common, "--out", str(tmp_path / "bad"), "--predictor-kwargs", *small, "learning_rate:1.0e12", "--epochs", "50"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len([line for line in err if "diverged" in line]) == 1 and "Traceback" not in "\n".join(err)
+
+
+def test_grouped_energy_distance_matches_the_evaluation_metric_per_group() -> None:
+    from cellgym.predictors.metrics import energy_distance, energy_distance_torch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), rng.normal(0.7, 1.0, size=(50, 4))
+    gx, gy = np.repeat([0, 1], 30), np.repeat([0, 1], 25)
+    grouped = energy_distance_torch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(gx), torch.from_numpy(gy))
+    for k in (0, 1):
+        assert float(grouped[k]) == pytest.approx(energy_distance(x[gx == k], y[gy == k], max_cells=None))
+    u = energy_distance_torch(torch.from_numpy(x), torch.from_numpy(y), unbiased=True)
+    assert float(u) < energy_distance(x, y, max_cells=None)  # the U-statistic drops the zero diagonal
+    single = energy_distance_torch(torch.from_numpy(x[:3]), torch.from_numpy(y[:3]), torch.tensor([0, 0, 1]),
+                                   torch.tensor([0, 0, 1]), unbiased=True)
+    assert torch.isnan(single[1]) and torch.isfinite(single[0])

@@ -205,3 +205,10 @@ def test_grouped_energy_distance_matches_the_evaluation_metric_per_group() -> No
     single = energy_distance_torch(torch.from_numpy(x[:3]), torch.from_numpy(y[:3]), torch.tensor([0, 0, 1]),
                                    torch.tensor([0, 0, 1]), unbiased=True)
     assert torch.isnan(single[1]) and torch.isfinite(single[0])
+
+
+def test_batches_with_one_cell_per_condition_do_not_stop_training() -> None:
+    adata = _screen(n=10)  # batches of 2 cells: most hold two conditions with one cell each (no U-statistic)
+    model = make_predictor("cellgen", **SMALL, epochs=1)
+    report = model.fit(adata, SPEC, batch_size=2, seed=0)
+    assert all(np.isfinite(v).all() for v in report.history.values())

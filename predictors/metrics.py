@@ -308,24 +308,37 @@ def energy_distance(
     return float(energy_distance_torch(tx, ty))
 
 
-def energy_distance_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` in torch, batched and differentiable.
+def energy_distance_torch(
+    x: torch.Tensor, y: torch.Tensor, x_groups: torch.Tensor | None = None, y_groups: torch.Tensor | None = None,
+    n_groups: int | None = None, *, unbiased: bool = False,
+) -> torch.Tensor:
+    """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` in torch: batched, grouped and differentiable.
 
-    The one implementation of the statistic (:func:`energy_distance` calls it): V-statistics over all
-    pairs with Euclidean norms, i.e. the MMD with kernel ``-||x - y||`` that State (Adduri et al. 2025)
-    trains its set model with.
+    The one implementation of the statistic (:func:`energy_distance` calls it), with Euclidean norms: the
+    MMD with kernel ``-||x - y||`` that State (Adduri et al. 2025) trains its set model with.
 
-    Parameters
-    ----------
-    x, y
-        Tensors (..., N, G) and (..., M, G): one pair of sets per leading index.
-
-    Returns
-    -------
-    Tensor (...) of distances (a 0-d tensor for plain (N, G), (M, G) inputs).
+    Without groups: ``x`` (..., N, G) and ``y`` (..., M, G), one pair of sets per leading index; returns
+    (...) (a 0-d tensor for plain (N, G), (M, G) inputs). With ``x_groups`` (N,) and ``y_groups`` (M,)
+    int64 in ``[0, n_groups)`` (2-D ``x``, ``y``): one distance per group (n_groups,) between the cells of
+    that group in ``x`` and in ``y`` (NaN for a group absent from either side), from one ``cdist`` per pair
+    of sets. ``unbiased`` leaves the i = j pairs out of the within-set means (the U-statistic; NaN for a
+    group with fewer than two cells on a side): the V-statistic's zero diagonal rewards small sets for
+    shrinking, so a training loss on a few cells per group (CellGen's distribution term) must use the
+    U-statistic. NaN groups carry no gradient (use ``nanmean``).
     """
+    dxy, dxx, dyy = torch.cdist(x, y), torch.cdist(x, x), torch.cdist(y, y)  # finite backward at zero distance
+    off = 1 if unbiased else 0  # the diagonal of dxx, dyy is zero: leaving it out divides by n (n - 1)
+    if x_groups is None or y_groups is None:
+        n, m = x.shape[-2], y.shape[-2]
+        return 2 * dxy.mean((-1, -2)) - dxx.sum((-1, -2)) / (n * (n - off)) - dyy.sum((-1, -2)) / (m * (m - off))
+    n_groups = int(max(int(x_groups.max()), int(y_groups.max())) + 1) if n_groups is None else n_groups
+    mx = torch.nn.functional.one_hot(x_groups, n_groups).to(x.dtype)  # (N, C)
+    my = torch.nn.functional.one_hot(y_groups, n_groups).to(y.dtype)  # (M, C)
+    nx, ny = mx.sum(0), my.sum(0)
 
-    def mean_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(a, b).mean((-1, -2))  # cdist's backward is finite at zero distance (the diagonal)
+    def group_mean(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+        return ((a.T @ d) * b.T).sum(1) / (na * nb).clamp_min(1)  # clamped: finite gradients for empty groups
 
-    return 2.0 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+    ed = 2 * group_mean(dxy, mx, my, nx, ny) - group_mean(dxx, mx, mx, nx, nx - off) - group_mean(dyy, my, my, ny, ny - off)
+    valid = (nx > off) & (ny > off)  # U-statistic: at least two cells on each side
+    return torch.where(valid, ed, torch.full_like(ed, float("nan")))

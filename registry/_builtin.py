@@ -31,6 +31,8 @@ register("predictors", "galaxy", "cellgym.predictors.galaxy:GalaxyPredictor",
          "Galaxy/SATURN cross-species model: macrogenes from gene embeddings, X_galaxy, perturbation transfer.")
 register("predictors", "ensemble", "cellgym.predictors.ensemble:EnsemblePredictor",
          "K members (bootstrap or seeds, any families): member mean, per-cell disagreement, energy distance between members.")
+register("predictors", "cellgen", "cellgym.predictors.cellgen:CellGen",
+         "CellGen FiLM-conditioned gated-attention WGAN: edits the input cell, no cell-type input; time-step forecasts.")
 
 # --- reward models --------------------------------------------------------------------------------------
 register("rewards", "target.energy", "cellgym.predictors.rewards:EnergyDistanceReward",
@@ -47,6 +49,8 @@ register("rewards", "galaxy.embedding", "cellgym.predictors.galaxy:GalaxyEmbeddi
          "Centroid distance to goal cells (any species) in a galaxy model's shared X_galaxy space.")
 register("rewards", "uncertainty.penalised", "cellgym.predictors.rewards:UncertaintyPenalisedReward",
          "A goal reward minus lambda x the ensemble's member disagreement of each predicted step.")
+register("rewards", "cellgen.critic", "cellgym.predictors.cellgen:CellGenCriticReward",
+         "How far below real cells a CellGen critic scores the population (realism penalty).")
 
 # --- agents ---------------------------------------------------------------------------------------------
 register("agents", "random", "cellgym.agents.planning:RandomAgent",

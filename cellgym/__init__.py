@@ -5,6 +5,12 @@ The code lives in four subpackages: :mod:`cellgym.registry` (names -> things), :
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from pkgutil import extend_path
+
+# A checkout's cellgym/ folder (this file) found first on sys.path -- `python -c` in the repo root puts the
+# current folder first -- would hide the installed subpackages; extend_path adds every other cellgym/
+# folder on sys.path (an installed wheel's), so cellgym.agents etc. still resolve.
+__path__ = extend_path(__path__, __name__)
 
 try:
     __version__ = version("cellgym")

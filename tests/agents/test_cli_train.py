@@ -199,6 +199,7 @@ def test_ray_celltrip_one_runner_reproduces_local_training_and_two_runners_learn
     from cellgym.agents.celltrip._ray import RayCollector
     from cellgym.registry import make
 
+    ray.shutdown()  # an earlier test (the RLlib backend) may have left Ray running with its defaults
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         local = CellTripAgent(**TRIP_FAST).learn(make(TRIP, **TRIP_KW), 60, seed=4)
@@ -228,6 +229,7 @@ def test_ray_celltrip_one_runner_reproduces_local_training_and_two_runners_learn
 def test_ray_backend_trains_celltrip_with_env_runners(tmp_path: Path) -> None:
     import ray
 
+    ray.shutdown()  # an earlier test (the RLlib backend) may have left Ray running with its defaults
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert main(["train", "--env", TRIP, "--algo", "celltrip", "--backend", "ray", "--num-env-runners", "2",

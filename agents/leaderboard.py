@@ -228,10 +228,12 @@ def run_leaderboard(data_dir: Path | None, *, quick: bool = False, seed: int = 0
 
 
 def compare(new: Any, old: Any) -> Any:
-    """Rows of two leaderboards side by side on :data:`KEY`: ``value_old``, ``value_new``, ``change``;
-    ``data_changed`` flags rows whose data hash differs (their values are not comparable)."""
-    merged = old.merge(new, on=list(KEY), how="outer", suffixes=("_old", "_new"))
+    """Rows of two leaderboards side by side on :data:`KEY`: ``status`` (both / new / gone), ``value_old``,
+    ``value_new``, ``change``; ``data_changed`` flags rows whose data hash differs (not comparable)."""
+    merged = old.merge(new, on=list(KEY), how="outer", suffixes=("_old", "_new"), indicator=True)
+    merged["status"] = merged.pop("_merge").map({"both": "both", "left_only": "gone", "right_only": "new"})
     merged["change"] = merged["value_new"] - merged["value_old"]
     merged["data_changed"] = merged["data_hash_old"].notna() & merged["data_hash_new"].notna() & (
         merged["data_hash_old"] != merged["data_hash_new"])
-    return merged[[*KEY, "value_old", "value_new", "change", "data_changed", "cellgym_version_old", "cellgym_version_new"]]
+    return merged[[*KEY, "status", "value_old", "value_new", "change", "data_changed", "cellgym_version_old",
+                   "cellgym_version_new"]]

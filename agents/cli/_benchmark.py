@@ -19,7 +19,7 @@ import numpy as np
 
 from cellgym.predictors.base.errors import CellgymError
 
-from ._options import parse_kv
+from ._options import make_baseline, parse_kv
 from ._train import make_config, next_run_dir, train, write_config
 
 __all__ = ["COLUMNS", "add_parser", "benchmark", "run"]
@@ -76,7 +76,7 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
     import gymnasium
 
     from cellgym.agents.zoo._rollout import optimum_steps, run_episodes
-    from cellgym.registry import get, is_parallel_task, make_agent
+    from cellgym.registry import get, is_parallel_task
 
     from ._enjoy import load_agent
 
@@ -108,7 +108,7 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
                     agent = load_agent(name, task, run_dir, env)
                     trained = config["n_timesteps"]  # per run; the rows pool every seed's episodes
                 else:
-                    agent = make_agent(name)
+                    agent = make_baseline(name, EVAL_SEED)
                 played += run_episodes(agent, env, episodes, seed=EVAL_SEED)
                 env.close()
             steps = float(np.mean([e.steps for e in played]))

@@ -15,7 +15,7 @@ import numpy as np
 
 from cellgym.predictors.base.errors import CellgymError
 
-from ._options import parse_kv
+from ._options import make_baseline, parse_kv
 from ._runs import newest_checkpoint
 from ._zoo import add_enjoy_options, model_dir, resolve_run
 
@@ -54,15 +54,16 @@ def find_run(folder: str | Path, algo: str, task: str, exp_id: int = 0) -> Path:
     return runs[exp_id or max(runs)]
 
 
-def load_agent(algo: str, task: str, run_dir: Path | None, env: Any, model: Path | None = None) -> Any:
+def load_agent(algo: str, task: str, run_dir: Path | None, env: Any, model: Path | None = None,
+               seed: int | None = None) -> Any:
     """A baseline by name, or the agent saved in ``model`` (``best_model/``, ``checkpoints/step_N/``; default:
     ``run_dir``'s newest complete checkpoint, ``model/`` when training ended, else the last periodic checkpoint
-    of an interrupted run), rebuilt from that folder alone."""
-    from cellgym.registry import get, make_agent
+    of an interrupted run), rebuilt from that folder alone. ``seed`` seeds a baseline that draws random numbers."""
+    from cellgym.registry import get
 
     spec = get("agents", algo)
     if not getattr(spec.load(), "learns", False):
-        return make_agent(algo)
+        return make_baseline(algo, seed)
     if run_dir is None:
         raise CellgymError(f"agent {algo!r} learns: it needs a trained run (cellgym train --algo {algo}).")
     model = model or model_dir(run_dir)
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     import gymnasium
 
     from cellgym.agents.zoo._rollout import replay, run_episodes
-    from cellgym.registry import get, is_parallel_task, make_agent
+    from cellgym.registry import get, is_parallel_task
 
     get("tasks", args.env)
     if args.episodes < 1:
@@ -98,13 +99,13 @@ def run(args: argparse.Namespace) -> int:
         from cellgym.registry import make
 
         env = make(args.env, **env_kwargs)
-        agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args)) if run_dir else make_agent(args.algo)
+        agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args) if run_dir else None, args.seed)
         print(agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed))
         return 0
 
     env = gymnasium.make(args.env, **env_kwargs)
     model = model_dir(run_dir, args) if run_dir else None
-    agent = load_agent(args.algo, args.env, run_dir, env, model)
+    agent = load_agent(args.algo, args.env, run_dir, env, model, args.seed)
     episodes = run_episodes(agent, env, args.episodes, seed=args.seed, deterministic=args.deterministic)
     truth = None
     if args.truth:

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         _write(path, diff.to_csv(index=False))
         changed = diff[diff["change"].abs() > 1e-9]
         print(f"\ncompared with {args.compare}: {len(diff)} rows, {len(changed)} changed, "
-              f"{int(diff['value_old'].isna().sum())} new, {int(diff['value_new'].isna().sum())} gone")
+              f"{int((diff['status'] == 'new').sum())} new, {int((diff['status'] == 'gone').sum())} gone")
         written.append(path)
     print("\nwritten: " + ", ".join(map(str, written)))
     return 0

@@ -129,3 +129,14 @@ def show_fit_progress() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+
+
+def make_baseline(name: str, seed: int | None) -> Any:
+    """A registered non-learning agent, seeded where it draws random numbers (``random``), so that the same
+    seed plays the same episodes."""
+    import inspect
+
+    from cellgym.registry import get, make_agent
+
+    takes_seed = "seed" in inspect.signature(get("agents", name).load()).parameters
+    return make_agent(name, **({"seed": seed} if takes_seed else {}))

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         env = gymnasium.make(args.env, render_mode="rgb_array", **env_kwargs)
     except ValueError as exc:  # an env without rgb_array rendering
         raise CellgymError(f"record-video: {args.env} cannot render rgb_array frames ({exc}).") from exc
-    agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args) if run_dir else None)
+    agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args) if run_dir else None,
+                       getattr(args, "seed", None))
     frames = record_video(env, agent, args.episodes, seed=args.seed)
     env.close()
     default = (run_dir / "videos" if run_dir else Path("videos")) / f"{args.algo}-{args.env}.gif"

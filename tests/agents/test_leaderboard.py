@@ -27,9 +27,10 @@ def test_quick_predictor_and_design_sections(tmp_path, monkeypatch, capsys):
     assert main(["leaderboard", "--quick", "--sections", "predictors", "--out", str(again),
                  "--compare", str(out.with_suffix(".csv"))]) == 0
     diff = pd.read_csv(tmp_path / "lb" / "again_compare.csv")
-    both = diff.dropna(subset=["value_old", "value_new"])
-    assert len(both) == (df.section == "predictors").sum() and (both["change"].abs() < 1e-9).all()
-    assert "0 changed" in capsys.readouterr().out
+    both = diff[diff["status"] == "both"]
+    assert len(both) == (df.section == "predictors").sum()
+    assert (both["change"].dropna().abs() < 1e-9).all() and (both["value_old"].isna() == both["value_new"].isna()).all()
+    assert "0 changed, 0 new" in capsys.readouterr().out
 
 
 def test_compare_flags_changed_values_and_data():
@@ -39,7 +40,7 @@ def test_compare_flags_changed_values_and_data():
                         {**row, "metric": "r2_de", "value": 0.1, "data_hash": "bbb", "cellgym_version": "0.2.0"}])
     diff = compare(new, old).set_index("metric")
     assert abs(diff.loc["pearson_delta", "change"] - 0.2) < 1e-12 and diff.loc["pearson_delta", "data_changed"]
-    assert pd.isna(diff.loc["r2_de", "value_old"])
+    assert diff.loc["r2_de", "status"] == "new" and diff.loc["pearson_delta", "status"] == "both"
 
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):

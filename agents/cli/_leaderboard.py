@@ -64,13 +64,14 @@ def figure(df, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("predictors", "pearson_delta", "held-out pearson_delta"), ("design", "top5", "design: true set in top 5")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, (section, metric, title) in zip(axes, panels, strict=True):
-        g = df[(df["section"] == section) & (df["metric"] == metric)]
+    groups = [df[(df["section"] == sec) & (df["metric"] == met)] for sec, met, _ in panels]
+    rows = max([len(g) for g in groups] + [1])
+    fig, axes = plt.subplots(1, 2, figsize=(15, max(4.5, 0.17 * rows + 1.0)))
+    for ax, (_, metric, title), g in zip(axes, panels, groups, strict=True):
         if g.empty:
             ax.set_axis_off()
             continue
-        labels = [f"{d} {s}\n{m}" if section == "design" else f"{m}\n{d} {s}" for d, s, m in zip(g["dataset"], g["setting"], g["model"], strict=True)]
+        labels = [f"{m}  |  {d.split(' (')[0]} {s.split(' (')[0]}" for d, s, m in zip(g["dataset"], g["setting"], g["model"], strict=True)]
         ax.barh(range(len(g)), g["value"], color="tab:blue")
         ax.set_yticks(range(len(g)), labels, fontsize=6)
         ax.invert_yaxis()

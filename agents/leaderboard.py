@@ -122,9 +122,9 @@ def _sim_to_real_rows(predictor: str, seed: int) -> Iterator[tuple[str, str, str
 
 def _design_rows(task: str, path: Path | None, worlds: list[str], planners: list[str], seed: int,
                  ppo_timesteps: int) -> Iterator[tuple[str, str, str, float]]:
-    from cellgym.agents.cli._design_benchmark import problems_for
     from cellgym.agents.design import design_benchmark
     from cellgym.agents.design._score import summarise
+    from cellgym.envs.design import problems_for
 
     problems = {task: problems_for(task, None if path is None else str(path))}
     scores, oracles = design_benchmark(problems, worlds, planners, seed=seed, ppo_timesteps=ppo_timesteps)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from cellgym.predictors.base.errors import CellgymError
 
-__all__ = ["DESIGN_TASKS", "add_parser", "markdown", "run"]
+__all__ = ["add_parser", "markdown", "run"]
 
-DESIGN_TASKS = ("CellEnv-Design-Norman-v0", "CellEnv-Design-Papalexi-v0", "CellEnv-Design-SERGIO-v0")
 DEFAULT_WORLDS = ("baseline.nochange", "baseline.mean", "baseline.additive", "baseline.linear")
 
 
@@ -40,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def parse_tasks(items: list[str]) -> dict[str, str | None]:
     """``["T=path", "U"]`` -> ``{"T": "path", "U": None}``; unknown tasks raise with the known ones."""
+    from cellgym.envs.design import DESIGN_TASKS
+
     out: dict[str, str | None] = {}
     for item in items:
         task, _, path = item.partition("=")
@@ -47,15 +48,6 @@ def parse_tasks(items: list[str]) -> dict[str, str | None]:
             raise CellgymError(f"--task {task!r}: expected one of {list(DESIGN_TASKS)}.")
         out[task] = path or None
     return out
-
-
-def problems_for(task: str, path: str | None) -> list:
-    """The held-out design problems of a registered design task."""
-    from cellgym.envs.design import norman_problems, papalexi_problems, sergio_problems
-
-    if task == "CellEnv-Design-SERGIO-v0":
-        return sergio_problems()
-    return (norman_problems if task == "CellEnv-Design-Norman-v0" else papalexi_problems)(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_perturbations is not None and args.max_perturbations < 1:
         raise CellgymError(f"--max-perturbations must be >= 1, got {args.max_perturbations}.")
     tasks = parse_tasks(args.task)
+    from cellgym.envs.design import problems_for
+
     problems = {t: problems_for(t, p) for t, p in tasks.items()}
     total = sum(len(v) for v in problems.values()) * len(args.worlds) * len(args.planners)
     bar = tqdm(total=total, desc="design-benchmark", unit="run")

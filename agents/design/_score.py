@@ -177,7 +177,7 @@ def design_benchmark(
     ``max_perturbations`` defaults to each problem's (the size of its largest held-out set). Target k of a
     task is planned with seed ``seed + k`` (random orders and policies differ between targets).
     """
-    from cellgym.envs.design._tasks import _env
+    from cellgym.envs.design import design_env
 
     bad = sorted(set(planners) - set(PLANNERS))
     if bad:
@@ -195,7 +195,7 @@ def design_benchmark(
             oracles.append({"task": task, "target": problem.target, "oracle": problem.spec.separator.join(sorted(best)),
                             "oracle_energy_distance": others[best]})
             for world in worlds:
-                env = _env(problem, {"predictor": world, "n_cells": n_cells}, max_perturbations, None)
+                env = design_env(problem, {"predictor": world, "n_cells": n_cells}, max_perturbations, None)
                 sets = candidate_sets(env.unwrapped.perturbations, env.unwrapped.dynamics.max_applied)
                 distances = None
                 for planner in planners:
@@ -223,9 +223,9 @@ def _ppo_ranking(problem: DesignProblem, world: str, max_perturbations: int | No
 
     from cellgym.agents.zoo import SB3Agent
     from cellgym.agents.zoo._vec_env import GymnasiumVecEnv
-    from cellgym.envs.design._tasks import _env
+    from cellgym.envs.design import design_env
 
-    venv = _env(problem, {"predictor": world, "n_cells": n_cells, "autoreset_mode": "same_step"}, max_perturbations, 8)
+    venv = design_env(problem, {"predictor": world, "n_cells": n_cells, "autoreset_mode": "same_step"}, max_perturbations, 8)
     agent = SB3Agent("maskable_ppo", algo_kwargs={"n_steps": 64, "batch_size": 128, "learning_rate": 1.0e-3,
                                                    "gamma": 0.95, "ent_coef": 0.01}, seed=seed)
     agent.learn(VecMonitor(GymnasiumVecEnv(venv)), timesteps)

@@ -6,7 +6,9 @@ agent's proposals (PDGrapher's framing, Gonzalez et al., Nature Biomedical Engin
 """
 
 from ._tasks import (
+    DESIGN_TASKS,
     DesignProblem,
+    design_env,
     design_problem,
     make_design_env,
     make_design_vector_env,
@@ -18,11 +20,14 @@ from ._tasks import (
     make_sergio_vector_env,
     norman_problems,
     papalexi_problems,
+    problems_for,
     sergio_problems,
 )
 
 __all__ = [
+    "DESIGN_TASKS",
     "DesignProblem",
+    "design_env",
     "design_problem",
     "make_design_env",
     "make_design_vector_env",
@@ -34,5 +39,6 @@ __all__ = [
     "make_sergio_vector_env",
     "norman_problems",
     "papalexi_problems",
+    "problems_for",
     "sergio_problems",
 ]

@@ -18,9 +18,22 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
-    "DesignProblem", "design_problem", "make_design_env", "make_design_vector_env", "make_norman_env",
-    "make_norman_vector_env", "make_papalexi_env", "make_papalexi_vector_env", "make_sergio_env",
-    "make_sergio_vector_env", "norman_problems", "papalexi_problems", "sergio_problems",
+    "DESIGN_TASKS",
+    "DesignProblem",
+    "design_env",
+    "design_problem",
+    "make_design_env",
+    "make_design_vector_env",
+    "make_norman_env",
+    "make_norman_vector_env",
+    "make_papalexi_env",
+    "make_papalexi_vector_env",
+    "make_sergio_env",
+    "make_sergio_vector_env",
+    "norman_problems",
+    "papalexi_problems",
+    "problems_for",
+    "sergio_problems",
 ]
 
 DEFAULT_PREDICTOR = "baseline.additive"
@@ -163,7 +176,7 @@ def design_problem(
 
 
 # ------------------------------------------------------------------------------------------ env factories
-def _env(problem: DesignProblem, kwargs: dict[str, Any], max_perturbations: int | None, num_envs: int | None) -> Any:
+def design_env(problem: DesignProblem, kwargs: dict[str, Any], max_perturbations: int | None, num_envs: int | None) -> Any:
     """The env (``num_envs`` None) or native vector env of ``problem``; its world is fitted without the target.
 
     An episode ends (terminated) once ``max_perturbations`` perturbations are applied, or on stop; default
@@ -205,12 +218,12 @@ def make_design_env(*, max_perturbations: int | None = None, **kwargs: Any) -> g
     largest held-out set), ``cost`` (default 0.01 per perturbation), and any
     :class:`ReprogramEnv` option (``n_cells``, ``cost``, ...).
     """
-    return _env(_generic_problem(kwargs), kwargs, max_perturbations, None)
+    return design_env(_generic_problem(kwargs), kwargs, max_perturbations, None)
 
 
 def make_design_vector_env(num_envs: int = 1, *, max_perturbations: int | None = None, **kwargs: Any) -> ReprogramVectorEnv:
     """Native vector env of :func:`make_design_env` (one batched predictor call per step)."""
-    return _env(_generic_problem(kwargs), kwargs, max_perturbations, num_envs)
+    return design_env(_generic_problem(kwargs), kwargs, max_perturbations, num_envs)
 
 
 # ----------------------------------------------------------------------------------------- data sets
@@ -308,10 +321,10 @@ def _factories(task: str, problems_of: Any, data_keys: tuple[str, ...]) -> tuple
         return _pick(problems_of(**{k: kwargs.pop(k) for k in data_keys if k in kwargs}), kwargs.pop("target", None), task)
 
     def make_env(*, max_perturbations: int | None = None, **kwargs: Any) -> gym.Env:
-        return _env(problem(kwargs), kwargs, max_perturbations, None)
+        return design_env(problem(kwargs), kwargs, max_perturbations, None)
 
     def make_vec(num_envs: int = 1, *, max_perturbations: int | None = None, **kwargs: Any) -> ReprogramVectorEnv:
-        return _env(problem(kwargs), kwargs, max_perturbations, num_envs)
+        return design_env(problem(kwargs), kwargs, max_perturbations, num_envs)
 
     make_env.__doc__ = f"``{task}`` (see :func:`{problems_of.__name__}`; ``target=`` one of its held-out targets)."
     make_vec.__doc__ = f"Native vector env of ``{task}``."
@@ -321,3 +334,18 @@ def _factories(task: str, problems_of: Any, data_keys: tuple[str, ...]) -> tuple
 make_norman_env, make_norman_vector_env = _factories("CellEnv-Design-Norman-v0", norman_problems, ("path",))
 make_papalexi_env, make_papalexi_vector_env = _factories("CellEnv-Design-Papalexi-v0", papalexi_problems, ("path",))
 make_sergio_env, make_sergio_vector_env = _factories("CellEnv-Design-SERGIO-v0", sergio_problems, ())
+
+
+DESIGN_TASKS: dict[str, Any] = {
+    "CellEnv-Design-Norman-v0": norman_problems,
+    "CellEnv-Design-Papalexi-v0": papalexi_problems,
+    "CellEnv-Design-SERGIO-v0": sergio_problems,
+}
+"""Registered design task -> the function making its held-out problems (``path=`` where it reads a file)."""
+
+
+def problems_for(task: str, path: str | Path | None = None) -> list[DesignProblem]:
+    """The held-out design problems of a registered design task."""
+    if task not in DESIGN_TASKS:
+        raise DataSpecError(f"design task {task!r}: expected one of {list(DESIGN_TASKS)}.")
+    return DESIGN_TASKS[task]() if task == "CellEnv-Design-SERGIO-v0" else DESIGN_TASKS[task](path)

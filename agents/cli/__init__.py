@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"cellgym {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback (train handles its own: it saves the model first)
+        print(f"cellgym {args.command}: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

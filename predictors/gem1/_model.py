@@ -161,10 +161,15 @@ class Gem1Base(Predictor):
         patience: int = 20,
         matched_controls: bool = False,
         unseen_effect: str = "mean_of_seen",
+        combination: str = "sum",
+        gene_embeddings: Sequence[str] = (),
+        embedding_dim: int = 32,
         extra_perturbations: Sequence[str] = (),
     ) -> None:
-        if unseen_effect not in ("mean_of_seen", "generic"):
-            raise DataSpecError(f"unseen_effect must be 'mean_of_seen' or 'generic', got {unseen_effect!r}.")
+        if unseen_effect not in ("mean_of_seen", "latent", "generic"):
+            raise DataSpecError(f"unseen_effect must be 'mean_of_seen', 'latent' or 'generic', got {unseen_effect!r}.")
+        if combination not in ("sum", "latent"):
+            raise DataSpecError(f"combination must be 'sum' or 'latent', got {combination!r}.")
         if not 0.0 <= validation_fraction < 0.5 or patience < 1:
             raise DataSpecError(
                 f"{self.name} needs 0 <= validation_fraction < 0.5 and patience >= 1, got {validation_fraction}, {patience}."
@@ -180,9 +185,13 @@ class Gem1Base(Predictor):
             dropout=dropout, beta=beta, classifier_weight=classifier_weight, unseen_rate=unseen_rate,
             prior_decode_rate=prior_decode_rate, learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
             validation_fraction=float(validation_fraction), patience=int(patience),
-            matched_controls=bool(matched_controls), unseen_effect=unseen_effect, extra_perturbations=[str(p) for p in extra_perturbations],
+            matched_controls=bool(matched_controls), unseen_effect=unseen_effect, combination=combination,
+            gene_embeddings=[str(g) for g in gene_embeddings], embedding_dim=int(embedding_dim),
+            extra_perturbations=[str(p) for p in extra_perturbations],
         )
         self.vocab = MetadataVocab()
+        self.mapped: list[str] = []  # unseen singles given ridge weights from their gene embedding (fit)
+        self.mapping_report: dict[str, Any] = {}
 
     @property
     def likelihood(self) -> Likelihood:
@@ -232,6 +241,8 @@ class Gem1Base(Predictor):
             unseen_rate=c["unseen_rate"],
             prior_decode_rate=c["prior_decode_rate"],
             unseen_effect=c.get("unseen_effect", "generic"),
+            combination=c.get("combination", "latent"),
+            n_mapped=len(self.mapped),
         )
 
     def _target(self, data: FitData) -> np.ndarray:
@@ -265,10 +276,54 @@ class Gem1Base(Predictor):
         )
         groups = data.ctx.astype(np.int64) * (len(np.unique(data.labels)) + 1) + np.unique(data.labels, return_inverse=True)[1]
         fraction = self.config.get("validation_fraction", 0.0)
-        return train_module(module, tensors, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
-                            logger=logger, optimizer=optimizer,
-                            validation=validation_rows(groups, fraction, seed) if fraction > 0 else None,
-                            patience=self.config.get("patience", 20))
+        report = train_module(module, tensors, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                              logger=logger, optimizer=optimizer,
+                              validation=validation_rows(groups, fraction, seed) if fraction > 0 else None,
+                              patience=self.config.get("patience", 20))
+        self._map_unseen(data)
+        return report
+
+    @torch.no_grad()
+    def _map_unseen(self, data: FitData) -> None:
+        """Ridge weights over the seen singles for every declared unseen single whose target has an embedding.
+
+        The seen singles' predicted changes at the average control cell, ``Y`` (P, G), are regressed on
+        their targets' gene embeddings ``E`` (ridge with intercept); the ridge prediction for a new row
+        ``e`` is ``alpha(e) @ Y`` with ``alpha(e) = 1/n + (e - mean E) (Ec^T Ec + lam I)^-1 Ec^T``, weights
+        that sum to 1 and become the equal weights of ``mean_of_seen`` as ``lam`` grows. ``lam`` is chosen
+        by exact leave-one-out error on ``Y`` over a grid (infinity included: an embedding that does not
+        predict the seen singles' effects leaves the unseen ones at the equal-weight mean). The target
+        gene of a single is its name (as in State). Records ``mapping_report``.
+        """
+        self.mapped, self.mapping_report = [], {}
+        extras = [e for e in self.config.get("extra_perturbations") or () if e not in set(self.perturbations)]
+        sources = self.config.get("gene_embeddings") or []
+        module: Gem1Module = self.module
+        if not sources or not extras or len(self.perturbations) < 3:
+            module.extra_alpha = torch.zeros(0, len(self.perturbations))
+            return
+        from ..state._genes import embedding_table, resolve_sources  # the one resolver of embedding sources
+
+        names = list(self.perturbations) + extras
+        table, present = embedding_table(resolve_sources(sources, data.x, self.genes, dim=self.config.get("embedding_dim", 32),
+                                                         seed=0), names, "perturbation targets")
+        p = len(self.perturbations)
+        seen = np.flatnonzero(present[:p])
+        new = [i for i in range(len(extras)) if present[p + i]]
+        ctrl = torch.from_numpy(data.x[data.is_control] if data.is_control.any() else data.x)
+        q = module.posterior(ctrl[:CHUNK])
+        y = module.seen_changes(q[0].mean.mean(0, keepdim=True), q[1].mean.mean(0, keepdim=True)).double().numpy()
+        alpha, lam, loo = ridge_weights(table[seen].astype(np.float64), y[seen], table[[p + i for i in new]].astype(np.float64)) \
+            if len(seen) >= 3 and new else (np.zeros((0, len(seen))), float("inf"), {})
+        full = np.zeros((len(new), p), np.float32)
+        full[:, seen] = alpha
+        self.mapped = [extras[i] for i in new]
+        module.extra_alpha = torch.from_numpy(full)
+        self.mapping_report = {"lambda": lam, "loo_mse": loo, "seen_with_embedding": len(seen),
+                               "unseen_mapped": self.mapped, "unseen_unmapped": [e for e in extras if e not in self.mapped]}
+        log.info("%s: %d unseen single(s) mapped from gene embeddings (ridge lambda %s, chosen by leave-one-out over %d "
+                 "seen singles); unmapped: %s", self.name, len(self.mapped), lam, len(seen),
+                 self.mapping_report["unseen_unmapped"][:10])
 
     # ------------------------------------------------------------------------------------------ features
     def _features(self, obs: pd.DataFrame, pert: torch.Tensor) -> dict[str, np.ndarray]:
@@ -278,6 +333,9 @@ class Gem1Base(Predictor):
         """
         v = self.vocab
         n = len(obs)
+        n_p = len(self.perturbations)
+        if pert.shape[1] > n_p + 1:  # mapped unseen singles: their alpha in the multi-hot; the others: the count
+            pert = torch.cat([pert[:, :n_p] + pert[:, n_p + 1 :] @ self.module.extra_alpha, pert[:, n_p : n_p + 1]], 1)
         p = pert.numpy().astype(np.float32)
         if p.shape[1] == len(self.perturbations):
             p = np.concatenate([p, np.zeros((n, 1), np.float32)], axis=1)
@@ -316,11 +374,17 @@ class Gem1Base(Predictor):
             stacklevel=2,
         )
         unseen_set = set(unseen)
+        mapped = {u: i for i, u in enumerate(self.mapped)}
         sep = self.spec.separator
         known_labels = [sep.join(s for s in self.spec.split_label(lab) if s not in unseen_set) or self.spec.control for lab in labels]
-        n_unseen = [sum(s in unseen_set for s in self.spec.split_label(lab)) for lab in labels]
+        uniq, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        extra = np.zeros((len(uniq), 1 + len(mapped)), np.float32)  # [unmapped count | one column per mapped]
+        for r, lab in enumerate(uniq):
+            for s in self.spec.split_label(lab):
+                if s in unseen_set:
+                    extra[r, 1 + mapped[s] if s in mapped else 0] += 1.0
         out = super().encode_perturbations(known_labels)
-        return torch.cat([out, torch.tensor(n_unseen, dtype=torch.float32).unsqueeze(1)], dim=1)
+        return torch.cat([out, torch.from_numpy(extra[inverse.reshape(-1)])], dim=1)
 
     # ----------------------------------------------------------------------------------- sampling helpers
     def _library(self, obs: pd.DataFrame, fixed_total_count: float | None, default: np.ndarray | None = None) -> np.ndarray:
@@ -625,7 +689,8 @@ class Gem1Base(Predictor):
         m = self.module
         q = m.posterior(x)
         z_ctrl = [self._draw(q[g], "sample", gen) for g in range(2)]
-        z_pert = self._draw(m.prior(2, m.pert_features(pert)), "sample", gen)
+        unseen = "generic" if self.config.get("unseen_effect") == "generic" else "latent"
+        z_pert = self._draw(m.prior(2, m.prior_features(pert, unseen=unseen)), "sample", gen)
         h = m.decode(torch.cat([*z_ctrl, z_pert], -1))
         if self.likelihood == "gaussian":
             return (h + m.log_sigma.exp() * torch.randn(h.shape, generator=gen)).clamp_min(0.0)
@@ -635,10 +700,12 @@ class Gem1Base(Predictor):
 
     # ------------------------------------------------------------------------------------- persistence
     def _extra_state(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_dict()}
+        return {"vocab": self.vocab.to_dict(), "mapped": list(self.mapped), "mapping_report": self.mapping_report}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.vocab = MetadataVocab.from_dict(extra["vocab"])
+        self.mapped = list(extra.get("mapped") or [])
+        self.mapping_report = dict(extra.get("mapping_report") or {})
 
 
 def matched_controls(data: Gem1FitData, seed: int | None) -> np.ndarray:
@@ -666,6 +733,37 @@ def matched_controls(data: Gem1FitData, seed: int | None) -> np.ndarray:
         out[todo[has]] = order[pick]
         todo = todo[~has]
     return out
+
+
+def ridge_weights(
+    emb: np.ndarray, y: np.ndarray, new: np.ndarray, grid: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Ridge (with intercept) of ``y`` (n, G) on ``emb`` (n, D), as weights over the n training rows.
+
+    Returns ``alpha`` (m, n) with ``alpha @ y`` the ridge prediction for the ``new`` rows (m, D) (rows sum
+    to 1), the chosen ``lam`` and the leave-one-out MSE of every candidate. ``lam`` is ``grid`` times the
+    mean eigenvalue of the centred Gram matrix, or infinity (equal weights 1/n); the exact leave-one-out
+    residuals of a linear smoother ``H`` are ``(y - H y) / (1 - H_ii)`` (Hastie, Tibshirani & Friedman,
+    *Elements of Statistical Learning*, eq. 7.52).
+    """
+    n = emb.shape[0]
+    mu = emb.mean(0)
+    xc, nc = emb - mu, new - mu
+    k = xc @ xc.T  # (n, n) kernel form: D may exceed n
+    scale = max(float(np.trace(k)) / n, 1e-12)
+    loo: dict[str, float] = {"inf": float((((y - y.mean(0)) * n / (n - 1)) ** 2).mean())}
+    best, best_err = float("inf"), loo["inf"]
+    for g in grid:
+        lam = g * scale
+        h = np.full((n, n), 1.0 / n) + k @ np.linalg.solve(k + lam * np.eye(n), np.eye(n))
+        err = float((((y - h @ y) / np.clip(1.0 - np.diag(h), 1e-6, None)[:, None]) ** 2).mean())
+        loo[f"{lam:.4g}"] = err
+        if err < best_err:
+            best, best_err = lam, err
+    if not np.isfinite(best):
+        return np.full((new.shape[0], n), 1.0 / n), best, loo
+    alpha = np.full((new.shape[0], n), 1.0 / n) + (nc @ xc.T) @ np.linalg.solve(k + best * np.eye(n), np.eye(n))
+    return alpha, best, loo
 
 
 def _group_keys(obs: pd.DataFrame, columns: list[str]) -> np.ndarray:

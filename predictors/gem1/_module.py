@@ -104,10 +104,21 @@ class Gem1Module(PredictorModule):
         use at inference (the fix proposed in the issue-4 notes): the perturbation latent must then
         explain the whole difference to the controls, weak effects included.
     unseen_effect
-        What :meth:`predict_batch` does for singles unseen in training (the count in the last column
-        of ``pert``): ``"mean_of_seen"`` adds, per unseen single, the equal-weight mean of the seen
-        singles' predicted changes for that cell (default); ``"generic"`` uses the learned "unseen"
-        feature of the prior (GEM-1's generic effect, trained by ``unseen_rate``).
+        What :meth:`predict_batch` does for singles unseen in training. Each unseen single ``u`` has
+        weights ``alpha_u`` over the P seen singles (summing to 1): equal weights, or, for the rows of
+        ``extra_alpha`` (singles mapped from their target gene's embedding by the predictor), ridge
+        weights. ``"mean_of_seen"`` (default) adds the ``alpha_u``-weighted mean of the seen singles'
+        predicted changes of that cell; ``"latent"`` gives ``u`` its own perturbation latent, the prior
+        of the fractional multi-hot ``alpha_u`` (the prior is linear in it: the ``alpha``-weighted mean
+        of the seen singles' latents); ``"generic"`` uses the learned "unseen" feature of the prior
+        (GEM-1's generic effect, trained by ``unseen_rate``).
+    combination
+        How :meth:`predict_batch` predicts several singles at once (``A+B``): ``"sum"`` (default) adds
+        the predicted changes of each single decoded alone (additive composition, as
+        ``baseline.additive`` composes measured singles); ``"latent"`` decodes the prior of the summed
+        multi-hot (GEM-1's own composition: the perturbation latents add, the decoder is nonlinear).
+    n_mapped
+        Rows of the ``extra_alpha`` buffer (unseen singles mapped from gene embeddings).
     """
 
     def __init__(
@@ -126,11 +137,14 @@ class Gem1Module(PredictorModule):
         classifier_weight: float = 1.0,
         unseen_rate: float = 0.1,
         prior_decode_rate: float = 0.5,
-        unseen_effect: Literal["mean_of_seen", "generic"] = "mean_of_seen",
+        unseen_effect: Literal["mean_of_seen", "latent", "generic"] = "mean_of_seen",
+        combination: Literal["sum", "latent"] = "sum",
+        n_mapped: int = 0,
     ) -> None:
         super().__init__()
         self.prior_decode_rate = prior_decode_rate
         self.unseen_effect = unseen_effect
+        self.combination = combination
         self.n_genes = n_genes
         self.n_latent = tuple(int(d) for d in n_latent)
         self.n_perturbations = n_perturbations
@@ -150,6 +164,8 @@ class Gem1Module(PredictorModule):
         n_rest = n_meta[2] - n_perturbations - 1
         self.register_buffer("pert_rest_default", torch.zeros(2, max(n_rest, 0)))
         self.register_buffer("library_size", torch.tensor(TARGET_SUM))  # typical library (sampling default)
+        # weights over the P seen singles of each unseen single mapped from its gene embedding (rows sum to 1)
+        self.register_buffer("extra_alpha", torch.zeros(n_mapped, n_perturbations))
 
     # --------------------------------------------------------------------------------------- inference
     def posterior(self, x: torch.Tensor) -> list[Normal]:
@@ -178,6 +194,34 @@ class Gem1Module(PredictorModule):
             raise ValueError(f"pert has {pert.shape[1]} columns, expected {self.n_perturbations} (the known singles).")
         perturbed = (pert.sum(1) > 0).long()
         return torch.cat([pert, self.pert_rest_default[perturbed]], dim=1)
+
+    def split_pert(self, pert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(known (B, P), n_unseen (B,), unseen_weights (B, P))`` of a perturbation row.
+
+        ``pert`` is (B, P), (B, P + 1) (the last column counts unseen singles without a mapping) or
+        (B, P + 1 + n_mapped) (then one column per mapped unseen single). ``unseen_weights`` sums each
+        row's unseen singles' ``alpha`` (equal weights for the unmapped ones); its rows sum to ``n_unseen``.
+        """
+        p = self.n_perturbations
+        known = pert[:, :p]
+        count = pert[:, p] if pert.shape[1] > p else pert.new_zeros(pert.shape[0])
+        weights = count[:, None].expand(-1, p) / max(p, 1)
+        n_unseen = count
+        if pert.shape[1] > p + 1:
+            mapped = pert[:, p + 1 :]
+            if mapped.shape[1] != self.extra_alpha.shape[0]:
+                raise ValueError(f"pert has {pert.shape[1]} columns, expected {p + 1 + self.extra_alpha.shape[0]}.")
+            weights = weights + mapped @ self.extra_alpha
+            n_unseen = n_unseen + mapped.sum(1)
+        return known, n_unseen, weights
+
+    def prior_features(self, pert: torch.Tensor, *, unseen: Literal["latent", "generic"] = "latent") -> torch.Tensor:
+        """Features of the perturbation prior for any row :meth:`split_pert` accepts, unseen singles as
+        ``unseen`` says (``"latent"``: their ``alpha`` added to the multi-hot; ``"generic"``: the count)."""
+        known, n_unseen, weights = self.split_pert(pert)
+        if unseen == "generic":
+            return self.pert_features(torch.cat([known, n_unseen[:, None]], 1))
+        return self.pert_features(known + weights)
 
     # -------------------------------------------------------------------------------------- generative
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -303,28 +347,48 @@ class Gem1Module(PredictorModule):
         own variation and avoids the gap between the log of a mean and the mean of logs on sparse
         counts. ``ctx`` is not needed: the biological latent comes from the cell itself.
 
-        Unseen singles (``pert`` with P + 1 columns, the last counting them) add their effect as
-        ``unseen_effect`` says (class docstring).
+        Combinations follow ``combination``, unseen singles ``unseen_effect`` (class docstring); a
+        control row (no single) is returned unchanged.
         """
         q = self.posterior(x)
         tech, bio = q[0].mean, q[1].mean
-        n_unseen = pert[:, self.n_perturbations] if pert.shape[1] > self.n_perturbations else pert.new_zeros(pert.shape[0])
-        known = pert[:, : self.n_perturbations]
-        generic = self.unseen_effect == "generic" and pert.shape[1] > self.n_perturbations
-        z_pert = self.prior(2, self.pert_features(pert if generic else known)).mean
-        z_ref = self.prior(2, self.pert_features(torch.zeros_like(known))).mean
-        h_pert, h_ref = self.response(tech, bio, z_pert, z_ref)
-        f_ref = self.log1p_expression(h_ref)
-        delta = self.log1p_expression(h_pert) - f_ref
-        rows = torch.nonzero(n_unseen > 0).squeeze(1)
-        if not generic and rows.numel():
-            delta[rows] = delta[rows] + n_unseen[rows, None] * self.mean_seen_change(tech[rows], bio[rows], f_ref[rows])
+        known, n_unseen, weights = self.split_pert(pert)
+        p = self.n_perturbations
+        effect = self.unseen_effect
+        # components: (row, prior features) pairs whose predicted changes add up to each row's change
+        if effect == "generic":
+            full = torch.cat([known, n_unseen[:, None]], 1)
+        else:
+            full = torch.cat([known + weights if effect == "latent" else known, known.new_zeros(known.shape[0], 1)], 1)
+        if self.combination == "latent":
+            rows = torch.nonzero(full.abs().sum(1) > 0).squeeze(1)
+            feats = full[rows]
+        else:  # one component per seen single; the unseen part (latent / generic) as one more component
+            r_known, c_known = torch.nonzero(known, as_tuple=True)
+            one_hot = known.new_zeros(r_known.shape[0], p + 1)
+            one_hot[torch.arange(r_known.shape[0]), c_known] = known[r_known, c_known]
+            rest = full.clone()
+            rest[:, :p] -= known
+            r_rest = torch.nonzero(rest.abs().sum(1) > 0).squeeze(1)
+            rows, feats = torch.cat([r_known, r_rest]), torch.cat([one_hot, rest[r_rest]])
+        z_ref = self.prior(2, self.pert_features(known.new_zeros(1, p))).mean
+        f_ref = self.log1p_expression(self.decode(torch.cat([tech, bio, z_ref.expand(x.shape[0], -1)], -1)))
+        delta = torch.zeros_like(x)
+        if rows.numel():
+            z = self.prior(2, self.pert_features(feats)).mean
+            f = self.log1p_expression(self.decode(torch.cat([tech[rows], bio[rows], z], -1)))
+            delta.index_add_(0, rows, f - f_ref[rows])
+        if effect == "mean_of_seen":
+            r = torch.nonzero(n_unseen > 0).squeeze(1)
+            if r.numel():
+                delta[r] += self.weighted_seen_change(tech[r], bio[r], f_ref[r], weights[r])
         return (x + delta).clamp_min(0.0)
 
-    def mean_seen_change(self, tech: torch.Tensor, bio: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
-        """(B, G) equal-weight mean over the P seen singles of each cell's predicted change f(z_s) - f(z_ref).
+    def weighted_seen_change(self, tech: torch.Tensor, bio: torch.Tensor, f_ref: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, G) ``sum_s weights[b, s] * (f(z_s) - f(z_ref))`` over the P seen singles, per cell.
 
-        One batched decode of B x P rows (in chunks of about 4096 rows). Zero when no single was seen.
+        With equal weights ``n/P`` this is ``n`` times the equal-weight mean of the seen singles' predicted
+        changes. One batched decode of B x P rows (in chunks of about 4096 rows). Zero when no single was seen.
         """
         p = self.n_perturbations
         b = tech.shape[0]
@@ -338,8 +402,18 @@ class Gem1Module(PredictorModule):
             n = tech[sl].shape[0]
             z = torch.cat([tech[sl].repeat_interleave(p, 0), bio[sl].repeat_interleave(p, 0), z_s.repeat(n, 1)], -1)
             f = self.log1p_expression(self.decode(z)).view(n, p, -1)
-            out[sl] = f.mean(1) - f_ref[sl]
+            w = weights[sl]
+            out[sl] = torch.einsum("np,npg->ng", w, f) - w.sum(1, keepdim=True) * f_ref[sl]
         return out
+
+    def seen_changes(self, tech: torch.Tensor, bio: torch.Tensor) -> torch.Tensor:
+        """(P, G) predicted change of each seen single for one set of latents ``tech`` (1, d_t), ``bio`` (1, d_b)."""
+        p = self.n_perturbations
+        z_s = self.prior(2, self.pert_features(torch.eye(p, dtype=tech.dtype, device=tech.device))).mean
+        z_ref = self.prior(2, self.pert_features(tech.new_zeros(1, p))).mean
+        z = torch.cat([tech.expand(p + 1, -1), bio.expand(p + 1, -1), torch.cat([z_s, z_ref])], -1)
+        f = self.log1p_expression(self.decode(z))
+        return f[:p] - f[p:]
 
 
 def multinomial_counts(probs: torch.Tensor, totals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -128,14 +128,14 @@ class Gem1Base(Predictor):
         ``predict_batch`` (evaluation, environments); the AnnData tasks (``ref_predict_perturbation`` ...)
         decode counts and use the latent form for mapped singles, the generic effect for the others.
     combination
-        ``"sum"`` (default): a combination's predicted change is the sum of its singles' predicted
+        ``"sum"`` (default, ``gem1.sc``: ``"latent"``): a combination's predicted change is the sum of its singles' predicted
         changes (additive composition); ``"latent"``: GEM-1's own, the decoded sum of the perturbation
         latents. Measured on Norman19 held-out doubles (issue 14, README): with ``delta_weight`` 10,
         pearson_delta 0.807 (sum) vs 0.790 (latent), energy distance 0.246 vs 0.656.
     delta_weight
         Weight of the matched-pair term (see :class:`Gem1Module`): every training cell is paired with a
         matched control (``matched_controls``' pairing) and the squared log1p error of "control + predicted
-        change" is added to the loss. Default 10: on Norman19 held-out doubles it lifts gem1.bulk's
+        change" is added to the loss. Default 10 (``gem1.sc``: 0): on Norman19 held-out doubles it lifts gem1.bulk's
         pearson_delta from 0.408 (0) to 0.756 (1) and 0.807 (10); the seen singles' predicted changes then
         follow their measured ones (median pearson 0.72 -> 0.96), so an unseen single's mean of them
         approaches ``baseline.mean``. Any value > 0 implies the matched-control decoding of
@@ -163,6 +163,8 @@ class Gem1Base(Predictor):
 
     likelihoods: ClassVar[tuple[str, ...]] = ("nb",)  # allowed values; the first is the default
     sampler: ClassVar[Literal["nb", "multinomial"]] = "nb"
+    default_combination: ClassVar[str] = "sum"
+    default_delta_weight: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -184,14 +186,16 @@ class Gem1Base(Predictor):
         patience: int = 20,
         matched_controls: bool = False,
         unseen_effect: str = "mean_of_seen",
-        combination: str = "sum",
-        delta_weight: float = 10.0,
+        combination: str | None = None,
+        delta_weight: float | None = None,
         gene_embeddings: Sequence[str] = (),
         embedding_dim: int = 32,
         extra_perturbations: Sequence[str] = (),
     ) -> None:
         if unseen_effect not in ("mean_of_seen", "latent", "generic"):
             raise DataSpecError(f"unseen_effect must be 'mean_of_seen', 'latent' or 'generic', got {unseen_effect!r}.")
+        combination = self.default_combination if combination is None else combination
+        delta_weight = self.default_delta_weight if delta_weight is None else delta_weight
         if combination not in ("sum", "latent"):
             raise DataSpecError(f"combination must be 'sum' or 'latent', got {combination!r}.")
         if not 0.0 <= validation_fraction < 0.5 or patience < 1:
@@ -827,9 +831,16 @@ class Gem1NB(Gem1Base):
 
 class Gem1SC(Gem1Base):
     """GEM-1 for single cells: per-cell library size, negative-binomial training likelihood, and
-    multinomial sampling of each cell's library in ``sample`` mode. Options: :class:`Gem1Base`.
+    multinomial sampling of each cell's library in ``sample`` mode. Options: :class:`Gem1Base`; unlike
+    ``gem1.bulk`` / ``gem1.nb`` it defaults to GEM-1's own objective (``delta_weight=0``) and latent
+    composition (``combination="latent"``), the world simulator of the learned reprogramming task.
     """
 
     name: ClassVar[str] = "gem1.sc"
     needs_counts: ClassVar[bool] = True
     sampler: ClassVar[Literal["nb", "multinomial"]] = "multinomial"
+    # GEM-1's own objective and latent composition: the learned world of CellEnv-Reprogram-Screen-v0 (a SERGIO
+    # network with switch-like interactions) then plans the true 3-step route; with additive composition or the
+    # delta term its bfs plan (G0_KO+G3_KO, G3_KO, or G0_KO+G2_KO+G3_KO) fails in the true world (issue 14)
+    default_combination: ClassVar[str] = "latent"
+    default_delta_weight: ClassVar[float] = 0.0

@@ -6,7 +6,7 @@ Fits each GEM-1 training configuration once per split and scores its ``predict_b
 fitted module), next to the baselines fitted on the same split. Prints pearson_delta, mse_delta and the
 energy distance of each. Figures only; it never passes or fails.
 
-    .venv/bin/python benchmarks/gem1_unseen.py norman19 --max-epochs 60
+    .venv/bin/python benchmarks/gem1_unseen.py norman19 --max-epochs 60 [--delta-weight 0]
     .venv/bin/python benchmarks/gem1_unseen.py papalexi --max-epochs 30 --gene-embeddings coexpression
     .venv/bin/python benchmarks/gem1_unseen.py mcfaline23 --holdout U87MG --max-epochs 30
 """
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--matched-controls", action="store_true")
     parser.add_argument("--prior-decode-rate", type=float, default=None)
     parser.add_argument("--gene-embeddings", nargs="*", default=[])
+    parser.add_argument("--delta-weight", type=float, default=None, help="default: the predictor's (10; gem1.sc 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baselines", action="store_true")
     args = parser.parse_args()
@@ -61,6 +62,8 @@ def main() -> None:
     kwargs = {"extra_perturbations": extra, "gene_embeddings": args.gene_embeddings}
     if args.matched_controls:
         kwargs["matched_controls"] = True
+    if args.delta_weight is not None:
+        kwargs["delta_weight"] = args.delta_weight
     if args.prior_decode_rate is not None:
         kwargs["prior_decode_rate"] = args.prior_decode_rate
     model = make_predictor(name, **kwargs)

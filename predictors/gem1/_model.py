@@ -221,6 +221,7 @@ class Gem1Base(Predictor):
         )
         self.vocab = MetadataVocab()
         self.mapped: list[str] = []  # unseen singles given ridge weights from their gene embedding (fit)
+        self._mapped_alpha: list[list[float]] = []  # their weights, as loaded from a checkpoint
         self.mapping_report: dict[str, Any] = {}
 
     @property
@@ -244,6 +245,7 @@ class Gem1Base(Predictor):
         spec = spec or DataSpec()
         validate(adata, spec, require_counts=self.needs_counts)
         self.vocab = MetadataVocab.fit(adata.obs, self.groups, spec)
+        self.mapped, self._mapped_alpha = [], []
         return super().fit(adata, spec, epochs=epochs, batch_size=batch_size, device=device, seed=seed, logger=logger)
 
     def fit_data(self, adata: AnnData) -> Gem1FitData:
@@ -275,6 +277,8 @@ class Gem1Base(Predictor):
             n_mapped=len(self.mapped),
             delta_weight=c.get("delta_weight", 0.0),
         )
+        if self.mapped:  # a loaded model's mapping (see _load_extra_state)
+            self.module.extra_alpha = torch.tensor(self._mapped_alpha, dtype=torch.float32).reshape(len(self.mapped), n_pert)
 
     def _target(self, data: FitData) -> np.ndarray:
         if self.likelihood == "gaussian":
@@ -731,11 +735,14 @@ class Gem1Base(Predictor):
 
     # ------------------------------------------------------------------------------------- persistence
     def _extra_state(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_dict(), "mapped": list(self.mapped), "mapping_report": self.mapping_report}
+        alpha = self.module.extra_alpha.tolist() if self.module is not None else []
+        return {"vocab": self.vocab.to_dict(), "mapped": list(self.mapped), "mapped_alpha": alpha,
+                "mapping_report": self.mapping_report}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.vocab = MetadataVocab.from_dict(extra["vocab"])
         self.mapped = list(extra.get("mapped") or [])
+        self._mapped_alpha = extra.get("mapped_alpha") or []
         self.mapping_report = dict(extra.get("mapping_report") or {})
 
 

@@ -177,7 +177,8 @@ class Gem1Module(PredictorModule):
         self.register_buffer("pert_rest_default", torch.zeros(2, max(n_rest, 0)))
         self.register_buffer("library_size", torch.tensor(TARGET_SUM))  # typical library (sampling default)
         # weights over the P seen singles of each unseen single mapped from its gene embedding (rows sum to 1)
-        self.register_buffer("extra_alpha", torch.zeros(n_mapped, n_perturbations))
+        # (saved in the predictor's config.yaml, not weights.pt: checkpoints from before issue 14 still load)
+        self.register_buffer("extra_alpha", torch.zeros(n_mapped, n_perturbations), persistent=False)
 
     # --------------------------------------------------------------------------------------- inference
     def posterior(self, x: torch.Tensor) -> list[Normal]:

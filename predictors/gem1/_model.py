@@ -105,8 +105,8 @@ class Gem1Base(Predictor):
         used for the ``extra_perturbations``).
     extra_perturbations
         Single perturbations absent from the training data that the model may still be asked about
-        (e.g. the held-out ones of an evaluation split); they get the learned generic effect. Any other
-        unknown name raises :class:`UnknownPerturbationError`.
+        (e.g. the held-out ones of an evaluation split); they get the effect ``unseen_effect`` says. Any
+        other unknown name raises :class:`UnknownPerturbationError`.
     prior_decode_rate
         Fraction of training cells decoded with the perturbation latent from its prior (see
         :class:`Gem1Module`; 0 is the plain GEM-1 objective). A trade-off measured in issue 14: 1.0

@@ -385,12 +385,12 @@ class Gem1Base(Predictor):
         }
 
     def encode_perturbations(self, labels: Sequence[str]) -> torch.Tensor:
-        """Multi-hot (B, P) over the known singles; with singles unseen in training, (B, P + 1).
+        """Multi-hot (B, P) over the known singles; with singles unseen in training, (B, P + 1 + len(mapped)).
 
-        The extra last column counts the unseen singles of each row (only names declared in
-        ``extra_perturbations``); the model predicts them with the generic perturbation effect it learned
-        (``unseen_rate``) and warns once per call. Any other unknown name raises
-        :class:`UnknownPerturbationError`.
+        Column P counts each row's unseen singles without a gene-embedding mapping, the last
+        ``len(mapped)`` columns mark the mapped ones (only names declared in ``extra_perturbations``); the
+        model predicts them as ``unseen_effect`` says and warns once per call. Any other unknown name
+        raises :class:`UnknownPerturbationError`.
         """
         known = set(self.perturbations)
         labels = [str(x) for x in labels]

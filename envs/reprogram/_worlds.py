@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HSC_FATES", "HSC_SCREEN_SPEC", "HSC_VOCABULARY", "SERGIO_THRESHOLD", "CellPoolSampler", "ProgenitorSampler",
-    "SteadyStateSampler", "World", "build_world", "hsc_screen", "resolve_predictor", "world_reward",
+    "SteadyStateSampler", "World", "build_world", "hsc_screen", "resolve_predictor", "truth_kwargs", "world_reward",
 ]
 
 # Krumsiek et al. 2011 (PLoS ONE 6:e22649), Fig. 2: the four stable myeloid fates as the genes that are ON.
@@ -204,6 +204,24 @@ def world_reward(reward: str | RewardModel | None, reward_kwargs: dict[str, Any]
         raise DataSpecError(f"{world} world: uncertainty.penalised lam must be a number >= 0, got {lam!r}.") from None
     goal_model = goal if isinstance(goal, RewardModel) else goal_for(str(goal), **goal_kwargs)
     return make_reward("uncertainty.penalised", goal=goal_model, predictor=predictor, lam=lam)
+
+
+def truth_kwargs(env_kwargs: dict[str, Any], predictor: Any) -> dict[str, Any]:
+    """A learned world's env kwargs for its *true* world (``predictor``): same task and goal, no model penalty.
+
+    ``uncertainty.penalised`` becomes its goal reward (the truth has no ensemble to disagree), and a
+    learned predictor's ``predictor_kwargs`` are dropped (``cellgym enjoy --truth`` replays in it).
+    """
+    out = {k: v for k, v in env_kwargs.items() if k != "predictor_kwargs"}
+    if out.get("reward") == "uncertainty.penalised":
+        options = dict(out.pop("reward_kwargs", None) or {})
+        goal = options.get("goal")
+        out.pop("reward")
+        if goal is not None:
+            out["reward"] = goal
+            if options.get("goal_kwargs"):
+                out["reward_kwargs"] = dict(options["goal_kwargs"])
+    return {**out, "predictor": predictor}
 
 
 def _goal_on(target: torch.Tensor | np.ndarray, world: str, **defaults: dict[str, Any]) -> GoalFactory:

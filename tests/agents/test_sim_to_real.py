@@ -117,7 +117,7 @@ def test_sim_to_real_figure(fitted_documented: Path, tmp_path: Path, capsys: pyt
     assert np.isfinite(rate)
 
 
-def test_cli_trains_in_an_ensemble_world_with_the_uncertainty_penalty(tmp_path: Path) -> None:
+def test_cli_trains_in_an_ensemble_world_with_the_uncertainty_penalty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``cellgym fit --predictor ensemble`` then ``cellgym train --env-kwargs ... reward:uncertainty.penalised``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -138,6 +138,11 @@ def test_cli_trains_in_an_ensemble_world_with_the_uncertainty_penalty(tmp_path: 
     ea.Reload()
     values = [e.value for e in ea.Scalars("cell/disagreement")]
     assert values and all(v >= 0 for v in values) and max(values) > 0
+    # replayed in the true world: the same goal, no ensemble there to disagree, so no penalty
+    capsys.readouterr()
+    assert main(["enjoy", "--env", TASK, "--algo", "maskable_ppo", "-f", str(tmp_path / "runs"), "--episodes", "3",
+                 "--seed", "1000", "--truth", "grn.boolean"]) == 0
+    assert re.search(r"in grn\.boolean: success rate \d+%", capsys.readouterr().out)
 
 
 def yaml_env_kwargs(run: Path) -> dict:

@@ -214,3 +214,12 @@ def test_unseen_prior_makes_members_disagree_where_nobody_has_data(screen):
     assert np.argmax(err) == 0  # the unseen single is the worst predicted
     assert np.argmax(dis["prior"]) == 0 and dis["prior"][0] > 2 * dis["family"][0]
     assert stats.spearmanr(dis["prior"], err).statistic > stats.spearmanr(dis["family"], err).statistic
+
+
+def test_truth_kwargs_keep_the_goal_and_drop_the_penalty():
+    from cellgym.envs.reprogram import truth_kwargs
+
+    learned = {"predictor": "fit/ens", "reward": "uncertainty.penalised", "predictor_kwargs": {"n_members": 3},
+               "reward_kwargs": {"lam": 0.5, "goal": "target.energy", "goal_kwargs": {}}, "n_cells": 8}
+    assert truth_kwargs(learned, "grn.boolean") == {"predictor": "grn.boolean", "reward": "target.energy", "n_cells": 8}
+    assert truth_kwargs({"reward": "uncertainty.penalised", "reward_kwargs": {"lam": 1}}, None) == {"predictor": None}

@@ -67,9 +67,9 @@ def score(agent, env, true_env, episodes: int = 100) -> dict[str, float]:
             "example": " -> ".join(played[0].names)}
 
 
-def fit_world(members: list[str], screen, k: int, seed: int = 0) -> EnsemblePredictor:
-    """An ensemble of ``k`` members (families round-robin), each on a bootstrap resample of the screen's groups."""
-    world = EnsemblePredictor(members=members, n_members=k, resampling="bootstrap")
+def fit_world(members: list[str], screen, k: int, seed: int = 0, resampling: str = "bootstrap") -> EnsemblePredictor:
+    """An ensemble of ``k`` members (families round-robin), each on a bootstrap resample of the screen."""
+    world = EnsemblePredictor(members=members, n_members=k, resampling=resampling)
     world.fit(screen, HSC_SCREEN_SPEC, seed=seed)
     return world
 
@@ -103,14 +103,16 @@ def main() -> None:
     parser.add_argument("--worlds", nargs="+", default=["baseline.linear", "gem1.bulk", "baseline.linear+gem1.bulk"],
                         help="member families of each ensemble world ('+' mixes families)")
     parser.add_argument("--members", type=int, default=4, help="ensemble members per world (default 4)")
+    parser.add_argument("--resampling", default="bootstrap", choices=["bootstrap", "cells", "seeds"],
+                        help="how members differ: bootstrap of perturbation groups (default) or of cells within groups")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per world and lambda (default 3)")
     parser.add_argument("--timesteps", type=int, default=None, help="training steps (default: the task's 12,000)")
     parser.add_argument("--episodes", type=int, default=100, help="start populations replayed in the true world")
     parser.add_argument("--screen-cells", type=int, default=20, help="cells per condition of the training screen")
     parser.add_argument("--screen-doubles", type=int, default=5, help="double perturbations in the training screen")
     parser.add_argument("--lam", type=float, default=None, help="use this lambda instead of the validation choice")
-    parser.add_argument("--lam-scales", type=float, nargs="+", default=[1.0],
-                        help="also train with these multiples of the chosen lambda (sensitivity; default: 1 only)")
+    parser.add_argument("--lam-scales", type=float, nargs="*", default=[1.0],
+                        help="train with these multiples of the chosen lambda besides 0 (default: 1; none: lambda 0 only)")
     parser.add_argument("--out", default="runs/fit", help="folder the fitted worlds are saved under")
     parser.add_argument("--plot", default=None, help="figure PNG")
     args = parser.parse_args()
@@ -123,10 +125,10 @@ def main() -> None:
           f"({args.screen_doubles} doubles); validation screen: 50 cells x 42 conditions (seed 1)")
     rows = []
     for name in args.worlds:
-        world = fit_world(name.split("+"), screen, args.members)
-        folder = str(world.save(Path(args.out) / f"hsc_ensemble_{name.replace('.', '_').replace('+', '_and_')}"))
+        world = fit_world(name.split("+"), screen, args.members, resampling=args.resampling)
+        folder = str(world.save(Path(args.out) / f"hsc_ensemble_{name.replace('.', '_').replace('+', '_and_')}_{args.resampling}"))
         lam, rho = (args.lam, float("nan")) if args.lam is not None else choose_lambda(world, validation)
-        print(f"{name}: {args.members} bootstrap members; validation Spearman(disagreement, error) {rho:.2f}, "
+        print(f"{name}: {args.members} members ({args.resampling}); validation Spearman(disagreement, error) {rho:.2f}, "
               f"lambda {lam:.3g}", flush=True)
         for penalty in (0.0, *(lam * f for f in args.lam_scales)):
             env_kwargs = {"predictor": folder, "reward": "uncertainty.penalised", "reward_kwargs": {"lam": penalty}}

@@ -30,7 +30,7 @@ __all__ = ["EnsembleModule", "EnsemblePredictor"]
 
 logger = logging.getLogger(__name__)
 
-RESAMPLING = ("seeds", "bootstrap")
+RESAMPLING = ("seeds", "bootstrap", "cells")
 UNSEEN = ("prior", "family")
 
 
@@ -74,7 +74,10 @@ class EnsemblePredictor(Predictor):
     ``resampling``: ``"seeds"`` (member k fitted with seed ``seed + k``; diversifies trained models) or
     ``"bootstrap"`` (member k fitted on a bootstrap resample of the training *groups*: (context,
     perturbation) groups drawn with replacement, every control cell kept; diversifies closed-form
-    baselines too). A single that a bootstrap member never saw is passed to it as an extra
+    baselines too), or ``"cells"`` (member k fitted on a stratified bootstrap of the *cells*: each
+    (context, perturbation) group, controls included, resampled with replacement to its own size; every
+    group is kept, so members differ by each effect's sampling error, which is large where a group has
+    few cells). A single that a bootstrap member never saw is passed to it as an extra
     perturbation (it predicts it as its family does for unseen singles).
 
     Perturbations a member never saw (``unseen``): every family predicts them from what it shares with
@@ -102,7 +105,7 @@ class EnsemblePredictor(Predictor):
     n_members
         K (default 5).
     resampling
-        ``"bootstrap"`` (default) or ``"seeds"``.
+        ``"bootstrap"`` (default; groups), ``"cells"`` (cells within groups) or ``"seeds"``.
     member_kwargs
         Constructor keyword arguments per family name.
     extra_perturbations
@@ -173,6 +176,7 @@ class EnsemblePredictor(Predictor):
         labels = data.labels
         group = np.char.add(np.char.add(np.asarray(self.contexts)[data.ctx].astype(str), "\x00"), labels.astype(str))
         groups = np.unique(group[~data.is_control])
+        group_index = np.unique(group, return_inverse=True)[1]  # controls of a context are one group too
         self.predictors, total_epochs, seconds = [], 0, 0.0
         seen: list[set[str]] = []
         for k in range(self.config["n_members"]):
@@ -181,6 +185,8 @@ class EnsemblePredictor(Predictor):
             if self.config["resampling"] == "bootstrap" and groups.size:
                 drawn = np.unique(rng.choice(groups, size=groups.size, replace=True))
                 rows = np.flatnonzero(data.is_control | np.isin(group, drawn))
+            elif self.config["resampling"] == "cells":
+                rows = _stratified_bootstrap(group_index, rng)
             seen.append({s for lab in np.unique(labels[rows][~data.is_control[rows]]) for s in self.spec.split_label(lab)})
             member_seed = None if seed is None else seed + k
             rep = member.fit(adata[rows], self.spec, epochs=epochs, batch_size=batch_size, device=device, seed=member_seed,
@@ -321,6 +327,14 @@ class EnsemblePredictor(Predictor):
         k = members.shape[0]
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
         return torch.stack([energy_distance_torch(members[i], members[j]) for i, j in pairs]).mean(0)
+
+
+def _stratified_bootstrap(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices: every group (ids ``group``, (N,)) resampled with replacement to its own size."""
+    order = np.argsort(group, kind="stable")
+    sizes = np.bincount(group)
+    starts = np.repeat(np.cumsum(sizes) - sizes, sizes)  # each sorted row's group start
+    return np.sort(order[starts + (rng.random(group.size) * np.repeat(sizes, sizes)).astype(np.int64)])
 
 
 def _mean_and_spread(preds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -223,3 +223,19 @@ def test_truth_kwargs_keep_the_goal_and_drop_the_penalty():
                "reward_kwargs": {"lam": 0.5, "goal": "target.energy", "goal_kwargs": {}}, "n_cells": 8}
     assert truth_kwargs(learned, "grn.boolean") == {"predictor": "grn.boolean", "reward": "target.energy", "n_cells": 8}
     assert truth_kwargs({"reward": "uncertainty.penalised", "reward_kwargs": {"lam": 1}}, None) == {"predictor": None}
+
+
+def test_cell_bootstrap_spread_follows_each_effects_sampling_error(screen):
+    """resampling='cells': every group kept, members differ by sampling error, larger where a group has few cells."""
+    labels = screen.obs["perturbation"].astype(str).to_numpy()
+    few = np.flatnonzero(labels == "G0")[:4]  # G0 keeps 4 of its 20 cells
+    small = screen[np.sort(np.concatenate([np.flatnonzero(labels != "G0"), few]))].copy()
+    ens = EnsemblePredictor(members=["baseline.additive"], n_members=6, resampling="cells")
+    ens.fit(small, SPEC, seed=0)
+    x = torch.as_tensor(screen.X[labels == "control"][:20])
+    d = {p: float(ens.disagreement(x, ens.encode_perturbations([p]).expand(20, -1)).mean()) for p in ("G0", "G1", "G2")}
+    assert d["G0"] > 1.5 * max(d["G1"], d["G2"]) and min(d.values()) > 0
+    twin = EnsemblePredictor(members=["baseline.additive"], n_members=6, resampling="cells")
+    twin.fit(small, SPEC, seed=0)
+    pert = ens.encode_perturbations(["G0"]).expand(20, -1)
+    torch.testing.assert_close(twin.predict_members(x, pert), ens.predict_members(x, pert))

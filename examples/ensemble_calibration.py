@@ -6,7 +6,12 @@ and, for every held-out (cell type, perturbation), compares the members' mean pe
 with the true error |predicted - real| of the mean expression (mean over genes). Prints the Spearman
 correlation over groups.
 
-Run: ``.venv/bin/python examples/ensemble_calibration.py [--members baseline.linear baseline.additive] [--seed 0]``
+``--unseen prior`` (default) lets members differ on singles none of them measured (centred draws of the
+screen's single effects, see :class:`~cellgym.predictors.ensemble.EnsemblePredictor`); ``--unseen family``
+keeps each family's own prediction there, so the members agree exactly where nobody has data.
+
+Run: ``.venv/bin/python examples/ensemble_calibration.py [--members baseline.linear baseline.additive] [--seed 0]
+[--unseen family]``
 """
 
 from __future__ import annotations

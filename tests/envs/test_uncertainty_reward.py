@@ -239,3 +239,14 @@ def test_cell_bootstrap_spread_follows_each_effects_sampling_error(screen):
     twin.fit(small, SPEC, seed=0)
     pert = ens.encode_perturbations(["G0"]).expand(20, -1)
     torch.testing.assert_close(twin.predict_members(x, pert), ens.predict_members(x, pert))
+
+
+def test_data_world_selects_the_penalty_by_name_around_its_energy_goal(screen, ensemble):
+    env = ReprogramEnv("data", adata=screen, spec=SPEC, target="G0+G1", predictor=ensemble, reward="uncertainty.penalised",
+                       reward_kwargs={"lam": 2.0}, n_cells=16)
+    reward = env.dynamics.world.reward
+    assert isinstance(reward, UncertaintyPenalisedReward) and isinstance(reward.goal, EnergyDistanceReward)
+    same = _env(screen, ensemble, 2.0)  # the same penalty built by hand
+    for e in (env, same):
+        e.reset(seed=0)
+    assert env.step(0)[1] == pytest.approx(same.step(0)[1], rel=1e-5)

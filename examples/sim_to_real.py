@@ -153,31 +153,40 @@ def main() -> None:
               f"| {np.mean([r['true_steps'] for r in rs]):.2f} | {np.mean([r['success'] for r in rs]):.0%} |")
 
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 4))
-        names = list(dict.fromkeys(r["world"] for r in rows))
-        x = np.arange(len(names))
-        for j, (label, pick, color) in enumerate((("lambda = 0", lambda k: k[1] == 0.0, "tab:orange"),
-                                                  ("lambda chosen on validation", lambda k: k[1] != 0.0, "tab:green"))):
-            vals = [[r["true_success"] for r in rows if r["world"] == n and pick((n, r["lam"]))] for n in names]
-            means = [np.mean(v) if v else np.nan for v in vals]
-            bars = ax.bar(x + (j - 0.5) * 0.4, means, 0.4, color=color, label=label)
-            ax.bar_label(bars, labels=[f"{m:.0%}" for m in means], fontsize=8)
-            for i, v in enumerate(vals):
-                ax.scatter(np.full(len(v), x[i] + (j - 0.5) * 0.4), v, s=10, c="k", zorder=3)
-        ax.set_xticks(x, [f"ensemble of\n{n}" for n in names])
-        ax.set_ylim(0, 1.15)
-        ax.set_ylabel(f"success replayed in the TRUE world ({args.episodes} episodes)")
-        ax.legend(fontsize=8)
-        ax.set_title(f"MaskablePPO trained in worlds learned from a {args.screen_cells}-cell HSC screen "
-                     f"({args.seeds} seeds, dots)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        plot(rows, args.plot, f"MaskablePPO trained in worlds learned from a {args.screen_cells}-cell HSC screen "
+             f"({args.seeds} seeds, dots), replayed in the true world ({args.episodes} episodes)")
         print(f"plot: {args.plot}")
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Bars: mean true-world success per world and lambda (0, the chosen one, its multiples); dots: seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["world"] for r in rows))
+    n_lams = max(len({r["lam"] for r in rows if r["world"] == n}) for n in names)
+    width = 0.8 / n_lams
+    fig, ax = plt.subplots(figsize=(9, 4))
+    colors = ["tab:orange", "tab:green", "tab:olive", "tab:cyan"]
+    for i, name in enumerate(names):
+        lams = list(dict.fromkeys(r["lam"] for r in rows if r["world"] == name))  # 0, chosen, multiples: run order
+        for j, lam in enumerate(lams):
+            v = [r["true_success"] for r in rows if r["world"] == name and r["lam"] == lam]
+            x = i + (j - (len(lams) - 1) / 2) * width
+            label = None if i else ("lambda = 0" if j == 0 else "lambda chosen on validation" if j == 1 else
+                                    f"{lam / lams[1]:g} x chosen lambda")
+            bar = ax.bar(x, np.mean(v), width, color=colors[j % len(colors)], label=label)
+            ax.bar_label(bar, labels=[f"{np.mean(v):.0%}\n(λ={lam:.2g})"], fontsize=7)
+            ax.scatter(np.full(len(v), x), v, s=10, c="k", zorder=3)
+    ax.set_xticks(np.arange(len(names)), [f"ensemble of\n{n}" for n in names])
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("success replayed in the TRUE world")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

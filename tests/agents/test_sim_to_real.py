@@ -149,3 +149,17 @@ def yaml_env_kwargs(run: Path) -> dict:
     import yaml
 
     return yaml.safe_load((run / "config.yml").read_text())["hyperparams"]["env_kwargs"]
+
+
+def test_lambda_is_chosen_on_the_validation_screen_where_disagreement_tracks_error() -> None:
+    """examples/sim_to_real.py: lambda from a held-out screen; the ensemble's disagreement ranks its errors there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[2] / "examples" / "sim_to_real.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    world = ex.fit_world(["baseline.linear"], hsc_screen(n_cells_per_condition=20, doubles=5, seed=0), 4)
+    validation = hsc_screen(n_cells_per_condition=30, doubles=10, seed=1)
+    lam, rho = ex.choose_lambda(world, validation)
+    assert rho > 0.3 and lam > 0
+    assert ex.choose_lambda(world, validation) == (lam, rho)  # deterministic

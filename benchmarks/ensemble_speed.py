@@ -41,12 +41,11 @@ def main() -> None:
     goal = EnergyDistanceReward(adata.X[(adata.obs["perturbation"] == target).to_numpy()].toarray())
     single = make_predictor(args.members[0])
     single.fit(adata, spec, seed=0)
-    ens = EnsemblePredictor(members=args.members, n_members=args.k)
-    ens.fit(adata, spec, seed=0)
-    worlds = {
-        f"one member ({args.members[0]})": (single, goal),
-        f"ensemble of {args.k}": (ens, UncertaintyPenalisedReward(goal, ens, lam=1.0)),
-    }
+    worlds = {f"one member ({args.members[0]})": (single, goal)}
+    for unseen in ("family", "prior"):  # prior: + the members' draws for perturbations they never saw
+        ens = EnsemblePredictor(members=args.members, n_members=args.k, unseen=unseen)
+        ens.fit(adata, spec, seed=0)
+        worlds[f"ensemble of {args.k}, unseen={unseen}"] = (ens, UncertaintyPenalisedReward(goal, ens, lam=1.0))
     rates = {}
     for name, (model, reward) in worlds.items():
         venv = ReprogramVectorEnv(args.num_envs, world="data", adata=adata, spec=spec, target=target, predictor=model,

@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     episodes = run_episodes(agent, env, args.episodes, seed=args.seed, deterministic=args.deterministic)
     truth = None
     if args.truth:
-        truth_env = gymnasium.make(args.env, **{**env_kwargs, "predictor": _truth(args)})
+        from cellgym.envs.reprogram import truth_kwargs
+
+        truth_env = gymnasium.make(args.env, **truth_kwargs(env_kwargs, _truth(args)))  # goal kept, model penalty dropped
         truth = [replay(ep, truth_env) for ep in episodes]
     if model is not None:
         print(f"agent: {args.algo} from {model} (step {agent.model.num_timesteps:,})" if hasattr(agent, "model")

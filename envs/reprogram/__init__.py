@@ -3,7 +3,15 @@
 from ._core import PopulationState, ReprogramDynamics, StepOutcome
 from ._env import ReprogramEnv
 from ._vector import ReprogramVectorEnv
-from ._worlds import HSC_FATES, HSC_SCREEN_SPEC, HSC_VOCABULARY, World, hsc_screen, resolve_predictor
+from ._worlds import (
+    HSC_FATES,
+    HSC_SCREEN_SPEC,
+    HSC_VOCABULARY,
+    World,
+    hsc_screen,
+    resolve_predictor,
+    truth_kwargs,
+)
 
 __all__ = [
     "HSC_FATES",
@@ -17,4 +25,5 @@ __all__ = [
     "World",
     "hsc_screen",
     "resolve_predictor",
+    "truth_kwargs",
 ]

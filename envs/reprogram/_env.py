@@ -40,7 +40,7 @@ def make_dynamics(
     source: object,
     target: object,
     predictor: str | Path | Predictor | None,
-    reward: str | RewardModel,
+    reward: str | RewardModel | None,
     context: str | None,
     n_cells: int,
     n_components: int,
@@ -49,6 +49,8 @@ def make_dynamics(
     threshold: float | None,
     action_mode: ActionMode = "single",
     dynamics: str | None = None,
+    reward_kwargs: dict[str, Any] | None = None,
+    predictor_kwargs: dict[str, Any] | None = None,
 ) -> ReprogramDynamics:
     """Build the world and its batched dynamics (shared by :class:`ReprogramEnv` and the vector env)."""
     if n_cells < 1 or n_components < 1:
@@ -58,7 +60,8 @@ def make_dynamics(
                             "transition from predictor=. Drop dynamics=.")
     built = build_world(
         world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor, reward=reward,
-        context=context, n_cells=n_cells, **({} if dynamics is None else {"dynamics": dynamics}),
+        reward_kwargs=reward_kwargs, predictor_kwargs=predictor_kwargs, context=context, n_cells=n_cells,
+        **({} if dynamics is None else {"dynamics": dynamics}),
     )
     if action_mode == "dose" and not getattr(built.transition.predictor, "takes_doses", False):
         raise DataSpecError(
@@ -208,7 +211,9 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     the cost is ``cost`` per unit of dose per step (a full dose for one step costs what a discrete perturbation costs). HSC: d is the
     Euclidean distance between the population's mean state and the erythrocyte state (``target.centroid``).
     SERGIO: Euclidean distance between the population's mean and the mean of 256 target cells
-    (``target.centroid``; 11.4 at the start). Stop gives 0.
+    (``target.centroid``; 11.4 at the start). Stop gives 0. With ``reward="uncertainty.penalised"`` in an
+    ``ensemble`` world (HSC, data) each step also pays ``- lam * disagreement`` of the predicted population
+    (MOPO-style; ``reward_kwargs={"lam": 0.5, "goal": "target.centroid"}``).
 
     ## Starting State
 
@@ -235,7 +240,8 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
 
     ``perturbations`` (list of the names applied, in order), ``distance`` (to the goal after the step),
     ``success`` (bool), ``n_perturbations`` (int), ``cost`` (cost paid so far), ``total_dose`` (the dose
-    given so far, summed over perturbations and steps; a discrete perturbation is one dose of 1).
+    given so far, summed over perturbations and steps; a discrete perturbation is one dose of 1);
+    ``disagreement`` (ensemble member spread of the last step) with ``reward="uncertainty.penalised"``.
 
     ## Rendering
 
@@ -254,7 +260,9 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
     | adata, spec | AnnData, DataSpec | None | data world: the cells and their columns |
     | source, target | str or mask | None | data: perturbation label, "column=value" or mask; SERGIO: cell types (type0, type1) |
     | predictor | str, path or Predictor | None | registered name, saved folder or instance; data: names fitted on adata (cached); HSC: default or "grn.boolean" is the true world, other names fitted on ``hsc_screen()``, learned ones need its 11 genes and 16 perturbations; SERGIO: a grn.sergio (name, folder or instance) |
-    | reward | str or RewardModel | "target.energy" | data world reward model |
+    | reward | str or RewardModel | None | reward model name or instance; None: the world's goal (HSC, SERGIO: target.centroid; data: target.energy); "uncertainty.penalised" in an ensemble world (HSC, data) |
+    | reward_kwargs | dict | None | options of a named reward; uncertainty.penalised: ``lam`` (default 1.0), ``goal`` (goal reward name, default the world's), ``goal_kwargs`` |
+    | predictor_kwargs | dict | None | constructor options of a registered predictor name fitted by the world (e.g. ``{"members": [...], "n_members": 5}`` for "ensemble") |
     | context | str | None | transition context (default: the source cells') |
     | n_cells | int | 32 | cells per population |
     | action_mode | str | "single" | "single" (Discrete), "combination" (MultiBinary) or "dose" (Box) |
@@ -301,7 +309,9 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         source: object = None,
         target: object = None,
         predictor: str | Path | Predictor | None = None,
-        reward: str | RewardModel = "target.energy",
+        reward: str | RewardModel | None = None,
+        reward_kwargs: dict[str, Any] | None = None,
+        predictor_kwargs: dict[str, Any] | None = None,
         context: str | None = None,
         n_cells: int = 32,
         action_mode: ActionMode = "single",
@@ -320,7 +330,8 @@ class ReprogramEnv(gym.Env[np.ndarray, np.int64]):
         with torch_threads(self.num_threads):
             self.dynamics = make_dynamics(
                 world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor,
-                reward=reward, context=context, n_cells=n_cells, n_components=n_components, cost=cost,
+                reward=reward, reward_kwargs=reward_kwargs, predictor_kwargs=predictor_kwargs, context=context,
+                n_cells=n_cells, n_components=n_components, cost=cost,
                 success_bonus=success_bonus, threshold=threshold, action_mode=action_mode, dynamics=dynamics,
             )
         self.action_mode: ActionMode = action_mode

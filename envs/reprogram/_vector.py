@@ -68,7 +68,9 @@ class ReprogramVectorEnv(VectorEnv):
         source: object = None,
         target: object = None,
         predictor: str | Path | Predictor | None = None,
-        reward: str | RewardModel = "target.energy",
+        reward: str | RewardModel | None = None,
+        reward_kwargs: dict[str, Any] | None = None,
+        predictor_kwargs: dict[str, Any] | None = None,
         context: str | None = None,
         n_cells: int = 32,
         action_mode: ActionMode = "single",
@@ -98,7 +100,8 @@ class ReprogramVectorEnv(VectorEnv):
         with torch_threads(self.num_threads):
             self.dynamics = make_dynamics(
                 world, fate=fate, adata=adata, spec=spec, source=source, target=target, predictor=predictor,
-                reward=reward, context=context, n_cells=n_cells, n_components=n_components, cost=cost,
+                reward=reward, reward_kwargs=reward_kwargs, predictor_kwargs=predictor_kwargs, context=context,
+                n_cells=n_cells, n_components=n_components, cost=cost,
                 success_bonus=success_bonus, threshold=threshold, action_mode=action_mode, dynamics=dynamics,
             )
         self.num_envs = num_envs

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HSC_FATES", "HSC_SCREEN_SPEC", "HSC_VOCABULARY", "SERGIO_THRESHOLD", "CellPoolSampler", "ProgenitorSampler",
-    "SteadyStateSampler", "World", "build_world", "hsc_screen", "resolve_predictor",
+    "SteadyStateSampler", "World", "build_world", "hsc_screen", "resolve_predictor", "truth_kwargs", "world_reward",
 ]
 
 # Krumsiek et al. 2011 (PLoS ONE 6:e22649), Fig. 2: the four stable myeloid fates as the genes that are ON.
@@ -62,6 +62,8 @@ HSC_CONTINUOUS: dict[str, Any] = {"n_steps": 40, "dt": 0.25}
 SERGIO_TRUTH: dict[str, Any] = {"network": "lineages", "overexpression": 1.0}
 # How a learned HSC predictor reads :func:`hsc_screen`: X holds the Boolean states, one context.
 HSC_SCREEN_SPEC = DataSpec(counts=None, context_key=None)
+# The HSC goal reward's defaults: Euclidean distance of the population mean to the fate's 0/1 state.
+HSC_GOAL: dict[str, dict[str, Any]] = {"target.centroid": {"metric": "euclidean"}}
 
 
 @dataclass
@@ -163,6 +165,83 @@ def _check_dynamic(predictor: Predictor, world: str) -> None:
         raise DataSpecError(f"{world} world: expected a ready Predictor, got {type(predictor).__name__}.")
 
 
+GoalFactory = Any  # (name, **kwargs) -> RewardModel: a goal reward on the world's target cells
+
+
+def world_reward(reward: str | RewardModel | None, reward_kwargs: dict[str, Any] | None, predictor: Predictor,
+                 goal_for: GoalFactory, default: str, world: str) -> RewardModel:
+    """The world's reward model from ``reward`` (a registered name, an instance, or ``None``: ``default``).
+
+    A goal name (``target.centroid``, ``target.energy``, ...) is built on the world's target cells by
+    ``goal_for(name, **reward_kwargs)``. ``"uncertainty.penalised"`` wraps a goal reward (``reward_kwargs``:
+    ``goal``, a goal name or instance, default ``default``; ``goal_kwargs``; ``lam``, default 1.0) around the
+    world's transition, which must be an ``ensemble`` (its member disagreement is the penalty). An
+    instance is used as it is. Unknown keys in ``reward_kwargs`` are refused in one line.
+    """
+    kwargs = dict(reward_kwargs or {})
+    if isinstance(reward, RewardModel):
+        if kwargs:
+            raise DataSpecError(f"{world} world: reward_kwargs {sorted(kwargs)} need a reward *name*; the reward "
+                                f"{type(reward).__name__} was passed ready-made. Drop reward_kwargs or pass reward by name.")
+        return reward
+    name = default if reward is None else str(reward)
+    if name != "uncertainty.penalised":
+        return goal_for(name, **kwargs)
+    goal, goal_kwargs, lam = kwargs.pop("goal", default), dict(kwargs.pop("goal_kwargs", None) or {}), kwargs.pop("lam", 1.0)
+    if kwargs:
+        raise DataSpecError(f"{world} world: reward_kwargs {sorted(kwargs)} are not options of uncertainty.penalised; "
+                            "it takes lam (>= 0), goal (a goal reward name) and goal_kwargs, e.g. {'lam': 0.5, 'goal': "
+                            f"'{default}'}}.")
+    if goal == "uncertainty.penalised":
+        raise DataSpecError(f"{world} world: uncertainty.penalised needs a goal reward (e.g. {default!r}), not itself.")
+    if not hasattr(predictor, "last_disagreement"):
+        raise DataSpecError(f"{world} world: reward 'uncertainty.penalised' needs an ensemble world (its members' "
+                            f"disagreement is the penalty), but the predictor is {predictor.name!r}; pass "
+                            "predictor='ensemble' or a folder saved from an EnsemblePredictor.")
+    try:
+        lam = float(lam)
+    except (TypeError, ValueError):
+        raise DataSpecError(f"{world} world: uncertainty.penalised lam must be a number >= 0, got {lam!r}.") from None
+    goal_model = goal if isinstance(goal, RewardModel) else goal_for(str(goal), **goal_kwargs)
+    return make_reward("uncertainty.penalised", goal=goal_model, predictor=predictor, lam=lam)
+
+
+def truth_kwargs(env_kwargs: dict[str, Any], predictor: Any) -> dict[str, Any]:
+    """A learned world's env kwargs for its *true* world (``predictor``): same task and goal, no model penalty.
+
+    ``uncertainty.penalised`` becomes its goal reward (the truth has no ensemble to disagree), and a
+    learned predictor's ``predictor_kwargs`` are dropped (``cellgym enjoy --truth`` replays in it).
+    """
+    out = {k: v for k, v in env_kwargs.items() if k != "predictor_kwargs"}
+    if out.get("reward") == "uncertainty.penalised":
+        options = dict(out.pop("reward_kwargs", None) or {})
+        goal = options.get("goal")
+        out.pop("reward")
+        if goal is not None:
+            out["reward"] = goal
+            if options.get("goal_kwargs"):
+                out["reward_kwargs"] = dict(options["goal_kwargs"])
+    return {**out, "predictor": predictor}
+
+
+def _goal_on(target: torch.Tensor | np.ndarray, world: str, **defaults: dict[str, Any]) -> GoalFactory:
+    """``goal_for`` of :func:`world_reward` for a world whose goal rewards take ``target=`` cells.
+
+    ``defaults`` maps a goal name to its default keyword arguments (e.g. the HSC centroid's metric).
+    """
+
+    def goal_for(name: str, **kwargs: Any) -> RewardModel:
+        get("rewards", name)  # unknown names fail here, with close matches
+        try:
+            return make_reward(name, target=target, **{**defaults.get(name, {}), **kwargs})
+        except TypeError as exc:
+            raise DataSpecError(f"{world} world: goal reward {name!r} cannot be built on the target cells with "
+                                f"{kwargs or 'no options'} ({exc}); use target.centroid or target.energy, or pass a "
+                                "RewardModel instance.") from None
+
+    return goal_for
+
+
 def hsc_screen(n_cells_per_condition: int = 100, doubles: int = 40, seed: int = 0) -> AnnData:
     """The perturbation screen of the HSC world's simulator, run from the task's own start cells.
 
@@ -229,18 +308,21 @@ def hsc_screen(n_cells_per_condition: int = 100, doubles: int = 40, seed: int = 
 
 
 def _resolve_world_predictor(predictor: str | Path | Predictor | None, truth: str, truth_kwargs: dict[str, Any],
-                             screen: Any, spec: DataSpec) -> Predictor:
+                             screen: Any, spec: DataSpec, predictor_kwargs: dict[str, Any] | None = None) -> Predictor:
     """The world's own simulator (``None`` or its name ``truth``), else :func:`resolve_predictor`.
 
     ``screen`` is called for the data to fit a registered name on (only then).
     """
     if predictor is None or (isinstance(predictor, str) and predictor == truth):
-        return make_predictor(truth, **truth_kwargs)
+        return make_predictor(truth, **{**truth_kwargs, **(predictor_kwargs or {})})
     is_folder = not isinstance(predictor, Predictor) and Path(predictor).is_dir()
-    return resolve_predictor(predictor, None if isinstance(predictor, Predictor) or is_folder else screen(), spec)
+    return resolve_predictor(predictor, None if isinstance(predictor, Predictor) or is_folder else screen(), spec,
+                             predictor_kwargs=predictor_kwargs)
 
 
-def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | None, dynamics: str = "sync") -> World:
+def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | None, dynamics: str = "sync",
+              reward: str | RewardModel | None = None, reward_kwargs: dict[str, Any] | None = None,
+              predictor_kwargs: dict[str, Any] | None = None) -> World:
     """Krumsiek 2011 myeloid Boolean network (synchronous updates, 6 per action) to fate ``fate``.
 
     ``predictor``: ``None`` or ``"grn.boolean"`` (the true world), a saved predictor folder, a fitted
@@ -248,11 +330,15 @@ def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | No
     must have the network's 11 genes and the task's 16 perturbations in its vocabulary.
     ``dynamics``: the true world's updates, ``"sync"`` or the continuous ``"ode"`` / ``"sde"`` (BoolODE-style,
     ``HSC_CONTINUOUS``: 40 Euler steps of 0.25 per action, noise-free mean path), whose perturbations take doses.
+    ``reward``: ``None`` (``target.centroid``, Euclidean, to the fate's state), a goal name, or
+    ``"uncertainty.penalised"`` with ``reward_kwargs`` ``{"lam": ..., "goal": ...}`` in an ensemble world
+    (:func:`world_reward`). ``predictor_kwargs``: constructor options of a registered ``predictor`` name
+    (e.g. ``{"members": ["baseline.linear", "gem1.bulk"]}`` for ``"ensemble"``), fitted on :func:`hsc_screen`.
     """
     if fate not in HSC_FATES:
         raise DataSpecError(f"HSC fate {fate!r}: expected one of {sorted(HSC_FATES)}.")
     truth = HSC_TRUTH if dynamics == "sync" else {**HSC_TRUTH, "dynamics": dynamics, **HSC_CONTINUOUS}
-    predictor = _resolve_world_predictor(predictor, "grn.boolean", truth, hsc_screen, HSC_SCREEN_SPEC)
+    predictor = _resolve_world_predictor(predictor, "grn.boolean", truth, hsc_screen, HSC_SCREEN_SPEC, predictor_kwargs)
     _check_dynamic(predictor, "HSC")
     genes = list(make_predictor("grn.boolean", **HSC_TRUTH).genes)
     check_genes(genes, predictor.genes)  # GeneMismatchError naming the missing genes
@@ -272,7 +358,7 @@ def hsc_world(*, fate: str, n_cells: int, predictor: str | Path | Predictor | No
     reference = torch.cat([torch.from_numpy(np.concatenate([sampler(rng) for _ in range(32)])), fates.repeat(64, 1)])
     return World(
         transition=Transition(predictor),
-        reward=make_reward("target.centroid", target=target, metric="euclidean"),
+        reward=world_reward(reward, reward_kwargs, predictor, _goal_on(target, "HSC", **HSC_GOAL), "target.centroid", "HSC"),
         perturbations=vocabulary,
         sampler=sampler,
         reference=reference,
@@ -443,15 +529,19 @@ def data_hash(adata: AnnData, spec: DataSpec, name: str, config: dict[str, Any])
 
 
 def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, spec: DataSpec, *,
-                      extra_perturbations: Sequence[str] = ()) -> Predictor:
+                      extra_perturbations: Sequence[str] = (), predictor_kwargs: dict[str, Any] | None = None) -> Predictor:
     """A ready predictor from an instance, a saved folder, or a registered name (fitted on ``adata``, cached).
 
     A registered name is fitted once on ``adata`` (seed 0) and saved under
     ``$CELLGYM_CACHE/predictors/<name>-<hash>`` (default cache ``~/.cache/cellgym``), the hash covering
     data, spec and config, so the next env on the same data loads it instead of refitting.
     ``extra_perturbations`` (singles absent from ``adata``) are passed to a registered predictor whose
-    constructor accepts them, so that it can predict them.
+    constructor accepts them, so that it can predict them. ``predictor_kwargs`` are a registered name's
+    constructor options (part of the cache hash); with an instance or a folder they are refused.
     """
+    if predictor_kwargs and (isinstance(predictor, Predictor) or Path(predictor).is_dir()):
+        raise DataSpecError(f"predictor_kwargs {sorted(predictor_kwargs)} configure a predictor fitted by *name*; "
+                            f"{predictor!s} is already built. Drop predictor_kwargs or pass a registered name.")
     if isinstance(predictor, Predictor):
         if predictor.module is None:
             raise DataSpecError(f"predictor {predictor!r} is not fitted; fit it or pass its registered name.")
@@ -470,7 +560,12 @@ def resolve_predictor(predictor: str | Path | Predictor, adata: AnnData | None, 
     if adata is None:
         raise DataSpecError(f"predictor {name!r} must be fitted, so the task needs adata=...; or pass a fitted instance.")
     accepts_extra = "extra_perturbations" in inspect.signature(predictor_class(name).__init__).parameters
-    model = make_predictor(name, **({"extra_perturbations": list(extra_perturbations)} if extra_perturbations and accepts_extra else {}))
+    options = {**(predictor_kwargs or {}),
+               **({"extra_perturbations": list(extra_perturbations)} if extra_perturbations and accepts_extra else {})}
+    try:
+        model = make_predictor(name, **options)
+    except TypeError as exc:
+        raise DataSpecError(f"predictor {name!r}: predictor_kwargs {sorted(options)} are not its options ({exc}).") from None
     folder = _cache_dir() / "predictors" / f"{name}-{data_hash(adata, spec, name, model.config)}"
     if (folder / "config.yaml").exists():
         try:
@@ -489,18 +584,21 @@ def data_world(
     source: object,
     target: object,
     predictor: str | Path | Predictor,
-    reward: str | RewardModel,
+    reward: str | RewardModel | None,
     n_cells: int,
     context: str | None,
+    reward_kwargs: dict[str, Any] | None = None,
+    predictor_kwargs: dict[str, Any] | None = None,
 ) -> World:
     """Any AnnData: cells selected by ``source`` towards cells selected by ``target``.
 
     Selections: see :func:`_select` (labels, ``column=value``, masks and their combinations). Without
     ``context``, each source cell keeps its own context (cell type / line) in the transition; a source that
-    spans contexts the predictor cannot tell apart is refused.
+    spans contexts the predictor cannot tell apart is refused. ``reward``: ``None`` (``target.energy``), a
+    goal name, an instance, or ``"uncertainty.penalised"`` with ``reward_kwargs`` (:func:`world_reward`).
     """
     spec = spec or DataSpec()
-    model = resolve_predictor(predictor, adata, spec)
+    model = resolve_predictor(predictor, adata, spec, predictor_kwargs=predictor_kwargs)
     x = expression(adata, spec)
     if list(map(str, adata.var_names)) != list(model.genes):
         check_genes(model.genes, adata.var_names)
@@ -511,14 +609,15 @@ def data_world(
     tgt = x[_select(adata, spec, target, "target")]
     rng = np.random.default_rng(0)
     tgt_ref = tgt[rng.permutation(tgt.shape[0])[:512]]
-    if isinstance(reward, RewardModel):
-        reward_model = reward
-    elif reward == "target.classifier":
-        cells = np.concatenate([src, tgt])
+    on_target = _goal_on(tgt_ref, "data")
+
+    def goal_for(name: str, **kwargs: Any) -> RewardModel:
+        if name != "target.classifier":
+            return on_target(name, **kwargs)
         labels = ["source"] * src.shape[0] + ["target"] * tgt.shape[0]
-        reward_model = make_reward(reward, cells=cells, labels=labels, target="target")
-    else:
-        reward_model = make_reward(reward, target=tgt_ref)
+        return make_reward(name, cells=np.concatenate([src, tgt]), labels=labels, target="target", **kwargs)
+
+    reward_model = world_reward(reward, reward_kwargs, model, goal_for, "target.energy", "data")
     transition_context = context if context is not None else _transition_context(adata, spec, model, src_mask, src, source)
     sampler = CellPoolSampler(src, n_cells)
     floor = float(reward_model.distance(torch.from_numpy(tgt[rng.integers(0, tgt.shape[0], n_cells)])[None]))
@@ -540,14 +639,21 @@ def data_world(
 def build_world(world: str, **kw: Any) -> World:
     """Dispatch to the ``hsc``, ``sergio`` or ``data`` builder."""
     if world == "hsc":
-        return hsc_world(fate=kw["fate"], n_cells=kw["n_cells"], predictor=kw["predictor"], dynamics=kw.get("dynamics", "sync"))
+        return hsc_world(fate=kw["fate"], n_cells=kw["n_cells"], predictor=kw["predictor"], dynamics=kw.get("dynamics", "sync"),
+                         reward=kw.get("reward"), reward_kwargs=kw.get("reward_kwargs"),
+                         predictor_kwargs=kw.get("predictor_kwargs"))
     if world == "sergio":
+        if kw.get("reward") is not None or kw.get("reward_kwargs") or kw.get("predictor_kwargs"):
+            raise DataSpecError("the SERGIO world's reward is target.centroid to the target type and its predictor the "
+                                "simulator: drop reward=, reward_kwargs= and predictor_kwargs= (they are for the hsc "
+                                "and data worlds).")
         return sergio_world(source=kw["source"], target=kw["target"], n_cells=kw["n_cells"], predictor=kw["predictor"])
     if world == "data":
         if kw["adata"] is None or kw["target"] is None or kw["predictor"] is None:
             raise DataSpecError("world='data' needs adata=..., target=... and predictor=... (source defaults to 'control').")
         return data_world(
             adata=kw["adata"], spec=kw["spec"], source=kw["source"], target=kw["target"], predictor=kw["predictor"],
-            reward=kw["reward"], n_cells=kw["n_cells"], context=kw["context"],
+            reward=kw["reward"], n_cells=kw["n_cells"], context=kw["context"], reward_kwargs=kw.get("reward_kwargs"),
+            predictor_kwargs=kw.get("predictor_kwargs"),
         )
     raise DataSpecError(f"world {world!r}: expected 'hsc', 'sergio' or 'data'.")

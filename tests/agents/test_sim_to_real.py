@@ -115,3 +115,51 @@ def test_sim_to_real_figure(fitted_documented: Path, tmp_path: Path, capsys: pyt
     rate = int(re.search(r"in grn\.boolean: success rate (\d+)%", out).group(1))
     assert rate >= 80, out
     assert np.isfinite(rate)
+
+
+def test_cli_trains_in_an_ensemble_world_with_the_uncertainty_penalty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cellgym fit --predictor ensemble`` then ``cellgym train --env-kwargs ... reward:uncertainty.penalised``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hsc_screen(n_cells_per_condition=20, doubles=5).write_h5ad(tmp_path / "screen.h5ad")
+    out = tmp_path / "hsc_ensemble"
+    assert main(["fit", "--predictor", "ensemble", "--data", str(tmp_path / "screen.h5ad"), "--out", str(out),
+                 "--counts", "none", "--context-key", "none", "--predictor-kwargs", "n_members:3"]) == 0
+    assert main(["train", "--env", TASK, "--algo", "maskable_ppo", "--seed", "0", "-n", "512", "-f", str(tmp_path / "runs"),
+                 "--no-progress", "--hyperparams", "n_steps:32", "--env-kwargs", f"predictor:{out}",
+                 "reward:uncertainty.penalised", "reward_kwargs:{lam: 0.5, goal: target.centroid}",
+                 # 4 cells keep train's bfs optimum (steps_vs_optimum; a full 6-level search in a learned world
+                 # that never reaches the threshold) short; the penalty path is the same for any population
+                 "n_cells:4"]) == 0
+    run = tmp_path / "runs" / "maskable_ppo" / f"{TASK}_1"
+    env = gymnasium.make(TASK, **yaml_env_kwargs(run))
+    assert env.unwrapped.dynamics.world.reward.lam == 0.5  # the run's config rebuilds the penalised world
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    ea.Reload()
+    values = [e.value for e in ea.Scalars("cell/disagreement")]
+    assert values and all(v >= 0 for v in values) and max(values) > 0
+    # replayed in the true world: the same goal, no ensemble there to disagree, so no penalty
+    capsys.readouterr()
+    assert main(["enjoy", "--env", TASK, "--algo", "maskable_ppo", "-f", str(tmp_path / "runs"), "--episodes", "3",
+                 "--seed", "1000", "--truth", "grn.boolean"]) == 0
+    assert re.search(r"in grn\.boolean: success rate \d+%", capsys.readouterr().out)
+
+
+def yaml_env_kwargs(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yml").read_text())["hyperparams"]["env_kwargs"]
+
+
+def test_lambda_is_chosen_on_the_validation_screen_where_disagreement_tracks_error() -> None:
+    """examples/sim_to_real.py: lambda from a held-out screen; the ensemble's disagreement ranks its errors there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[2] / "examples" / "sim_to_real.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    world = ex.fit_world(["baseline.linear"], hsc_screen(n_cells_per_condition=20, doubles=5, seed=0), 4)
+    validation = hsc_screen(n_cells_per_condition=30, doubles=10, seed=1)
+    lam, rho = ex.choose_lambda(world, validation)
+    assert rho > 0.3 and lam > 0
+    assert ex.choose_lambda(world, validation) == (lam, rho)  # deterministic

@@ -32,6 +32,7 @@ from cellgym.predictors.base._atomic import atomic_dir, atomic_write_text
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
+from ._progress import sb3_progress_callback
 from ._runs import TB_POINTER, Checkpoint, newest_checkpoint, next_run_dir, read_yaml, resolve_resume
 from ._zoo import add_train_options, best_model_callback, set_threads, zoo_config
 
@@ -425,7 +426,9 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
         callbacks.append(CheckpointCallback(agent, run_dir / "checkpoints", config["save_freq"]))
     if stop is not None:
         callbacks.append(StopOnSignal(stop))
-    agent.learn(venv, config["n_timesteps"] - start, callback=CallbackList(callbacks), progress_bar=progress_bar,
+    if progress_bar:  # tqdm on stderr, to the whole-rollout total (SB3's own bar is rich, silent when piped)
+        callbacks.append(sb3_progress_callback(config["n_timesteps"], start=start, desc=config["algo"]))
+    agent.learn(venv, config["n_timesteps"] - start, callback=CallbackList(callbacks), progress_bar=False,
                 reset_num_timesteps=resume is None, log_interval=max(config.get("log_interval", -1), 1))
     agent.save(run_dir / "model", training_state=True)
     agent.model.logger.close()

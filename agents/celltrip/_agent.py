@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -110,8 +111,11 @@ class CellTripAgent(Agent):
             self.result = train(self.config, env, self.model, int(total_timesteps), seed=seed,
                                 logger=None if writer is None else writer.add_scalar,
                                 progress=None if bar is None else bar.update, collector=collector)
-            if bar is not None:
-                bar.set_postfix_str("steady state, fitting decoders")
+            if bar is not None:  # its rate stays the training's; the decoders get a line of their own
+                bar.close()
+                bar = None
+                print(f"celltrip: fitting decoders ({self.config.steady_state_steps} steady-state steps, "
+                      f"{self.config.decoder_steps} Adam steps per target modality)", file=sys.stderr)
             manager = self.manager(env, seed=seed)
             manager.simulate(self.config.steady_state_steps)
             errors = manager.fit_decoders()

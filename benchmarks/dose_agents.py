@@ -7,7 +7,8 @@ Each agent is trained exactly as ``cellgym train`` trains it (the shipped YAML o
 the budget, ``--env-kwargs``/``--hyperparams`` are laid over both continuous agents' entries) into
 ``<folder>/benchmark``-style run folders, then plays ``--episodes`` deterministic episodes from starts
 ``0..episodes-1`` (the starts ``cellgym enjoy`` plays). MaskablePPO plays ``CellEnv-Reprogram-HSC-v0``
-(on/off perturbations: each applied one is a dose of 1). Total dose: the summed doses of an episode (the
+(on/off perturbations: each applied one is a dose of 1), in its Boolean world or, with ``--discrete-sde``,
+in the dose task's SDE world. Total dose: the summed doses of an episode (the
 env's ``info["total_dose"]``), compared with the least one-step dose found by ``benchmarks/dose_optimum.py``.
 Timings are wall-clock on whatever machine this runs on (single torch thread).
 """
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="for the dose task (e.g. cost:0.3)")
     parser.add_argument("--hyperparams", nargs="*", default=[], help="for SAC and TD3")
     parser.add_argument("--folder", default=None, help="runs folder (default: a temporary one)")
+    parser.add_argument("--discrete-sde", action="store_true",
+                        help="MaskablePPO in the dose task's SDE world (dynamics:sde) instead of the Boolean one")
     args = parser.parse_args()
     torch.set_num_threads(1)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="dose_agents_"))
@@ -69,8 +72,9 @@ def main() -> None:
     for algo in args.algos:
         task = TASKS[algo]
         dose_task = task.endswith("Dose-v0")
+        discrete = {"dynamics": "sde"} if args.discrete_sde else {}
         config = make_config(task, algo, seed=args.seed, n_timesteps=args.n_timesteps,
-                             env_kwargs=env_kwargs if dose_task else {},
+                             env_kwargs=env_kwargs if dose_task else discrete,
                              hyperparams=hyperparams if dose_task else {}, eval_freq=0, save_freq=0)
         run_dir = next_run_dir(folder, algo, task)
         write_config(config, run_dir)
@@ -79,7 +83,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         env = gym.make(task, **config["hyperparams"]["env_kwargs"])
         r = play(load_agent(algo, task, run_dir, env), env, args.episodes)
-        print(f"| {algo} | {task} {env_kwargs or ''} | {r['success']:.0%} | {r['steps']:.2f} | {r['total_dose']:.2f} | "
+        kwargs = config["hyperparams"]["env_kwargs"]
+        print(f"| {algo} | {task} {kwargs or ''} | {r['success']:.0%} | {r['steps']:.2f} | {r['total_dose']:.2f} | "
               f"{r['dose_successful']:.2f} | {config['n_timesteps']:,} | {seconds:.0f} |", flush=True)
     print(f"runs: {folder}")
 

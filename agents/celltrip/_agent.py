@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +111,11 @@ class CellTripAgent(Agent):
             self.result = train(self.config, env, self.model, int(total_timesteps), seed=seed,
                                 logger=None if writer is None else writer.add_scalar,
                                 progress=None if bar is None else bar.update, collector=collector)
+            if bar is not None:  # its rate stays the training's; the decoders get a line of their own
+                bar.close()
+                bar = None
+                print(f"celltrip: fitting decoders ({self.config.steady_state_steps} steady-state steps, "
+                      f"{self.config.decoder_steps} Adam steps per target modality)", file=sys.stderr)
             manager = self.manager(env, seed=seed)
             manager.simulate(self.config.steady_state_steps)
             errors = manager.fit_decoders()
@@ -211,8 +218,9 @@ class CellTripAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ enjoy
     def enjoy(self, env: TripParallelEnv, *, episodes: int = 1, plot: str | None = None,
-              seed: int | None = None) -> str:
-        """Run ``episodes`` deterministic episodes; return a text report (and draw positions over time)."""
+              seed: int | None = None, progress: Callable[[int], None] | None = None) -> str:
+        """Run ``episodes`` deterministic episodes; return a text report (and draw positions over time).
+        ``progress(1)`` is called after each episode (a progress bar)."""
         from cellgym.envs.trip import plot_positions
 
         lines = [f"CellTRIP agent on {type(env).__name__}: {episodes} episode(s)"]
@@ -226,6 +234,8 @@ class CellTripAgent(Agent):
             lines.append(f"  episode {ep}: {len(env.cell_index)} cells, {out['steps']} steps, "
                          f"mean reward per cell {out['reward_per_cell']:.4f}, mean speed {out['velocity']:.4f}, "
                          f"imputation error (refitted decoders, processed units) {errs or 'n/a'}")
+            if progress is not None:
+                progress(1)
         if plot is not None and trajectory is not None:
             labels = getattr(env, "labels", None)
             plot_positions(trajectory, plot, labels=None if labels is None else np.asarray(labels)[env.cell_index],

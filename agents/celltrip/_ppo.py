@@ -372,8 +372,10 @@ class Rollout:
 
 @torch.no_grad()
 def collect_rollout(model: EntityAttentionActorCritic, env: TripParallelEnv, obs: TripObs, n_steps: int,
-                    gamma: float, gae_lambda: float, generator: torch.Generator) -> tuple[Rollout, TripObs, dict[str, float]]:
-    """Run the stochastic policy for ``n_steps`` environment steps (resetting at each episode end).
+                    gamma: float, gae_lambda: float, generator: torch.Generator,
+                    on_step: Callable[[int], None] | None = None) -> tuple[Rollout, TripObs, dict[str, float]]:
+    """Run the stochastic policy for ``n_steps`` environment steps (resetting at each episode end);
+    ``on_step(1)`` is called after each one (a progress bar).
 
     Truncated reward bootstrapping: every episode end is a truncation, so the step's target bootstraps
     from the critic's value of the final observation instead of 0.
@@ -399,6 +401,8 @@ def collect_rollout(model: EntityAttentionActorCritic, env: TripParallelEnv, obs
         else:
             ro.next_values.append(torch.empty(0))  # filled from the next step's value below
         obs = next_obs
+        if on_step is not None:
+            on_step(1)
     _, _, last_value = model.act(obs, deterministic=True)
     for t in range(n_steps):
         if not ro.episode_ends[t]:
@@ -483,6 +487,7 @@ class LocalCollector:
         self.env, self.cfg, self.seed = env, cfg, seed
         self.generator = torch.Generator().manual_seed(seeds(seed)[0])
         self.obs: TripObs | None = None
+        self.on_step: Callable[[int], None] | None = None  # called after every environment step
 
     def reset(self) -> torch.Tensor:
         """Start the first episode; returns its states (for the input standardiser)."""
@@ -492,7 +497,7 @@ class LocalCollector:
     def collect(self, model: EntityAttentionActorCritic, n_steps: int) -> tuple[Rollout, dict[str, float]]:
         """``n_steps`` environment steps with the current policy."""
         ro, self.obs, stats = collect_rollout(model, self.env, self.obs, n_steps, self.cfg.gamma,
-                                              self.cfg.gae_lambda, self.generator)
+                                              self.cfg.gae_lambda, self.generator, self.on_step)
         return ro, stats
 
 
@@ -515,6 +520,9 @@ def train(cfg: CellTripConfig, env: TripParallelEnv, model: EntityAttentionActor
     generator = torch.Generator().manual_seed(seeds(seed)[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     collector = collector if collector is not None else LocalCollector(env, cfg, seed)
+    per_step = progress is not None and hasattr(collector, "on_step")  # else: progress once per rollout
+    if per_step:
+        collector.on_step = progress
     model.standardiser.update(collector.reset(), model.first_layers())
     history: dict[str, list[float]] = {}
     env_steps = agent_steps = 0
@@ -531,6 +539,6 @@ def train(cfg: CellTripConfig, env: TripParallelEnv, model: EntityAttentionActor
             history.setdefault(key, []).append(value)
             if logger is not None:
                 logger(key, value, env_steps)
-        if progress is not None:
+        if progress is not None and not per_step:
             progress(n)
     return TrainResult(env_steps, agent_steps, time.perf_counter() - start, history)

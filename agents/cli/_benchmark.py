@@ -20,6 +20,7 @@ import numpy as np
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import make_baseline, parse_kv
+from ._progress import bar
 from ._train import make_config, next_run_dir, train, write_config
 
 __all__ = ["COLUMNS", "add_parser", "benchmark", "run"]
@@ -43,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE")
     p.add_argument("-f", "--folder", default="runs")
     p.add_argument("--out", default=None, help="output prefix (default: <folder>/benchmark)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars (stderr): one over the train/play jobs, one over each training run")
     p.set_defaults(run=run)
 
 
@@ -73,12 +75,8 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
               env_kwargs: dict[str, Any] | None = None, folder: str | Path = "runs",
               progress_bar: bool = False) -> list[dict[str, Any]]:
     """One row per (task, agent): see :data:`COLUMNS`."""
-    import gymnasium
-
-    from cellgym.agents.zoo._rollout import optimum_steps, run_episodes
+    from cellgym.agents.zoo._rollout import optimum_steps
     from cellgym.registry import get, is_parallel_task
-
-    from ._enjoy import load_agent
 
     for task in tasks:
         get("tasks", task)
@@ -87,38 +85,60 @@ def benchmark(tasks: list[str], algos: list[str], *, seeds: int = 1, episodes: i
                                "use cellgym train / enjoy.")
     for algo in algos:
         get("agents", algo)
-    rows = []
+    env_kwargs = dict(env_kwargs or {})
+    plan = []  # (task, optimum, [(agent, learns)]): known up front, so the bar has its total
     for task in tasks:
-        env_kwargs = dict(env_kwargs or {})
         optimum = optimum_steps(task, env_kwargs, episodes=episodes, seed=EVAL_SEED)
         names = list(dict.fromkeys([*algos, "random", "greedy"] + (["bfs"] if optimum is not None else [])))
-        for name in names:
-            learns = getattr(get("agents", name).load(), "learns", False)
-            played, trained, t0 = [], 0, time.perf_counter()
-            for seed in range(seeds if learns else 1):
-                env = gymnasium.make(task, **env_kwargs)
-                if learns:
-                    config = make_config(task, name, seed=seed, n_timesteps=n_timesteps, env_kwargs=env_kwargs,
-                                         hyperparams=hyperparams, eval_freq=0)
-                    env.close()
-                    env = gymnasium.make(task, **config["hyperparams"]["env_kwargs"])
-                    run_dir = next_run_dir(Path(folder) / "benchmark", name, task)  # not runs/<algo>/
-                    write_config(config, run_dir)
-                    train(config, run_dir, tb_dir=run_dir, progress_bar=progress_bar)
-                    agent = load_agent(name, task, run_dir, env)
-                    trained = config["n_timesteps"]  # per run; the rows pool every seed's episodes
-                else:
-                    agent = make_baseline(name, EVAL_SEED)
-                played += run_episodes(agent, env, episodes, seed=EVAL_SEED)
+        plan.append((task, optimum, [(n, bool(getattr(get("agents", n).load(), "learns", False))) for n in names]))
+    jobs = sum(seeds if learns else 1 for _, _, agents in plan for _, learns in agents)
+    rows = []
+    with bar(jobs, "benchmark", "run", enabled=progress_bar) as progress:
+        for task, optimum, agents in plan:
+            rows += _benchmark_task(task, optimum, agents, seeds=seeds, episodes=episodes, n_timesteps=n_timesteps,
+                                    hyperparams=hyperparams, env_kwargs=env_kwargs, folder=folder, progress=progress)
+    return rows
+
+
+def _benchmark_task(task: str, optimum: float | None, agents: list[tuple[str, bool]], *, seeds: int, episodes: int,
+                    n_timesteps: int | None, hyperparams: dict[str, Any] | None, env_kwargs: dict[str, Any],
+                    folder: str | Path, progress: Any) -> list[dict[str, Any]]:
+    """The rows of one task; ``progress`` advances once per trained-and-played seed or played baseline."""
+    import gymnasium
+
+    from cellgym.agents.zoo._rollout import run_episodes
+
+    from ._enjoy import load_agent
+
+    rows = []
+    for name, learns in agents:
+        played, trained, t0 = [], 0, time.perf_counter()
+        for seed in range(seeds if learns else 1):
+            progress.set_postfix_str(f"{task} {name}" + (f" seed {seed}" if learns else ""))
+            env = gymnasium.make(task, **env_kwargs)
+            if learns:
+                config = make_config(task, name, seed=seed, n_timesteps=n_timesteps, env_kwargs=env_kwargs,
+                                     hyperparams=hyperparams, eval_freq=0)
                 env.close()
-            steps = float(np.mean([e.steps for e in played]))
-            rows.append({"task": task, "agent": name,
-                         "success_rate": float(np.mean([e.success for e in played])),
-                         "mean_return": float(np.mean([e.ret for e in played])),
-                         "mean_steps": steps,
-                         "steps_vs_optimum": steps / optimum if optimum else float("nan"),
-                         "timesteps_trained": trained if learns else 0,
-                         "wall_time_s": time.perf_counter() - t0})
+                env = gymnasium.make(task, **config["hyperparams"]["env_kwargs"])
+                run_dir = next_run_dir(Path(folder) / "benchmark", name, task)  # not runs/<algo>/
+                write_config(config, run_dir)
+                train(config, run_dir, tb_dir=run_dir, progress_bar=not progress.disable)
+                agent = load_agent(name, task, run_dir, env)
+                trained = config["n_timesteps"]  # per run; the rows pool every seed's episodes
+            else:
+                agent = make_baseline(name, EVAL_SEED)
+            played += run_episodes(agent, env, episodes, seed=EVAL_SEED)
+            env.close()
+            progress.update(1)
+        steps = float(np.mean([e.steps for e in played]))
+        rows.append({"task": task, "agent": name,
+                     "success_rate": float(np.mean([e.success for e in played])),
+                     "mean_return": float(np.mean([e.ret for e in played])),
+                     "mean_steps": steps,
+                     "steps_vs_optimum": steps / optimum if optimum else float("nan"),
+                     "timesteps_trained": trained if learns else 0,
+                     "wall_time_s": time.perf_counter() - t0})
     return rows
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import make_baseline, parse_kv
+from ._progress import bar
 from ._runs import newest_checkpoint
 from ._zoo import add_enjoy_options, model_dir, resolve_run
 
@@ -37,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE",
                    help="gymnasium.make kwargs (default: those of the run)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar over the episodes (stderr)")
     p.set_defaults(run=run)
 
 
@@ -100,13 +103,19 @@ def run(args: argparse.Namespace) -> int:
 
         env = make(args.env, **env_kwargs)
         agent = load_agent(args.algo, args.env, run_dir, env, model_dir(run_dir, args) if run_dir else None, args.seed)
-        print(agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed))
+        with bar(args.episodes, f"enjoy {args.algo}", "episode", enabled=args.progress) as progress:
+            report = agent.enjoy(env, episodes=args.episodes, plot=args.plot, seed=args.seed, progress=progress.update)
+        print(report)
         return 0
 
     env = gymnasium.make(args.env, **env_kwargs)
     model = model_dir(run_dir, args) if run_dir else None
     agent = load_agent(args.algo, args.env, run_dir, env, model, args.seed)
-    episodes = run_episodes(agent, env, args.episodes, seed=args.seed, deterministic=args.deterministic)
+    episodes = []
+    with bar(args.episodes, f"enjoy {args.algo}", "episode", enabled=args.progress) as progress:
+        for k in range(args.episodes):  # one at a time, for the bar (episode k starts from seed + k)
+            episodes += run_episodes(agent, env, 1, seed=args.seed + k, deterministic=args.deterministic)
+            progress.update(1)
     truth = None
     if args.truth:
         from cellgym.envs.reprogram import truth_kwargs

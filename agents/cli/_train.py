@@ -32,13 +32,9 @@ from cellgym.predictors.base._atomic import atomic_dir, atomic_write_text
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import parse_kv
+from ._progress import sb3_progress_callback
 from ._runs import TB_POINTER, Checkpoint, newest_checkpoint, next_run_dir, read_yaml, resolve_resume
 from ._zoo import add_train_options, best_model_callback, set_threads, zoo_config
-
-#: environment steps on a PettingZoo task when -n is not given. Each step moves every cell, so 3000 steps
-#: at 300 cells are ~0.9M agent-steps (a few minutes on one core); on CellEnv-Trip-Integration-v0 this
-#: lifts kNN label agreement from 0.21 to 0.73 (benchmarks/trip.py integration --steps 3000).
-PARALLEL_TIMESTEPS = 3_000
 
 __all__ = ["GracefulStop", "add_parser", "make_config", "next_run_dir", "run", "train", "write_config"]
 
@@ -171,9 +167,11 @@ def make_config(task: str, algo: str, *, seed: int = 0, device: str = "cpu", n_t
     parallel = is_parallel_task(task)
     env_kwargs = dict(env_kwargs or {})
     check_algo_task(algo, task, env_kwargs=env_kwargs)  # one line on what fits, before any run folder
-    if parallel:
-        hp: dict[str, Any] = {"agent_kwargs": {"device": device, **(hyperparams or {})}, "env_kwargs": env_kwargs}
-        n_timesteps = n_timesteps or PARALLEL_TIMESTEPS
+    if parallel:  # <algo>.yml (celltrip.yml): n_timesteps, env_kwargs and the learner's own hyperparameters
+        hparams = load_hyperparams(algo, task, hyperparams, conf=conf)
+        hp: dict[str, Any] = {"agent_kwargs": {"device": device, **hparams.algo_kwargs},
+                              "env_kwargs": {**hparams.env_kwargs, **env_kwargs}, "source": hparams.source}
+        n_timesteps = n_timesteps or hparams.n_timesteps
         try:  # the multi-agent learner checks its own hyperparameters; fail before any run folder exists
             make_agent(algo, **hp["agent_kwargs"])
         except TypeError as exc:
@@ -425,7 +423,9 @@ def train(config: dict[str, Any], run_dir: Path, *, tb_dir: Path, progress_bar: 
         callbacks.append(CheckpointCallback(agent, run_dir / "checkpoints", config["save_freq"]))
     if stop is not None:
         callbacks.append(StopOnSignal(stop))
-    agent.learn(venv, config["n_timesteps"] - start, callback=CallbackList(callbacks), progress_bar=progress_bar,
+    if progress_bar:  # tqdm on stderr, to the whole-rollout total (SB3's own bar is rich, silent when piped)
+        callbacks.append(sb3_progress_callback(config["n_timesteps"], start=start, desc=config["algo"]))
+    agent.learn(venv, config["n_timesteps"] - start, callback=CallbackList(callbacks), progress_bar=False,
                 reset_num_timesteps=resume is None, log_interval=max(config.get("log_interval", -1), 1))
     agent.save(run_dir / "model", training_state=True)
     agent.model.logger.close()

@@ -67,7 +67,14 @@ def algo_class(algo: str) -> type:
 
 
 def _algo_defaults(algo: str) -> dict[str, Any]:
-    """Constructor argument -> default value of the algorithm class (reserved ones left out)."""
+    """Constructor argument -> default value of the algorithm class (reserved ones left out); for
+    ``celltrip`` (multi-agent, ``celltrip.yml``) the fields of its ``CellTripConfig``."""
+    if algo == "celltrip":
+        from dataclasses import fields
+
+        from cellgym.agents.celltrip._ppo import CellTripConfig
+
+        return {f.name: f.default for f in fields(CellTripConfig) if f.name not in _RESERVED}
     sig = inspect.signature(algo_class(algo).__init__)
     return {n: p.default for n, p in sig.parameters.items()
             if n not in _RESERVED and p.kind is not inspect.Parameter.VAR_KEYWORD}

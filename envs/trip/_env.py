@@ -17,7 +17,7 @@ from cellgym.envs._threads import check_num_threads, torch_threads
 from cellgym.envs.errors import ResetNeededError
 from cellgym.predictors.base.errors import CellgymError, DataSpecError
 
-from ._neighbours import knn_graph
+from ._neighbours import for_chunks, knn_graph
 from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
 from ._render import TripFrameRenderer
 
@@ -319,6 +319,7 @@ class TripParallelEnv(ParallelEnv):
         else:
             self.n_view = min(self.max_cells, self.view_size)
         self._knn_cache: tuple[np.ndarray, torch.Tensor] | None = None
+        self._pin_cache: tuple[list, torch.Tensor | None] | None = None
 
         self.possible_agents = [f"cell_{i}" for i in range(self.max_cells)]
         self.agents: list[str] = []
@@ -561,6 +562,7 @@ class TripParallelEnv(ParallelEnv):
             self.targets = [(k, mod, y.to(device)) for k, mod, y in self.targets]
         if self._knn_cache is not None:
             self._knn_cache = (self._knn_cache[0], self._knn_cache[1].to(device))
+        self._pin_cache = None
         return self
 
     def close(self) -> None:
@@ -663,10 +665,24 @@ class TripParallelEnv(ParallelEnv):
         return -err.clamp_min(0.0) / self._n_others.clamp_min(1.0)
 
     def _pinning_potential(self, x: torch.Tensor) -> torch.Tensor:
-        """Minus the squared error of the best decoder from positions to each target modality, (N,)."""
+        """Minus the squared error of the best decoder from positions to each target modality, (N,).
+
+        Least squares decouples over output columns, so the non-spatial targets are decoded together: their
+        columns, centred once per episode (targets do not move), share one Gram matrix and one solve.
+        """
+        cache = self._pin_cache
+        if cache is None or cache[0] is not self.targets:
+            plain = [y for _, mod, y in self.targets if mod.kind != "spatial"]
+            y = torch.cat(plain, 1) if plain else None
+            cache = self._pin_cache = (self.targets, None if y is None else y - y.mean(0))
         err = torch.zeros(len(x), device=x.device)
+        if cache[1] is not None:
+            xc = x - x.mean(0)
+            gram = xc.T @ xc + 1e-4 * torch.eye(x.shape[1], device=x.device)
+            err += (xc @ torch.linalg.solve(gram, xc.T @ cache[1])).sub_(cache[1]).pow_(2).sum(1)
         for _, mod, y in self.targets:
-            err += (fit_decoder(x, y, spatial=mod.kind == "spatial") - y).pow(2).sum(1)
+            if mod.kind == "spatial":
+                err += (fit_decoder(x, y, spatial=True) - y).pow(2).sum(1)
         return -err
 
     def _obs(self) -> TripObs:
@@ -743,11 +759,12 @@ def _pair_distances(y: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """|y_i - y_{pairs[i, j]}| for every cell i and column j, (N, k), in chunks of cells (bounded memory)."""
     n, k = pairs.shape
     out = torch.empty(n, k, device=y.device, dtype=y.dtype)
-    rows = max(1, PAIR_CHUNK_ELEMENTS // max(1, k * y.shape[1]))
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        diff = y.index_select(0, pairs[start:stop].reshape(-1)).view(stop - start, k, -1) - y[start:stop, None, :]
+
+    def chunk(start: int, stop: int) -> None:
+        diff = y.index_select(0, pairs[start:stop].reshape(-1)).view(stop - start, k, -1).sub_(y[start:stop, None, :])
         torch.linalg.vector_norm(diff, dim=2, out=out[start:stop])
+
+    for_chunks(n, max(1, PAIR_CHUNK_ELEMENTS // max(1, k * y.shape[1])), chunk)
     return out
 
 

@@ -9,6 +9,10 @@ one thread (``benchmarks/trip.py knn``): see the table in ``docs/trip_scale.md``
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -101,3 +105,43 @@ def _drop_self(idx: torch.Tensor, k: int) -> torch.Tensor:
         fill = (rows + 1 + torch.arange(k)[None, :]) % n
         out = torch.where(still_bad, fill, out)
     return out
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def for_chunks(n: int, rows: int, fn: Callable[[int, int], None]) -> None:
+    """Call ``fn(start, stop)`` for consecutive chunks of ``rows`` cells covering ``range(n)``.
+
+    With T = ``torch.get_num_threads()`` > 1 the chunks are split into T contiguous runs, each run by its
+    own Python thread with one torch thread (torch ops release the GIL). A chunk's ops (a gather of about
+    1 MB, then a small attention or norm) are too small for torch's own intra-op threads: their parallel
+    regions cost about as much as they save. ``fn`` must only write its own rows; grad mode is the
+    caller's.
+    """
+    starts = list(range(0, n, rows))
+    threads = torch.get_num_threads()
+    if threads <= 1 or len(starts) < 2 * threads:
+        for start in starts:
+            fn(start, min(n, start + rows))
+        return
+    grad = torch.is_grad_enabled()
+    per = -(-len(starts) // threads)
+    parts = [starts[i:i + per] for i in range(0, len(starts), per)]
+
+    def run(part: list[int]) -> None:
+        torch.set_num_threads(1)  # this thread's OpenMP teams: 1 (the caller's count is restored below)
+        with torch.set_grad_enabled(grad):
+            for start in part:
+                fn(start, min(n, start + rows))
+
+    with _POOL_LOCK:
+        pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads - 1, "cellgym-chunks"))
+    try:
+        futures = [pool.submit(run, part) for part in parts[1:]]
+        run(parts[0])  # the calling thread takes the first run
+        for future in futures:
+            future.result()
+    finally:
+        torch.set_num_threads(threads)

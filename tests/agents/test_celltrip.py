@@ -324,3 +324,31 @@ def test_celltrip_size_has_celltrips_parameter_count():
     model = CellTripAgent(**CELLTRIP_SIZE)._build(2 * 32 + 96, 32)
     assert 305_000 < sum(p.numel() for p in model.parameters()) < 320_000  # CellTRIP reports 314k
     assert any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+
+
+def test_two_torch_threads_give_the_single_thread_step_and_gradients():
+    """With 2 torch threads the neighbour chunks run in 2 Python threads: same actions, rewards, gradients."""
+    from cellgym.agents.celltrip import _ppo
+    from cellgym.envs.trip import _env
+
+    env = world(view="neighbours", n_neighbours=12, n_random=4)
+    agent = CellTripAgent(**FAST)
+    agent._check_env(env)
+    results = {}
+    old = _ppo.ATTENTION_CHUNK_ELEMENTS, _env.PAIR_CHUNK_ELEMENTS, torch.get_num_threads()
+    _ppo.ATTENTION_CHUNK_ELEMENTS = _env.PAIR_CHUNK_ELEMENTS = 1  # one cell per chunk: many chunks per thread
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            agent.model.zero_grad()
+            obs = env.reset_batch(seed=0, options={"n_cells": 60})
+            mean, value = agent.model.policy(obs.states, obs.view)
+            (mean.sum() + value.sum()).backward()
+            _, reward, _, _ = env.step_batch(mean.detach())
+            results[threads] = mean.detach(), reward, agent.model.query.weight.grad.clone()
+    finally:
+        _ppo.ATTENTION_CHUNK_ELEMENTS, _env.PAIR_CHUNK_ELEMENTS = old[:2]
+        torch.set_num_threads(old[2])
+    for one, two in zip(results[1], results[2], strict=True):
+        torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
+    assert results[1][2].abs().sum() > 0

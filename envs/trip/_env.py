@@ -17,7 +17,7 @@ from cellgym.envs._threads import check_num_threads, torch_threads
 from cellgym.envs.errors import ResetNeededError
 from cellgym.predictors.base.errors import CellgymError, DataSpecError
 
-from ._neighbours import for_chunks, knn_graph
+from ._neighbours import for_chunks, gather_rows, knn_graph
 from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
 from ._render import TripFrameRenderer
 
@@ -131,8 +131,8 @@ class TripParallelEnv(ParallelEnv):
     weights: distance 1.0, pinning 1.0, origin 0.1, velocity 0.001, action 0.0001 (:class:`RewardWeights`).
 
     ## Starting State
-    ``n_cells`` cells drawn without replacement from the data (``options={"n_cells": k}`` or
-    ``options={"cells": indices}``; else uniform in ``[min_cells, max_cells]``), positions
+    ``n_cells`` cells drawn without replacement from the data's rows, or from ``cell_pool`` when given
+    (``options={"n_cells": k}`` or ``options={"cells": indices}``; else uniform in ``[min_cells, max_cells]``), positions
     ``N(0, init_scale^2)`` (default ``1/sqrt(dim)``, so |x| ~ 1 like the modality distances), velocities 0.
 
     ## Episode End
@@ -165,7 +165,8 @@ class TripParallelEnv(ParallelEnv):
     | obs_format | str | "dict" | "dict" (see Observation Space) or "flat" (one Box per cell, for SuperSuit) |
     | labels, label_name | array (N,), str | None, "label" | a label per data cell and what it is (colours of ``render()``) |
     | render_mode | str | None | None or "rgb_array": cells in the first two dimensions, coloured by label |
-    | num_threads | int | 1 | torch threads of the world's own work (-1: torch's setting) |
+    | num_threads | int | 1 | torch threads of the world's own work (-1: torch's setting); T > 1 also splits the neighbour view's chunks over T Python threads |
+    | cell_pool | array of int | None | data rows that drawn episodes take their cells from (a data partition, e.g. one Ray runner's: CellTRIP's ``partition_cols``); all rows when None |
 
     ``cellgym.registry.make("CellEnv-Trip-Integration-v0")`` builds the default integration world.
 
@@ -216,6 +217,7 @@ class TripParallelEnv(ParallelEnv):
         label_name: str = "label",
         render_mode: str | None = None,
         num_threads: int | None = None,
+        cell_pool: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if obs_format not in ("dict", "flat"):
             raise TripConfigError(f"obs_format must be 'dict' or 'flat'; got {obs_format!r}.")
@@ -227,7 +229,7 @@ class TripParallelEnv(ParallelEnv):
                         target_modalities=target_modalities, dim=dim, n_pcs=n_pcs, view=view, view_size=view_size,
                         n_neighbours=n_neighbours, n_random=n_random, max_cells=max_cells, min_cells=min_cells, dt=dt, force=force, friction=friction,
                         max_velocity=max_velocity, bounds=bounds, init_scale=init_scale, reward_weights=reward_weights,
-                        episode_length=episode_length, preprocessing=preprocessing, device=device)
+                        episode_length=episode_length, preprocessing=preprocessing, device=device, cell_pool=cell_pool)
         self.obs_format = obs_format
         if labels is not None and len(labels) != self.n_total:
             raise DataSpecError(f"labels must have one entry per cell of the data ({self.n_total}); got {len(labels)}.")
@@ -244,7 +246,8 @@ class TripParallelEnv(ParallelEnv):
                view: View, view_size: int, n_neighbours: int, n_random: int, max_cells: int | None, min_cells: int | None, dt: float, force: float, friction: float,
                max_velocity: float, bounds: float | None, init_scale: float | None,
                reward_weights: dict[str, float] | None, episode_length: tuple[int, int],
-               preprocessing: Sequence[Modality] | None, device: str | torch.device) -> None:
+               preprocessing: Sequence[Modality] | None, device: str | torch.device,
+               cell_pool: Sequence[int] | np.ndarray | None = None) -> None:
         """Check the arguments, fit the preprocessing, set the spaces (the constructor's work)."""
         self.device = resolve_device(device)
         raw = [_as_array(m, k) if m is not None else None for k, m in enumerate(modalities)]
@@ -283,10 +286,20 @@ class TripParallelEnv(ParallelEnv):
             raise TripConfigError(f"n_random must be >= 0; got {n_random}.")
         if view not in ("sampled", "all", "neighbours"):
             raise TripConfigError(f"view must be 'sampled', 'all' or 'neighbours'; got {view!r}.")
-        max_cells = self.n_total if max_cells is None else int(max_cells)
+        self.cell_pool = None
+        if cell_pool is not None:
+            pool = np.asarray(cell_pool)
+            if pool.ndim != 1 or len(pool) < 2 or not np.issubdtype(pool.dtype, np.integer) or pool.min() < 0 \
+                    or pool.max() >= self.n_total or len(np.unique(pool)) != len(pool):
+                raise TripConfigError(f"cell_pool must hold at least 2 distinct row indices in [0, {self.n_total}); "
+                                      f"got {len(pool)} entries of dtype {pool.dtype}.")
+            self.cell_pool = np.sort(pool.astype(np.int64))
+        limit = self.n_total if self.cell_pool is None else len(self.cell_pool)
+        max_cells = limit if max_cells is None else int(max_cells)
         min_cells = max_cells if min_cells is None else int(min_cells)
-        if not 2 <= min_cells <= max_cells <= self.n_total:
-            raise TripConfigError(f"need 2 <= min_cells <= max_cells <= n_cells in the data ({self.n_total}); "
+        if not 2 <= min_cells <= max_cells <= limit:
+            where = f"n_cells in the data ({self.n_total})" if self.cell_pool is None else f"len(cell_pool) ({limit})"
+            raise TripConfigError(f"need 2 <= min_cells <= max_cells <= {where}; "
                                   f"got min_cells={min_cells}, max_cells={max_cells}.")
         lo, hi = (int(episode_length[0]), int(episode_length[1]))
         if not 1 <= lo <= hi:
@@ -480,7 +493,10 @@ class TripParallelEnv(ParallelEnv):
             n = int(self.np_random.integers(self.min_cells, self.max_cells + 1)) if n is None else int(n)
             if not 2 <= n <= self.max_cells:
                 raise TripConfigError(f"options['n_cells'] must be in [2, {self.max_cells}]; got {n}.")
-            cells = np.sort(self.np_random.choice(self.n_total, n, replace=False))
+            if self.cell_pool is None:
+                cells = np.sort(self.np_random.choice(self.n_total, n, replace=False))
+            else:  # a data partition (e.g. one Ray runner's): its rows only
+                cells = self.cell_pool[np.sort(self.np_random.choice(len(self.cell_pool), n, replace=False))]
         if self.view_mode == "neighbours":
             cells, self._knn = self._neighbour_graph(cells, reorder=drawn)
         self.cell_index = cells
@@ -761,7 +777,7 @@ def _pair_distances(y: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, k, device=y.device, dtype=y.dtype)
 
     def chunk(start: int, stop: int) -> None:
-        diff = y.index_select(0, pairs[start:stop].reshape(-1)).view(stop - start, k, -1).sub_(y[start:stop, None, :])
+        diff = gather_rows(y, pairs[start:stop].reshape(-1)).view(stop - start, k, -1).sub_(y[start:stop, None, :])
         torch.linalg.vector_norm(diff, dim=2, out=out[start:stop])
 
     for_chunks(n, max(1, PAIR_CHUNK_ELEMENTS // max(1, k * y.shape[1])), chunk)

@@ -107,6 +107,16 @@ def _drop_self(idx: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 1-D ``index``: rows (len(index), F), differentiable in ``table``.
+
+    Through ``F.embedding_bag`` with bags of one row: its CPU kernel (FBGEMM, which prefetches the rows it
+    will read) measured 2x faster than ``index_select`` (and ``F.embedding``) on the neighbour view's
+    gathers, 100,000 cells x 40 seen cells x 64 floats, one thread.
+    """
+    return torch.nn.functional.embedding_bag(index.view(-1, 1), table, mode="sum")
+
+
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 

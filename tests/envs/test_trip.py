@@ -327,3 +327,24 @@ def test_bad_view_arguments_are_one_clear_error():
         small(TASKS[0], view="nearest")
     with pytest.raises(TripConfigError, match="n_random"):
         small(TASKS[0], view="neighbours", n_random=-1)
+
+
+def test_cell_pool_restricts_episodes_to_a_data_partition_and_all_rows_change_nothing():
+    pool = np.arange(0, 120, 3)
+    env = make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool, min_cells=10, max_cells=30)
+    seen = []
+    for seed in range(5):
+        env.reset_batch(seed=seed)
+        seen.extend(env.cell_index)
+    assert set(seen) <= set(pool) and len(set(seen)) > 30  # drawn from the pool only, and from much of it
+    plain = make("CellEnv-Trip-Integration-v0", n_cells=120, min_cells=10, max_cells=30)
+    every = make("CellEnv-Trip-Integration-v0", n_cells=120, min_cells=10, max_cells=30, cell_pool=np.arange(120))
+    for seed in range(3):
+        plain.reset_batch(seed=seed), every.reset_batch(seed=seed)
+        np.testing.assert_array_equal(plain.cell_index, every.cell_index)  # the whole data as a pool: same episodes
+    assert make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool).max_cells == len(pool)
+    for bad, match in (([1, 1, 2], "distinct"), ([0, 500], "distinct row indices"), ([0.5, 1.5], "distinct")):
+        with pytest.raises(TripConfigError, match=match):
+            make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=bad)
+    with pytest.raises(TripConfigError, match=r"len\(cell_pool\) \(40\)"):
+        make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool, max_cells=60)

@@ -155,6 +155,7 @@ class TripParallelEnv(ParallelEnv):
     | view | str | "sampled" | ``"sampled"``, ``"all"`` or ``"neighbours"`` (see Views) |
     | view_size | int | 256 | ``view="sampled"``: cells seen: all when N <= view_size, else a random sample drawn every step |
     | n_neighbours, n_random | int | 32, 8 | ``view="neighbours"``: nearest cells in modality space, and random other cells |
+    | resample_random | bool | False | ``view="neighbours"``: redraw the ``n_random`` random cells every step (else once per episode); costs O(N n_random F) per step |
     | max_cells / min_cells | int | N / max_cells | range of cells per episode |
     | dt, force, friction, max_velocity | float | 0.1, 1.0, 0.1, 1.0 | dynamics |
     | bounds | float or None | None | box that positions are clipped to |
@@ -200,6 +201,7 @@ class TripParallelEnv(ParallelEnv):
         view_size: int = 256,
         n_neighbours: int = 32,
         n_random: int = 8,
+        resample_random: bool = False,
         max_cells: int | None = None,
         min_cells: int | None = None,
         dt: float = 0.1,
@@ -231,6 +233,7 @@ class TripParallelEnv(ParallelEnv):
                         max_velocity=max_velocity, bounds=bounds, init_scale=init_scale, reward_weights=reward_weights,
                         episode_length=episode_length, preprocessing=preprocessing, device=device, cell_pool=cell_pool)
         self.obs_format = obs_format
+        self.resample_random = bool(resample_random)
         if labels is not None and len(labels) != self.n_total:
             raise DataSpecError(f"labels must have one entry per cell of the data ({self.n_total}); got {len(labels)}.")
         self.labels = None if labels is None else np.asarray(labels)
@@ -431,6 +434,9 @@ class TripParallelEnv(ParallelEnv):
         if not self._view_fixed:
             self._draw_view()
             phi_dist_before = self._distance_potential(x_before)
+        elif self.resample_random and self.view.ndim == 2 and self.view.shape[1] > self._knn.shape[1]:
+            self._redraw_random()
+            phi_dist_before = self._distance_potential(x_before)
         else:
             phi_dist_before = self._phi_dist
         self._phi_dist = self._distance_potential(x)
@@ -556,7 +562,7 @@ class TripParallelEnv(ParallelEnv):
             kinds=[m.kind for m in self.modalities], names=[m.name for m in self.modalities],
             input_modalities=self.input_modalities, target_modalities=self.target_modalities, dim=self.dim,
             view=self.view_mode, view_size=self.view_size, n_neighbours=self.n_neighbours,
-            n_random=self.n_random, dt=self.dt, force=self.force, friction=self.friction,
+            n_random=self.n_random, resample_random=self.resample_random, dt=self.dt, force=self.force, friction=self.friction,
             max_velocity=self.max_velocity, bounds=self.bounds, init_scale=self.init_scale,
             reward_weights=asdict(self.reward_weights), episode_length=self.episode_length,
             preprocessing=self.modalities, device=self.device, obs_format=self.obs_format, num_threads=self.num_threads)
@@ -571,7 +577,7 @@ class TripParallelEnv(ParallelEnv):
         self.device = device
         self.features = [None if f is None else f.to(device) for f in self.features]
         for name in ("inputs", "positions", "velocities", "view", "_n_others", "_dist_sum", "_dist_sq",
-                     "_dense_dist", "_phi_dist", "_phi_pin", "_pair_dist", "_pair_dist_sq", "_knn"):
+                     "_dense_dist", "_phi_dist", "_phi_pin", "_pair_dist", "_pair_dist_sq", "_pair_sq", "_knn"):
             if getattr(self, name, None) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         if getattr(self, "targets", None) is not None:
@@ -637,6 +643,20 @@ class TripParallelEnv(ParallelEnv):
         rand = (torch.arange(n, device=self.device)[:, None] + offset) % n
         return torch.cat([nbr, rand], 1)
 
+    def _redraw_random(self) -> None:
+        """New random cells in the neighbour view's last ``n_random`` columns, and their modality distances."""
+        kn = self._knn.shape[1]
+        rand = self._neighbour_view()[:, kn:]
+        dist, sq = torch.zeros(rand.shape, device=self.device), torch.zeros(rand.shape, device=self.device)
+        for _, _, y in self.targets:
+            d = _pair_distances(y, rand)
+            dist += d
+            sq += d.pow_(2)
+        self.view = torch.cat([self.view[:, :kn], rand], 1)
+        self._pair_dist = torch.cat([self._pair_dist[:, :kn], dist], 1)
+        self._pair_sq = torch.cat([self._pair_sq[:, :kn], sq], 1)
+        self._pair_dist_sq = self._pair_sq.sum(1)
+
     def _prepare_view(self) -> None:
         """Per-view constants of the distance potential: sums of modality distances and of their squares.
 
@@ -648,11 +668,12 @@ class TripParallelEnv(ParallelEnv):
         if view.ndim == 2:
             self._n_others = torch.full((n,), float(view.shape[1]), device=self.device)
             self._pair_dist = torch.zeros(view.shape, device=self.device)
-            self._pair_dist_sq = torch.zeros(n, device=self.device)
+            self._pair_sq = torch.zeros(view.shape, device=self.device)  # sum over targets of D^2, per pair
             for _, _, y in self.targets:
                 d = _pair_distances(y, view)
                 self._pair_dist += d
-                self._pair_dist_sq += d.pow_(2).sum(1)
+                self._pair_sq += d.pow_(2)
+            self._pair_dist_sq = self._pair_sq.sum(1)
             return
         self._n_others = len(view) - torch.zeros(n, device=self.device).index_fill_(0, view, 1.0)
         if self._dense_dist is not None:

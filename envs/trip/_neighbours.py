@@ -2,8 +2,10 @@
 
 Up to ``EXACT_MAX_CELLS`` cells the graph is exact: chunked brute force in torch (one matmul per chunk and a
 ``topk``), deterministic and fast at that size. Above it, faiss's HNSW index (Malkov & Yashunin 2018,
-arXiv:1603.09320) is used when ``faiss-cpu`` is installed (the ``cellgym[scale]`` extra), else pynndescent
-(Dong et al. 2011, installed with scanpy). Measured on this machine at 100,000 cells x 96 features, k = 32,
+arXiv:1603.09320) is used when ``faiss-cpu`` is installed (the ``cellgym[scale]`` extra), and above
+``HNSW_MAX_CELLS`` its inverted-file index (IVF-Flat: k-means cells, a few probed per query; Jégou et al.
+2011), about 3x cheaper to build at some loss of recall; else pynndescent (Dong et al. 2011, installed with
+scanpy). Measured on this machine at 100,000 cells x 96 features, k = 32,
 one thread (``benchmarks/trip.py knn``): see the table in ``docs/trip_scale.md``.
 """
 
@@ -19,6 +21,12 @@ import torch
 EXACT_MAX_CELLS = 20_000
 """Up to this many cells the neighbour graph is exact (brute force, O(N^2 F) once per episode)."""
 
+HNSW_MAX_CELLS = 300_000
+"""Above this many cells (and with faiss) the graph comes from an IVF-Flat index instead of HNSW."""
+
+IVF_PROBES = 16
+"""Inverted lists probed per query by the IVF index (of 4 sqrt(N)); recall@32 0.93 at 100,000 cells."""
+
 _CHUNK_ELEMENTS = 1 << 23
 """Distance-matrix entries per chunk of the exact search (32 MB of float32)."""
 
@@ -32,8 +40,9 @@ def knn_graph(x: torch.Tensor, k: int, *, backend: str = "auto") -> torch.Tensor
         Points (on any device; the search runs on the CPU for the approximate backends).
     k : int
         Neighbours per row, 1 <= k <= N - 1.
-    backend : {"auto", "exact", "faiss", "pynndescent"}
-        ``auto``: exact up to ``EXACT_MAX_CELLS`` rows, else faiss HNSW if importable, else pynndescent.
+    backend : {"auto", "exact", "faiss", "faiss-ivf", "pynndescent"}
+        ``auto``: exact up to ``EXACT_MAX_CELLS`` rows, else faiss HNSW (IVF above ``HNSW_MAX_CELLS``) if
+        importable, else pynndescent.
     """
     n = len(x)
     if not 1 <= k <= n - 1:
@@ -45,7 +54,7 @@ def knn_graph(x: torch.Tensor, k: int, *, backend: str = "auto") -> torch.Tensor
             try:
                 import faiss  # noqa: F401
 
-                backend = "faiss"
+                backend = "faiss" if n <= HNSW_MAX_CELLS else "faiss-ivf"
             except ImportError:
                 backend = "pynndescent"
     if backend == "exact":
@@ -53,12 +62,14 @@ def knn_graph(x: torch.Tensor, k: int, *, backend: str = "auto") -> torch.Tensor
     points = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
     if backend == "faiss":
         idx = _faiss_hnsw(points, k + 1)
+    elif backend == "faiss-ivf":
+        idx = _faiss_ivf(points, k + 1)
     elif backend == "pynndescent":
         from pynndescent import NNDescent
 
         idx, _ = NNDescent(points, n_neighbors=k + 1, random_state=0, n_jobs=1, compressed=True).neighbor_graph
     else:
-        raise ValueError(f"backend must be 'auto', 'exact', 'faiss' or 'pynndescent'; got {backend!r}.")
+        raise ValueError(f"backend must be 'auto', 'exact', 'faiss', 'faiss-ivf' or 'pynndescent'; got {backend!r}.")
     return _drop_self(torch.from_numpy(np.asarray(idx, dtype=np.int64)), k).to(x.device)
 
 
@@ -86,6 +97,26 @@ def _faiss_hnsw(points: np.ndarray, k: int) -> np.ndarray:
         index.hnsw.efConstruction = 64
         index.add(points)
         index.hnsw.efSearch = max(64, k)
+        _, idx = index.search(points, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return idx
+
+
+def _faiss_ivf(points: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    n, dim = points.shape
+    lists = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+        index.cp.seed = 0  # k-means initialisation: same graph for the same cells
+        sample = np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False)
+        index.train(points[np.sort(sample)])
+        index.add(points)
+        index.nprobe = min(IVF_PROBES, lists)
         _, idx = index.search(points, k)
     finally:
         faiss.omp_set_num_threads(threads)

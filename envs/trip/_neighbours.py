@@ -156,10 +156,10 @@ def for_chunks(n: int, rows: int, fn: Callable[[int, int], None]) -> None:
     """Call ``fn(start, stop)`` for consecutive chunks of ``rows`` cells covering ``range(n)``.
 
     With T = ``torch.get_num_threads()`` > 1 the chunks are split into T contiguous runs, each run by its
-    own Python thread with one torch thread (torch ops release the GIL). A chunk's ops (a gather of about
-    1 MB, then a small attention or norm) are too small for torch's own intra-op threads: their parallel
-    regions cost about as much as they save. ``fn`` must only write its own rows; grad mode is the
-    caller's.
+    own Python thread with one torch thread (torch ops release the GIL), so the threads split whole chunks
+    (a gather of about 1 MB, then a small attention or norm) instead of each small op. Measured at 100,000
+    cells on the loaded 2-core machine: 2 threads cost 5% more CPU than 1 and took 1.31x less wall time
+    (``benchmarks/trip.py threads``). ``fn`` must only write its own rows; grad mode is the caller's.
     """
     starts = list(range(0, n, rows))
     threads = torch.get_num_threads()

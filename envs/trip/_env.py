@@ -668,12 +668,13 @@ class TripParallelEnv(ParallelEnv):
         if view.ndim == 2:
             self._n_others = torch.full((n,), float(view.shape[1]), device=self.device)
             self._pair_dist = torch.zeros(view.shape, device=self.device)
-            self._pair_sq = torch.zeros(view.shape, device=self.device)  # sum over targets of D^2, per pair
+            sq = torch.zeros(view.shape, device=self.device)  # sum over targets of D^2, per pair
             for _, _, y in self.targets:
                 d = _pair_distances(y, view)
                 self._pair_dist += d
-                self._pair_sq += d.pow_(2)
-            self._pair_dist_sq = self._pair_sq.sum(1)
+                sq += d.pow_(2)
+            self._pair_dist_sq = sq.sum(1)
+            self._pair_sq = sq if self.resample_random else None  # kept only to replace the random columns
             return
         self._n_others = len(view) - torch.zeros(n, device=self.device).index_fill_(0, view, 1.0)
         if self._dense_dist is not None:

@@ -17,7 +17,7 @@ CPU-ms/step is this process's CPU time (all threads) per step; steps/s and agent
 fresh child process (reset + 2 steps).
 
     .venv/bin/python benchmarks/trip.py speed [--cells 1000 4000 10000 100000] [--plot docs/trip_scale.png]
-    .venv/bin/python benchmarks/trip.py threads [--cells 4000]        # 1 vs 2 torch threads, interleaved
+    .venv/bin/python benchmarks/trip.py threads [--cells 4000] [--views neighbours] [--sizes cellgym]  # 1 vs 2 threads
     .venv/bin/python benchmarks/trip.py knn [--cells 100000]          # kNN libraries, time and recall
     .venv/bin/python benchmarks/trip.py merfish [--steps 3000] [--view neighbours]  # needs ../shared/data
     .venv/bin/python benchmarks/trip.py integration [--steps 3000] [--view neighbours]
@@ -244,13 +244,14 @@ def plot_scaling(rows: list[dict], path: str) -> None:
     print(f"plot written to {path}")
 
 
-def threads(cells: list[int], rounds: int, block: int) -> None:
-    """The neighbour step at 1 and 2 torch threads, interleaved in one process (OMP_WAIT_POLICY as set)."""
+def threads(cells: list[int], rounds: int, block: int, views: list[str], sizes: list[str]) -> None:
+    """Steps at 1 and 2 torch threads, interleaved in one process (OMP_WAIT_POLICY as set). With 2 threads
+    the big ops use torch's intra-op threads and the neighbour chunks run in 2 Python threads."""
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {os.getloadavg()[0]:.1f}")
     print("| N | configuration | threads | CPU-ms/step | wall-ms/step |\n|---|---|---|---|---|")
     for n in cells:
-        for view in ("sampled", "neighbours"):
-            c = Config(n, view, "celltrip")
+        for view, size in ((v, s) for v in views for s in sizes):
+            c = Config(n, view, size)
             times = {1: [0.0, 0.0, 0], 2: [0.0, 0.0, 0]}
             c.run(1)
             for _ in range(rounds):
@@ -263,7 +264,7 @@ def threads(cells: list[int], rounds: int, block: int) -> None:
                     times[t][1] += c.wall
                     times[t][2] += c.steps
             for t, (cpu, wall, steps) in times.items():
-                print(f"| {n:,} | {view}, celltrip | {t} | {1000 * cpu / steps:.1f} | {1000 * wall / steps:.1f} |",
+                print(f"| {n:,} | {view}, {size} | {t} | {1000 * cpu / steps:.1f} | {1000 * wall / steps:.1f} |",
                       flush=True)
     torch.set_num_threads(1)
 
@@ -509,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="speed: 1000 4000 10000 100000; threads: 4000; knn: 100000")
     parser.add_argument("--views", nargs="+", default=None,
                         help="speed: reference sampled neighbours dense; merfish/integration: sampled neighbours")
-    parser.add_argument("--sizes", nargs="+", default=["cellgym", "celltrip"], choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES),
+                        help="policy sizes (speed: cellgym celltrip; threads: celltrip)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block", type=int, default=2, help="steps per configuration per round")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-configuration peak-RSS child processes")
@@ -518,13 +520,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.sizes_given = args.sizes is not None
+    args.sizes = args.sizes or ["cellgym", "celltrip"]
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if args.what == "speed":
         speed(args.cells or [1000, 4000, 10_000, 100_000], args.views or ["reference", "sampled", "neighbours", "dense"],
               args.sizes, args.rounds, args.block, not args.no_rss, args.plot)
     elif args.what == "threads":
-        threads(args.cells or [4000], args.rounds, args.block)
+        threads(args.cells or [4000], args.rounds, args.block, args.views or ["sampled", "neighbours"],
+                args.sizes if args.sizes_given else ["celltrip"])
     elif args.what == "knn":
         knn(args.cells or [100_000])
     elif args.what == "merfish":

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellgym.envs.trip._neighbours import for_chunks, gather_rows
+
 if TYPE_CHECKING:
     from cellgym.envs.trip import TripObs, TripParallelEnv
 
@@ -90,7 +92,7 @@ SHARED_CHUNK_ELEMENTS = 1 << 20
 """Query rows x keys per chunk of the shared-view attention (its additive mask: 4 MB of float32)."""
 
 ATTENTION_CHUNK_ELEMENTS = 1 << 18
-"""Gathered key/value entries per chunk of cells in the neighbour attention (1 MB of float32: the chunk
+"""Gathered embedding entries per chunk of cells in the neighbour attention (1 MB of float32: the chunk
 stays in cache between the gather and the attention; 16 MB chunks measured 1.2-2.6x slower)."""
 
 
@@ -217,6 +219,26 @@ class EntityAttentionActorCritic(nn.Module):
         """The layers fed by the standardised input (corrected by adaptive input rescaling)."""
         return [self.self_embed[0], self.other_embed[0]]
 
+    def embed(self, states: torch.Tensor, others: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Own embeddings of ``states`` (N, hidden) and token embeddings of ``others`` (``states`` when None).
+
+        The standardiser is folded into the first layers (``W (x - mu) / sigma + b = (W / sigma) x +
+        (b - (W / sigma) mu)``), so the (N, S) input is read once and never rewritten; when the tokens are the
+        states themselves, both first layers run as one matmul.
+        """
+        first = self.self_embed[0], self.other_embed[0]
+        scale, mean = self.standardiser.std.reciprocal(), self.standardiser.mean
+        if others is None:
+            w = torch.cat([first[0].weight, first[1].weight]) * scale
+            h1 = F.linear(states, w, torch.cat([first[0].bias, first[1].bias]) - w @ mean).relu_()
+            hd = first[0].out_features
+            h1_self, h1_other = h1[:, :hd], h1[:, hd:]
+        else:
+            w_self, w_other = first[0].weight * scale, first[1].weight * scale
+            h1_self = F.linear(states, w_self, first[0].bias - w_self @ mean).relu_()
+            h1_other = F.linear(others, w_other, first[1].bias - w_other @ mean).relu_()
+        return self.self_embed[2](h1_self), self.other_embed[2](h1_other)
+
     def forward(self, states: torch.Tensor, others: torch.Tensor,
                 exclude: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Action means and normalised values.
@@ -235,9 +257,9 @@ class EntityAttentionActorCritic(nn.Module):
         mean : Tensor of shape (N, d)
         value : Tensor of shape (N,), PopArt-normalised
         """
-        h_self = self.self_embed(self.standardiser(states))
+        h_self, e = self.embed(states, others)
         q = self.query(h_self)
-        k, v = self.key_value(self.other_embed(self.standardiser(others))).chunk(2, dim=-1)
+        k, v = self.key_value(e).chunk(2, dim=-1)
         n, hd = q.shape
         heads, head = self.n_heads, hd // self.n_heads
         qh = q.view(n, heads, head).transpose(0, 1)[None]  # (1, H, N, h)
@@ -264,9 +286,15 @@ class EntityAttentionActorCritic(nn.Module):
                            index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Action means and normalised values when every cell sees its own cells (the neighbour view).
 
-        Keys and values are computed once per token row, then gathered as (chunk, k, hidden) tensors for
-        chunks of cells and attended with ``F.scaled_dot_product_attention`` (one query per cell), so
-        memory stays bounded at any N and the work is O(N k hidden).
+        The same attention as :meth:`forward`, rearranged so that only one ``hidden``-wide row per seen
+        cell is gathered (its embedding e_j) instead of its key and value (2 ``hidden``): with
+        ``k_j = W_k e_j + b_k`` and ``v_j = W_v e_j + b_v``, head h scores ``q_i^h . k_j^h =
+        (W_k^h^T q_i^h) . e_j + const_i`` (the constant drops out of the softmax) and pools
+        ``sum_j a_ij v_j^h = W_v^h (sum_j a_ij e_j) + b_v^h`` (the weights sum to 1). The queries are
+        projected once per cell, the gathered (chunk, k, hidden) embeddings attended with
+        ``F.scaled_dot_product_attention`` for chunks of cells (bounded memory, O(N k hidden) work), and
+        the pooled embeddings projected once per cell. Gathering one row instead of two measured about
+        1.35x faster for gather + attention at 100,000 cells (one thread, both in one process).
 
         Parameters
         ----------
@@ -277,23 +305,27 @@ class EntityAttentionActorCritic(nn.Module):
         index : LongTensor of shape (N, k)
             Row i: the rows of ``tokens`` that cell i attends to.
         """
-        h_self = self.self_embed(self.standardiser(states))
+        h_self, e = self.embed(states, None if tokens is states else tokens)  # e: the only rows gathered
         q = self.query(h_self)
-        kv = self.key_value(self.other_embed(self.standardiser(tokens)))
         n, hd = q.shape
         k = index.shape[1]
         heads, head = self.n_heads, hd // self.n_heads
-        rows = max(1, ATTENTION_CHUNK_ELEMENTS // (2 * hd * k))
-        pooled = []
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
+        w_k, w_v = self.key_value.weight[:hd].view(heads, head, hd), self.key_value.weight[hd:].view(heads, head, hd)
+        q_e = torch.einsum("nhc,hcd->nhd", q.view(n, heads, head), w_k)  # (N, H, hidden): queries in e's space
+        rows = max(1, ATTENTION_CHUNK_ELEMENTS // (hd * k))
+        chunks: dict[int, torch.Tensor] = {}
+
+        def chunk(start: int, stop: int) -> None:
             c = stop - start
-            kvc = kv.index_select(0, index[start:stop].reshape(-1)).view(c, k, 2 * hd)  # 2x faster than kv[idx]
-            kc = kvc[..., :hd].view(c, k, heads, head).transpose(1, 2)  # (c, H, k, h)
-            vc = kvc[..., hd:].view(c, k, heads, head).transpose(1, 2)
-            qc = q[start:stop].view(c, heads, 1, head)
-            pooled.append(F.scaled_dot_product_attention(qc, kc, vc).view(c, hd))
-        z = self.trunk(h_self, torch.cat(pooled) if len(pooled) > 1 else pooled[0])
+            ec = gather_rows(e, index[start:stop].reshape(-1)).view(c, 1, k, hd).expand(c, heads, k, hd)
+            # broadcasting one (c, 1, k, hd) key/value over the heads measured 5x slower than expand
+            chunks[start] = F.scaled_dot_product_attention(q_e[start:stop, :, None], ec, ec, scale=head ** -0.5)[:, :, 0]
+
+        for_chunks(n, rows, chunk)
+        parts = [chunks[start] for start in sorted(chunks)]
+        pooled_e = torch.cat(parts) if len(parts) > 1 else parts[0]  # (N, H, hidden)
+        pooled = torch.einsum("nhd,hcd->nhc", pooled_e, w_v).reshape(n, hd) + self.key_value.bias[hd:]
+        z = self.trunk(h_self, pooled)
         return self.actor(z), self.critic(z)
 
     def policy(self, states: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,8 +355,10 @@ class ConcatTrunk(nn.Sequential):
         super().__init__(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
 
     def forward(self, h_self: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """(N, hidden) features for the heads."""
-        return super().forward(torch.cat([h_self, pooled], dim=-1))
+        """(N, hidden) features for the heads (the first layer on [h_self, pooled] without concatenating them)."""
+        first, hd = self[0], h_self.shape[-1]
+        z = F.linear(pooled, first.weight[:, hd:], first.bias).addmm_(h_self, first.weight[:, :hd].T).relu_()
+        return self[3](self[2](z))
 
 
 class TransformerBlock(nn.Module):

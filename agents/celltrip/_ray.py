@@ -5,7 +5,8 @@ arguments, so nothing but names and numbers crosses the wire) and its own seeded
 iteration the learner's weights are sent to the runners, each collects its share of the environment
 steps, and the rollouts come back to one PPO update here. Runner ``i`` seeds its world with
 ``seed + 7919 i``, so runner 0 reproduces single-process training exactly and the others see other
-episodes (other cells; CellTRIP's data partitions play this role).
+episodes. With ``partition`` each runner simulates only its own subset of the data's cells (CellTRIP's
+``partition_cols``: e.g. one runner per group of labels or batches), through the world's ``cell_pool``.
 
 Optional: needs ``pip install "cellgym[ray]"`` (in its own virtual environment).
 """
@@ -13,8 +14,10 @@ Optional: needs ``pip install "cellgym[ray]"`` (in its own virtual environment).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from cellgym.agents.zoo._ray import _import_ray
@@ -44,6 +47,10 @@ class _Runner:
     def reset(self) -> torch.Tensor:
         return self.collector.reset()
 
+    def cell_pool(self) -> np.ndarray | None:
+        """The data rows this runner's episodes draw from (None: all)."""
+        return self.env.cell_pool
+
     def collect(self, state: dict[str, torch.Tensor], n_steps: int) -> tuple[Rollout, dict[str, float]]:
         self.model.load_state_dict(state)
         return self.collector.collect(self.model, n_steps)
@@ -60,21 +67,33 @@ class RayCollector:
         :class:`CellTripConfig` fields (the runners' network copies must match the learner's).
     num_env_runners
         Ray actors, one CPU each (``ray.init`` is called with defaults when Ray is not initialised).
+    partition
+        None: every runner draws its episodes from all of the data's cells. Else each runner gets its own
+        cells (:func:`partition_cells`): ``"labels"`` (whole label groups, e.g. cell types or batches, per
+        runner), ``"random"`` (a seeded random split), or one array of data rows per runner.
     """
 
     def __init__(self, task: str, env_kwargs: dict[str, Any], config: dict[str, Any], num_env_runners: int,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, partition: str | Sequence[Sequence[int]] | None = None) -> None:
         ray = _import_ray()
-        if int(num_env_runners) < 1:
-            from cellgym.predictors.base.errors import CellgymError
+        from cellgym.predictors.base.errors import CellgymError
 
+        if int(num_env_runners) < 1:
             raise CellgymError(f"--num-env-runners must be >= 1 for the CellTRIP Ray backend; got {num_env_runners}.")
+        runner_kwargs = [env_kwargs] * int(num_env_runners)
+        if partition is not None:
+            from cellgym.registry import make
+
+            env = make(task, **env_kwargs)
+            pools = partition_cells(env.n_total, env.labels, partition, int(num_env_runners), seed)
+            runner_kwargs = [{**env_kwargs, "cell_pool": pool, "max_cells": min(env.max_cells, len(pool)),
+                              "min_cells": min(env.min_cells, len(pool))} for pool in pools]
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
         self._ray = ray
         remote = ray.remote(num_cpus=1)(_Runner)
-        self.runners = [remote.remote(task, env_kwargs, {**config, "device": "cpu"}, seed, i)
-                        for i in range(int(num_env_runners))]
+        self.runners = [remote.remote(task, kwargs, {**config, "device": "cpu"}, seed, i)
+                        for i, kwargs in enumerate(runner_kwargs)]
 
     def reset(self) -> torch.Tensor:
         """Start every runner's first episode; their states, concatenated."""
@@ -109,3 +128,46 @@ class RayCollector:
         """End the runner actors."""
         for runner in self.runners:
             self._ray.kill(runner)
+
+
+def partition_cells(n_cells: int, labels: np.ndarray | None, how: str | Sequence[Sequence[int]], n_parts: int,
+                    seed: int | None = None) -> list[np.ndarray]:
+    """Disjoint subsets of the data's rows, one per runner (CellTRIP's ``partition_cols`` idea).
+
+    ``how="labels"``: whole label groups per part, the largest groups first, each to the part with the fewest
+    cells so far (balanced; needs at least ``n_parts`` labels). ``"random"``: a random split into near-equal
+    parts (seeded). A sequence: one array of row indices per part, used as given (checked: disjoint, in range).
+    """
+    from cellgym.predictors.base.errors import CellgymError
+
+    if isinstance(how, str):
+        if how == "random":
+            order = np.random.default_rng(seed).permutation(n_cells)
+            parts = np.array_split(order, n_parts)
+        elif how == "labels":
+            if labels is None:
+                raise CellgymError("partition='labels' needs a world with labels; this task has none. "
+                                   "Use partition='random' or give one array of rows per runner.")
+            values, counts = np.unique(labels, return_counts=True)
+            if len(values) < n_parts:
+                raise CellgymError(f"partition='labels' needs at least one label per runner; got {len(values)} "
+                                   f"labels for {n_parts} runners.")
+            groups: list[list[int]] = [[] for _ in range(n_parts)]
+            sizes = np.zeros(n_parts, np.int64)
+            for i in np.argsort(-counts, kind="stable"):
+                part = int(np.argmin(sizes))
+                groups[part].extend(np.flatnonzero(labels == values[i]).tolist())
+                sizes[part] += counts[i]
+            parts = [np.asarray(g) for g in groups]
+        else:
+            raise CellgymError(f"partition must be 'labels', 'random' or one array of rows per runner; got {how!r}.")
+    else:
+        parts = [np.asarray(p, dtype=np.int64) for p in how]
+        if len(parts) != n_parts:
+            raise CellgymError(f"partition gives {len(parts)} arrays of rows for {n_parts} runners; give one per runner.")
+        flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if len(np.unique(flat)) != len(flat) or (len(flat) and (flat.min() < 0 or flat.max() >= n_cells)):
+            raise CellgymError(f"partition rows must be disjoint indices in [0, {n_cells}).")
+    if any(len(p) < 2 for p in parts):
+        raise CellgymError(f"every runner's partition needs at least 2 cells; got parts of sizes {[len(p) for p in parts]}.")
+    return [np.sort(p).astype(np.int64) for p in parts]

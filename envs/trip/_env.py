@@ -17,7 +17,7 @@ from cellgym.envs._threads import check_num_threads, torch_threads
 from cellgym.envs.errors import ResetNeededError
 from cellgym.predictors.base.errors import CellgymError, DataSpecError
 
-from ._neighbours import knn_graph
+from ._neighbours import for_chunks, gather_rows, knn_graph
 from ._preprocess import Modality, ModalityKind, fit_modality, infer_kind
 from ._render import TripFrameRenderer
 
@@ -131,8 +131,8 @@ class TripParallelEnv(ParallelEnv):
     weights: distance 1.0, pinning 1.0, origin 0.1, velocity 0.001, action 0.0001 (:class:`RewardWeights`).
 
     ## Starting State
-    ``n_cells`` cells drawn without replacement from the data (``options={"n_cells": k}`` or
-    ``options={"cells": indices}``; else uniform in ``[min_cells, max_cells]``), positions
+    ``n_cells`` cells drawn without replacement from the data's rows, or from ``cell_pool`` when given
+    (``options={"n_cells": k}`` or ``options={"cells": indices}``; else uniform in ``[min_cells, max_cells]``), positions
     ``N(0, init_scale^2)`` (default ``1/sqrt(dim)``, so |x| ~ 1 like the modality distances), velocities 0.
 
     ## Episode End
@@ -155,6 +155,7 @@ class TripParallelEnv(ParallelEnv):
     | view | str | "sampled" | ``"sampled"``, ``"all"`` or ``"neighbours"`` (see Views) |
     | view_size | int | 256 | ``view="sampled"``: cells seen: all when N <= view_size, else a random sample drawn every step |
     | n_neighbours, n_random | int | 32, 8 | ``view="neighbours"``: nearest cells in modality space, and random other cells |
+    | resample_random | bool | False | ``view="neighbours"``: redraw the ``n_random`` random cells every step (else once per episode); costs O(N n_random F) per step |
     | max_cells / min_cells | int | N / max_cells | range of cells per episode |
     | dt, force, friction, max_velocity | float | 0.1, 1.0, 0.1, 1.0 | dynamics |
     | bounds | float or None | None | box that positions are clipped to |
@@ -165,7 +166,8 @@ class TripParallelEnv(ParallelEnv):
     | obs_format | str | "dict" | "dict" (see Observation Space) or "flat" (one Box per cell, for SuperSuit) |
     | labels, label_name | array (N,), str | None, "label" | a label per data cell and what it is (colours of ``render()``) |
     | render_mode | str | None | None or "rgb_array": cells in the first two dimensions, coloured by label |
-    | num_threads | int | 1 | torch threads of the world's own work (-1: torch's setting) |
+    | num_threads | int | 1 | torch threads of the world's own work (-1: torch's setting); T > 1 also splits the neighbour view's chunks over T Python threads |
+    | cell_pool | array of int | None | data rows that drawn episodes take their cells from (a data partition, e.g. one Ray runner's: CellTRIP's ``partition_cols``); all rows when None |
 
     ``cellgym.registry.make("CellEnv-Trip-Integration-v0")`` builds the default integration world.
 
@@ -199,6 +201,7 @@ class TripParallelEnv(ParallelEnv):
         view_size: int = 256,
         n_neighbours: int = 32,
         n_random: int = 8,
+        resample_random: bool = False,
         max_cells: int | None = None,
         min_cells: int | None = None,
         dt: float = 0.1,
@@ -216,6 +219,7 @@ class TripParallelEnv(ParallelEnv):
         label_name: str = "label",
         render_mode: str | None = None,
         num_threads: int | None = None,
+        cell_pool: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if obs_format not in ("dict", "flat"):
             raise TripConfigError(f"obs_format must be 'dict' or 'flat'; got {obs_format!r}.")
@@ -227,8 +231,9 @@ class TripParallelEnv(ParallelEnv):
                         target_modalities=target_modalities, dim=dim, n_pcs=n_pcs, view=view, view_size=view_size,
                         n_neighbours=n_neighbours, n_random=n_random, max_cells=max_cells, min_cells=min_cells, dt=dt, force=force, friction=friction,
                         max_velocity=max_velocity, bounds=bounds, init_scale=init_scale, reward_weights=reward_weights,
-                        episode_length=episode_length, preprocessing=preprocessing, device=device)
+                        episode_length=episode_length, preprocessing=preprocessing, device=device, cell_pool=cell_pool)
         self.obs_format = obs_format
+        self.resample_random = bool(resample_random)
         if labels is not None and len(labels) != self.n_total:
             raise DataSpecError(f"labels must have one entry per cell of the data ({self.n_total}); got {len(labels)}.")
         self.labels = None if labels is None else np.asarray(labels)
@@ -244,7 +249,8 @@ class TripParallelEnv(ParallelEnv):
                view: View, view_size: int, n_neighbours: int, n_random: int, max_cells: int | None, min_cells: int | None, dt: float, force: float, friction: float,
                max_velocity: float, bounds: float | None, init_scale: float | None,
                reward_weights: dict[str, float] | None, episode_length: tuple[int, int],
-               preprocessing: Sequence[Modality] | None, device: str | torch.device) -> None:
+               preprocessing: Sequence[Modality] | None, device: str | torch.device,
+               cell_pool: Sequence[int] | np.ndarray | None = None) -> None:
         """Check the arguments, fit the preprocessing, set the spaces (the constructor's work)."""
         self.device = resolve_device(device)
         raw = [_as_array(m, k) if m is not None else None for k, m in enumerate(modalities)]
@@ -283,10 +289,20 @@ class TripParallelEnv(ParallelEnv):
             raise TripConfigError(f"n_random must be >= 0; got {n_random}.")
         if view not in ("sampled", "all", "neighbours"):
             raise TripConfigError(f"view must be 'sampled', 'all' or 'neighbours'; got {view!r}.")
-        max_cells = self.n_total if max_cells is None else int(max_cells)
+        self.cell_pool = None
+        if cell_pool is not None:
+            pool = np.asarray(cell_pool)
+            if pool.ndim != 1 or len(pool) < 2 or not np.issubdtype(pool.dtype, np.integer) or pool.min() < 0 \
+                    or pool.max() >= self.n_total or len(np.unique(pool)) != len(pool):
+                raise TripConfigError(f"cell_pool must hold at least 2 distinct row indices in [0, {self.n_total}); "
+                                      f"got {len(pool)} entries of dtype {pool.dtype}.")
+            self.cell_pool = np.sort(pool.astype(np.int64))
+        limit = self.n_total if self.cell_pool is None else len(self.cell_pool)
+        max_cells = limit if max_cells is None else int(max_cells)
         min_cells = max_cells if min_cells is None else int(min_cells)
-        if not 2 <= min_cells <= max_cells <= self.n_total:
-            raise TripConfigError(f"need 2 <= min_cells <= max_cells <= n_cells in the data ({self.n_total}); "
+        if not 2 <= min_cells <= max_cells <= limit:
+            where = f"n_cells in the data ({self.n_total})" if self.cell_pool is None else f"len(cell_pool) ({limit})"
+            raise TripConfigError(f"need 2 <= min_cells <= max_cells <= {where}; "
                                   f"got min_cells={min_cells}, max_cells={max_cells}.")
         lo, hi = (int(episode_length[0]), int(episode_length[1]))
         if not 1 <= lo <= hi:
@@ -319,6 +335,7 @@ class TripParallelEnv(ParallelEnv):
         else:
             self.n_view = min(self.max_cells, self.view_size)
         self._knn_cache: tuple[np.ndarray, torch.Tensor] | None = None
+        self._pin_cache: tuple[list, torch.Tensor | None] | None = None
 
         self.possible_agents = [f"cell_{i}" for i in range(self.max_cells)]
         self.agents: list[str] = []
@@ -417,6 +434,9 @@ class TripParallelEnv(ParallelEnv):
         if not self._view_fixed:
             self._draw_view()
             phi_dist_before = self._distance_potential(x_before)
+        elif self.resample_random and self.view.ndim == 2 and self.view.shape[1] > self._knn.shape[1]:
+            self._redraw_random()
+            phi_dist_before = self._distance_potential(x_before)
         else:
             phi_dist_before = self._phi_dist
         self._phi_dist = self._distance_potential(x)
@@ -479,7 +499,10 @@ class TripParallelEnv(ParallelEnv):
             n = int(self.np_random.integers(self.min_cells, self.max_cells + 1)) if n is None else int(n)
             if not 2 <= n <= self.max_cells:
                 raise TripConfigError(f"options['n_cells'] must be in [2, {self.max_cells}]; got {n}.")
-            cells = np.sort(self.np_random.choice(self.n_total, n, replace=False))
+            if self.cell_pool is None:
+                cells = np.sort(self.np_random.choice(self.n_total, n, replace=False))
+            else:  # a data partition (e.g. one Ray runner's): its rows only
+                cells = self.cell_pool[np.sort(self.np_random.choice(len(self.cell_pool), n, replace=False))]
         if self.view_mode == "neighbours":
             cells, self._knn = self._neighbour_graph(cells, reorder=drawn)
         self.cell_index = cells
@@ -539,7 +562,7 @@ class TripParallelEnv(ParallelEnv):
             kinds=[m.kind for m in self.modalities], names=[m.name for m in self.modalities],
             input_modalities=self.input_modalities, target_modalities=self.target_modalities, dim=self.dim,
             view=self.view_mode, view_size=self.view_size, n_neighbours=self.n_neighbours,
-            n_random=self.n_random, dt=self.dt, force=self.force, friction=self.friction,
+            n_random=self.n_random, resample_random=self.resample_random, dt=self.dt, force=self.force, friction=self.friction,
             max_velocity=self.max_velocity, bounds=self.bounds, init_scale=self.init_scale,
             reward_weights=asdict(self.reward_weights), episode_length=self.episode_length,
             preprocessing=self.modalities, device=self.device, obs_format=self.obs_format, num_threads=self.num_threads)
@@ -554,13 +577,14 @@ class TripParallelEnv(ParallelEnv):
         self.device = device
         self.features = [None if f is None else f.to(device) for f in self.features]
         for name in ("inputs", "positions", "velocities", "view", "_n_others", "_dist_sum", "_dist_sq",
-                     "_dense_dist", "_phi_dist", "_phi_pin", "_pair_dist", "_pair_dist_sq", "_knn"):
+                     "_dense_dist", "_phi_dist", "_phi_pin", "_pair_dist", "_pair_dist_sq", "_pair_sq", "_knn"):
             if getattr(self, name, None) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         if getattr(self, "targets", None) is not None:
             self.targets = [(k, mod, y.to(device)) for k, mod, y in self.targets]
         if self._knn_cache is not None:
             self._knn_cache = (self._knn_cache[0], self._knn_cache[1].to(device))
+        self._pin_cache = None
         return self
 
     def close(self) -> None:
@@ -619,6 +643,20 @@ class TripParallelEnv(ParallelEnv):
         rand = (torch.arange(n, device=self.device)[:, None] + offset) % n
         return torch.cat([nbr, rand], 1)
 
+    def _redraw_random(self) -> None:
+        """New random cells in the neighbour view's last ``n_random`` columns, and their modality distances."""
+        kn = self._knn.shape[1]
+        rand = self._neighbour_view()[:, kn:]
+        dist, sq = torch.zeros(rand.shape, device=self.device), torch.zeros(rand.shape, device=self.device)
+        for _, _, y in self.targets:
+            d = _pair_distances(y, rand)
+            dist += d
+            sq += d.pow_(2)
+        self.view = torch.cat([self.view[:, :kn], rand], 1)
+        self._pair_dist = torch.cat([self._pair_dist[:, :kn], dist], 1)
+        self._pair_sq = torch.cat([self._pair_sq[:, :kn], sq], 1)
+        self._pair_dist_sq = self._pair_sq.sum(1)
+
     def _prepare_view(self) -> None:
         """Per-view constants of the distance potential: sums of modality distances and of their squares.
 
@@ -630,11 +668,13 @@ class TripParallelEnv(ParallelEnv):
         if view.ndim == 2:
             self._n_others = torch.full((n,), float(view.shape[1]), device=self.device)
             self._pair_dist = torch.zeros(view.shape, device=self.device)
-            self._pair_dist_sq = torch.zeros(n, device=self.device)
+            sq = torch.zeros(view.shape, device=self.device)  # sum over targets of D^2, per pair
             for _, _, y in self.targets:
                 d = _pair_distances(y, view)
                 self._pair_dist += d
-                self._pair_dist_sq += d.pow_(2).sum(1)
+                sq += d.pow_(2)
+            self._pair_dist_sq = sq.sum(1)
+            self._pair_sq = sq if self.resample_random else None  # kept only to replace the random columns
             return
         self._n_others = len(view) - torch.zeros(n, device=self.device).index_fill_(0, view, 1.0)
         if self._dense_dist is not None:
@@ -663,10 +703,24 @@ class TripParallelEnv(ParallelEnv):
         return -err.clamp_min(0.0) / self._n_others.clamp_min(1.0)
 
     def _pinning_potential(self, x: torch.Tensor) -> torch.Tensor:
-        """Minus the squared error of the best decoder from positions to each target modality, (N,)."""
+        """Minus the squared error of the best decoder from positions to each target modality, (N,).
+
+        Least squares decouples over output columns, so the non-spatial targets are decoded together: their
+        columns, centred once per episode (targets do not move), share one Gram matrix and one solve.
+        """
+        cache = self._pin_cache
+        if cache is None or cache[0] is not self.targets:
+            plain = [y for _, mod, y in self.targets if mod.kind != "spatial"]
+            y = torch.cat(plain, 1) if plain else None
+            cache = self._pin_cache = (self.targets, None if y is None else y - y.mean(0))
         err = torch.zeros(len(x), device=x.device)
+        if cache[1] is not None:
+            xc = x - x.mean(0)
+            gram = xc.T @ xc + 1e-4 * torch.eye(x.shape[1], device=x.device)
+            err += (xc @ torch.linalg.solve(gram, xc.T @ cache[1])).sub_(cache[1]).pow_(2).sum(1)
         for _, mod, y in self.targets:
-            err += (fit_decoder(x, y, spatial=mod.kind == "spatial") - y).pow(2).sum(1)
+            if mod.kind == "spatial":
+                err += (fit_decoder(x, y, spatial=True) - y).pow(2).sum(1)
         return -err
 
     def _obs(self) -> TripObs:
@@ -743,11 +797,12 @@ def _pair_distances(y: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """|y_i - y_{pairs[i, j]}| for every cell i and column j, (N, k), in chunks of cells (bounded memory)."""
     n, k = pairs.shape
     out = torch.empty(n, k, device=y.device, dtype=y.dtype)
-    rows = max(1, PAIR_CHUNK_ELEMENTS // max(1, k * y.shape[1]))
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        diff = y.index_select(0, pairs[start:stop].reshape(-1)).view(stop - start, k, -1) - y[start:stop, None, :]
+
+    def chunk(start: int, stop: int) -> None:
+        diff = gather_rows(y, pairs[start:stop].reshape(-1)).view(stop - start, k, -1).sub_(y[start:stop, None, :])
         torch.linalg.vector_norm(diff, dim=2, out=out[start:stop])
+
+    for_chunks(n, max(1, PAIR_CHUNK_ELEMENTS // max(1, k * y.shape[1])), chunk)
     return out
 
 

@@ -324,3 +324,91 @@ def test_celltrip_size_has_celltrips_parameter_count():
     model = CellTripAgent(**CELLTRIP_SIZE)._build(2 * 32 + 96, 32)
     assert 305_000 < sum(p.numel() for p in model.parameters()) < 320_000  # CellTRIP reports 314k
     assert any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+
+
+def test_two_torch_threads_give_the_single_thread_step_and_gradients():
+    """With 2 torch threads the neighbour chunks run in 2 Python threads: same actions, rewards, gradients."""
+    from cellgym.agents.celltrip import _ppo
+    from cellgym.envs.trip import _env
+
+    env = world(view="neighbours", n_neighbours=12, n_random=4)
+    agent = CellTripAgent(**FAST)
+    agent._check_env(env)
+    results = {}
+    old = _ppo.ATTENTION_CHUNK_ELEMENTS, _env.PAIR_CHUNK_ELEMENTS, torch.get_num_threads()
+    _ppo.ATTENTION_CHUNK_ELEMENTS = _env.PAIR_CHUNK_ELEMENTS = 1  # one cell per chunk: many chunks per thread
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            agent.model.zero_grad()
+            obs = env.reset_batch(seed=0, options={"n_cells": 60})
+            mean, value = agent.model.policy(obs.states, obs.view)
+            (mean.sum() + value.sum()).backward()
+            _, reward, _, _ = env.step_batch(mean.detach())
+            results[threads] = mean.detach(), reward, agent.model.query.weight.grad.clone()
+    finally:
+        _ppo.ATTENTION_CHUNK_ELEMENTS, _env.PAIR_CHUNK_ELEMENTS = old[:2]
+        torch.set_num_threads(old[2])
+    for one, two in zip(results[1], results[2], strict=True):
+        torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
+    assert results[1][2].abs().sum() > 0
+
+
+def test_partition_cells_gives_disjoint_runner_subsets():
+    from cellgym.agents.celltrip._ray import partition_cells
+    from cellgym.predictors.base.errors import CellgymError
+
+    labels = np.repeat(np.array(["a", "b", "c", "d", "e"]), [50, 40, 30, 20, 10])
+    parts = partition_cells(150, labels, "labels", 2)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(150))  # disjoint and complete
+    assert all(len(set(labels[p])) >= 2 for p in parts) and not set(labels[parts[0]]) & set(labels[parts[1]])
+    assert abs(len(parts[0]) - len(parts[1])) <= 10  # whole groups, balanced greedily: 80 / 70
+    rand = partition_cells(150, None, "random", 3, seed=0)
+    assert [len(p) for p in rand] == [50, 50, 50]
+    assert [p.tolist() for p in rand] == [p.tolist() for p in partition_cells(150, None, "random", 3, seed=0)]
+    assert partition_cells(150, None, "random", 1, seed=0)[0].tolist() == list(range(150))
+    for how, n, match in (("labels", 6, "one label per runner"), ([[0, 1], [1, 2]], 2, "disjoint"),
+                          ("batch", 2, "'labels', 'random'"), ([[0, 1, 2]], 2, "one per runner")):
+        with pytest.raises(CellgymError, match=match):
+            partition_cells(150, labels, how, n)
+
+
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ray(), reason='ray is not installed (pip install "cellgym[ray]" in its own venv)')
+def test_ray_runners_simulate_their_own_data_partitions():
+    import ray
+
+    from cellgym.agents.celltrip._ray import RayCollector
+
+    task, kw = "CellEnv-Trip-Integration-v0", {"n_cells": 120, "max_cells": 60, "min_cells": 30,
+                                               "episode_length": (15, 25), "view": "neighbours",
+                                               "n_neighbours": 8, "n_random": 2}
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        local = CellTripAgent(**FAST).learn(make(task, **kw), 40, seed=3)
+        histories = []
+        for _ in range(2):  # one runner, partitioned: its partition is every cell, so it is local training
+            collector = RayCollector(task, kw, FAST, 1, seed=3, partition="random")
+            histories.append(CellTripAgent(**FAST).learn(make(task, **kw), 40, seed=3,
+                                                         collector=collector).result.history)
+            collector.close()
+        assert histories[0]["rollout/reward_per_cell"] == histories[1]["rollout/reward_per_cell"]
+        np.testing.assert_allclose(histories[0]["rollout/reward_per_cell"],
+                                   local.result.history["rollout/reward_per_cell"], rtol=1e-5)
+        collector = RayCollector(task, kw, FAST, 2, seed=0, partition="labels")
+        pools = ray.get([r.cell_pool.remote() for r in collector.runners])
+        labels = make(task, **kw).labels
+        assert not set(labels[pools[0]]) & set(labels[pools[1]])  # each runner: its own cell types
+        assert sorted(np.concatenate(pools).tolist()) == list(range(120))
+        two = CellTripAgent(**FAST).learn(make(task, **kw), 60, seed=0, collector=collector)
+        collector.close()
+        assert two.result.env_steps == 60 and np.isfinite(two.result.history["train/value_loss"]).all()
+    finally:
+        ray.shutdown()

@@ -306,11 +306,11 @@ def test_neighbour_view_passes_the_pettingzoo_api_and_seed_tests():
         np.testing.assert_array_equal(o["others"], batched.states[batched.view[i]].numpy())
 
 
-@pytest.mark.parametrize("backend", ["faiss", pytest.param("pynndescent", marks=pytest.mark.slow)])  # numba JIT: minutes
+@pytest.mark.parametrize("backend", ["faiss", "faiss-ivf", pytest.param("pynndescent", marks=pytest.mark.slow)])  # numba JIT: minutes
 def test_approximate_knn_backends_find_the_exact_neighbours(backend):
     from cellgym.envs.trip import knn_graph
 
-    pytest.importorskip(backend)
+    pytest.importorskip(backend.split("-")[0])
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(600, 12, generator=gen) + 4 * torch.randn(6, 12, generator=gen).repeat(100, 1)
     exact = knn_graph(x, 8, backend="exact")
@@ -327,3 +327,46 @@ def test_bad_view_arguments_are_one_clear_error():
         small(TASKS[0], view="nearest")
     with pytest.raises(TripConfigError, match="n_random"):
         small(TASKS[0], view="neighbours", n_random=-1)
+
+
+def test_cell_pool_restricts_episodes_to_a_data_partition_and_all_rows_change_nothing():
+    pool = np.arange(0, 120, 3)
+    env = make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool, min_cells=10, max_cells=30)
+    seen = []
+    for seed in range(5):
+        env.reset_batch(seed=seed)
+        seen.extend(env.cell_index)
+    assert set(seen) <= set(pool) and len(set(seen)) > 30  # drawn from the pool only, and from much of it
+    plain = make("CellEnv-Trip-Integration-v0", n_cells=120, min_cells=10, max_cells=30)
+    every = make("CellEnv-Trip-Integration-v0", n_cells=120, min_cells=10, max_cells=30, cell_pool=np.arange(120))
+    for seed in range(3):
+        plain.reset_batch(seed=seed), every.reset_batch(seed=seed)
+        np.testing.assert_array_equal(plain.cell_index, every.cell_index)  # the whole data as a pool: same episodes
+    assert make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool).max_cells == len(pool)
+    for bad, match in (([1, 1, 2], "distinct"), ([0, 500], "distinct row indices"), ([0.5, 1.5], "distinct")):
+        with pytest.raises(TripConfigError, match=match):
+            make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=bad)
+    with pytest.raises(TripConfigError, match=r"len\(cell_pool\) \(40\)"):
+        make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool, max_cells=60)
+
+
+def test_resampled_random_cells_change_every_step_and_keep_rewards_a_difference_of_potentials():
+    env = make("CellEnv-Trip-Integration-v0", n_cells=120, max_cells=120, view="neighbours", n_neighbours=6,
+               n_random=4, resample_random=True)
+    obs = env.reset_batch(seed=0)
+    knn = obs.view[:, :6].clone()
+    gen = torch.Generator().manual_seed(0)
+    x_before = env.positions.clone()
+    nxt, reward, _, _ = env.step_batch(torch.rand(120, env.dim, generator=gen) * 2 - 1)
+    assert torch.equal(nxt.view[:, :6], knn) and not torch.equal(nxt.view[:, 6:], obs.view[:, 6:])
+    assert not (nxt.view == torch.arange(120)[:, None]).any()
+    # the step's distance term is the potential change over the new pairs: recompute both ends directly
+    ys = [y for _, _, y in env.targets]
+
+    def phi(x):
+        e = (x[:, None] - x[nxt.view]).norm(dim=2)
+        return -sum(((e - (y[:, None] - y[nxt.view]).norm(dim=2)) ** 2).sum(1) for y in ys) / nxt.view.shape[1]
+
+    torch.testing.assert_close(env._distance_potential(env.positions), phi(env.positions), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(env._distance_potential(x_before), phi(x_before), rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(reward).all()

@@ -63,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="sb3", choices=["sb3", "ray"],
                    help='sb3 (default) or ray (RLlib PPO; --algo celltrip: rollouts in Ray actors), needs pip install "cellgym[ray]"')
     p.add_argument("--num-env-runners", type=int, default=0, help="--backend ray: remote sampling workers")
+    p.add_argument("--partition", default=None, choices=["labels", "random"],
+                   help="--backend ray --algo celltrip: each runner simulates its own cells (whole label groups, "
+                        "or a random split; CellTRIP's partition_cols)")
     p.add_argument("--config", default=None, help="reproduce a run from its config.yml")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
@@ -138,6 +141,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
             raise CellgymError(f"--backend ray --algo ppo: {args.env} is a multi-agent task; use --algo celltrip.")
         if args.trained_agent:
             raise CellgymError("--backend ray cannot resume from a checkpoint (-i) yet.")
+    if args.partition and not (args.backend == "ray" and args.algo == "celltrip"):
+        raise CellgymError("--partition splits the cells between Ray runners: use it with --backend ray --algo celltrip.")
     config = make_config(args.env, args.algo, seed=args.seed,
                          device=args.device, n_timesteps=args.n_timesteps,
                          env_kwargs=parse_kv(args.env_kwargs, "--env-kwargs"),
@@ -146,6 +151,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
                          conf=args.conf_file) | zoo_config(args)
     if args.backend == "ray":
         config |= {"backend": "ray", "num_env_runners": args.num_env_runners}
+        if args.partition:
+            config["partition"] = args.partition
     return config
 
 
@@ -466,7 +473,7 @@ def _train_parallel(config: dict[str, Any], run_dir: Path, tb_dir: Path, progres
         from cellgym.agents.celltrip._ray import RayCollector
 
         collector = RayCollector(config["task"], hp["env_kwargs"], hp["agent_kwargs"], config["num_env_runners"],
-                                 seed=config["seed"])
+                                 seed=config["seed"], partition=config.get("partition"))
     try:
         agent.learn(env, config["n_timesteps"], seed=config["seed"], tensorboard_log=str(tb_dir),
                     progress_bar=progress_bar, collector=collector)

@@ -114,6 +114,7 @@ def test_enjoy_baseline_needs_no_run(capsys: pytest.CaptureFixture[str], tmp_pat
     (["--hyperparams", "learning_rate:3e-4"], "signed exponent"),
     (["--hyperparams", "oops"], "expected KEY:VALUE"),
     (["-i", "/nonexistent/model"], "no such run or checkpoint folder"),
+    (["--partition", "labels"], "use it with --backend ray --algo celltrip"),
 ])
 def test_bad_input_is_one_clean_line(argv: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,7 +234,7 @@ def test_ray_backend_trains_celltrip_with_env_runners(tmp_path: Path) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert main(["train", "--env", TRIP, "--algo", "celltrip", "--backend", "ray", "--num-env-runners", "2",
-                     "-n", "60", "-f", str(tmp_path), "--no-progress",
+                     "--partition", "labels", "-n", "60", "-f", str(tmp_path), "--no-progress",
                      "--env-kwargs", "n_cells:80", "max_cells:60", "view:'neighbours'",
                      "--hyperparams", "n_steps:20", "batch_steps:5", "decoder_steps:20",
                      "steady_state_steps:10"]) == 0
@@ -241,7 +242,8 @@ def test_ray_backend_trains_celltrip_with_env_runners(tmp_path: Path) -> None:
         ray.shutdown()
     run_dir = tmp_path / "celltrip" / f"{TRIP}_1"
     assert (run_dir / "model" / "weights.pt").is_file()
-    assert yaml.safe_load((run_dir / "config.yml").read_text())["num_env_runners"] == 2
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    assert config["num_env_runners"] == 2 and config["partition"] == "labels"
     assert "rollout/reward_per_cell" in _events(run_dir).Tags()["scalars"]
 
 

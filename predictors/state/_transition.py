@@ -27,6 +27,7 @@ from ..base import FitData, FitReport, LossOutput, Predictor, PredictorModule, t
 from ..base.errors import DataSpecError, UnknownPerturbationError
 from ..metrics import energy_distance_torch
 from ._genes import embedding_table, resolve_sources
+from ._prior import fit_effect_prior
 
 __all__ = ["StateTransition", "StateTransitionModule", "set_layout"]
 
@@ -49,12 +50,15 @@ class StateTransitionModule(PredictorModule):
 
     def __init__(
         self, n_genes: int, n_perturbations: int, pert_dim: int, *, d_model: int, n_layers: int, n_heads: int,
-        dim_feedforward: int, dropout: float, loss: str, sinkhorn_blur: float,
+        dim_feedforward: int, dropout: float, loss: str, sinkhorn_blur: float, n_contexts: int = 1,
     ) -> None:
         super().__init__()
         self.loss_name = loss
         self.sinkhorn_blur = sinkhorn_blur
         self.register_buffer("pert_matrix", torch.zeros(n_perturbations, pert_dim))
+        # the effect prior (see _prior.py): zeros when ``effect_prior`` is off
+        self.register_buffer("mean_effect", torch.zeros(n_contexts, n_genes))
+        self.register_buffer("transfer", torch.zeros(n_contexts, n_perturbations, n_genes))
         self.register_buffer("learned_mask", torch.zeros(n_perturbations))
         self.pert_learned = nn.Parameter(torch.zeros(n_perturbations, d_model))
         self.basal = _mlp(n_genes, dim_feedforward, d_model, dropout)
@@ -63,16 +67,27 @@ class StateTransitionModule(PredictorModule):
                                            activation="gelu")
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(d_model), _mlp(d_model, dim_feedforward, n_genes, dropout))
+        nn.init.zeros_(self.head[-1][-1].weight)  # an untrained ST predicts the prior
+        nn.init.zeros_(self.head[-1][-1].bias)
 
     def pert_token(self, pert: torch.Tensor) -> torch.Tensor:
         """(B, d_model) perturbation embedding of multi-hot rows (B, P)."""
         return self.pert(pert @ self.pert_matrix) + (pert * self.learned_mask) @ self.pert_learned
 
-    def forward(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted perturbed sets (B, S, G) from control sets ``x`` (B, S, G); ``pad`` True = padding."""
+    def prior(self, pert: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """(B, G) effect prior of perturbation rows (B, P) in contexts (B,): context mean effect + shrunk
+        transfer of each single's deviation from the other contexts (0 for controls)."""
+        perturbed = (pert.sum(1, keepdim=True) > 0).to(pert.dtype)
+        return perturbed * self.mean_effect[ctx] + torch.einsum("bp,bpg->bg", pert, self.transfer[ctx])
+
+    def forward(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted perturbed sets (B, S, G) from control sets ``x`` (B, S, G); ``pad`` True = padding;
+        ``prior`` (B, G) the effect prior of each set (None: 0)."""
         h = self.basal(x) + self.pert_token(pert)[:, None, :]
         h = self.encoder(h, src_key_padding_mask=pad)
-        return torch.relu(x + self.head(h))
+        shift = self.head(h) if prior is None else self.head(h) + prior[:, None, :]
+        return torch.relu(x + shift)
 
     def set_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) distance between predicted and real sets."""
@@ -89,7 +104,7 @@ class StateTransitionModule(PredictorModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Mean set loss of a batch of sets: ``x`` (B, S, G) controls, ``y`` (B, S, G) real, ``pert`` (B, P)."""
-        pred = self.forward(batch["x"], batch["pert"])
+        pred = self.forward(batch["x"], batch["pert"], prior=batch.get("prior"))
         per_set = self.set_loss(pred, batch["y"])
         with torch.no_grad():
             mean_err = ((pred.mean(1) - batch["y"].mean(1)) ** 2).mean()
@@ -97,18 +112,23 @@ class StateTransitionModule(PredictorModule):
                           n_obs=int(pred.shape[0] * pred.shape[1]))
 
     @torch.no_grad()
-    def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
-        """Cells (B, G) as sets: consecutive rows with the same perturbation and context form a set (see
-        :func:`set_layout`), each at most ``set_size`` cells (stored on the module by the predictor)."""
+    def predict_batch(self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None,
+                      run: torch.Tensor | None = None) -> torch.Tensor:
+        """Cells (B, G) as sets: consecutive rows with the same perturbation and context (and ``run`` id,
+        when given) form a set (see :func:`set_layout`), each at most ``set_size`` cells (stored on the
+        module by the predictor)."""
         ctx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if ctx is None else ctx
-        set_id, slot, n_sets, size = set_layout(pert, ctx, int(self.set_size))
+        set_id, slot, n_sets, size = set_layout(pert, ctx if run is None else ctx * (int(run.max()) + 1) + run,
+                                                int(self.set_size))
         xs = x.new_zeros(n_sets, size, x.shape[1])
         xs[set_id, slot] = x
         pad = torch.ones(n_sets, size, dtype=torch.bool, device=x.device)
         pad[set_id, slot] = False
         ps = pert.new_zeros(n_sets, pert.shape[1])
         ps[set_id] = pert
-        return self.forward(xs, ps, pad)[set_id, slot]
+        cs = ctx.new_zeros(n_sets)
+        cs[set_id] = ctx
+        return self.forward(xs, ps, pad, self.prior(ps, cs))[set_id, slot]
 
     set_size: torch.Tensor  # registered by the predictor as a buffer (0-d int64)
 
@@ -200,11 +220,17 @@ class StateTransition(Predictor):
         sets_per_batch: int = 8,
         epochs: int | None = None,
         extra_perturbations: Sequence[str] = (),
+        effect_prior: bool = True,
+        unseen_fallback: Literal["error", "prior"] = "error",
     ) -> None:
         if loss not in LOSSES:
             raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
         if perturbation_features not in FEATURES:
             raise DataSpecError(f"perturbation_features must be one of {list(FEATURES)}, got {perturbation_features!r}.")
+        if unseen_fallback not in ("error", "prior"):
+            raise DataSpecError(f"unseen_fallback must be 'error' or 'prior', got {unseen_fallback!r}.")
+        if unseen_fallback == "prior" and not effect_prior:
+            raise DataSpecError("unseen_fallback='prior' needs effect_prior=True (the prior is what it predicts).")
         if set_size < 2 or d_model % n_heads:
             raise DataSpecError(f"need set_size >= 2 and d_model divisible by n_heads; got {set_size}, {d_model}, {n_heads}.")
         super().__init__(
@@ -212,11 +238,16 @@ class StateTransition(Predictor):
             dropout=dropout, loss=loss, sinkhorn_blur=sinkhorn_blur, perturbation_features=perturbation_features,
             gene_embeddings=[str(s) for s in gene_embeddings], embedding_dim=embedding_dim, learning_rate=learning_rate,
             weight_decay=weight_decay, sets_per_batch=sets_per_batch, epochs=epochs,
-            extra_perturbations=[str(p) for p in extra_perturbations],
+            extra_perturbations=[str(p) for p in extra_perturbations], effect_prior=bool(effect_prior),
+            unseen_fallback=unseen_fallback,
         )
         self.seen: list[str] = []
         self.pert_dim = 1
         self.unpredictable: list[str] = []
+        #: unseen perturbations without features, predicted from the effect prior (``unseen_fallback='prior'``)
+        self.from_prior: list[str] = []
+        #: the prior's cross-context shrinkage w (see ``_prior.py``); None without a prior
+        self.shrinkage: float | None = None
 
     # ------------------------------------------------------------------------------------------ building
     def _build_module(self) -> None:
@@ -224,7 +255,7 @@ class StateTransition(Predictor):
         self.module = StateTransitionModule(
             len(self.genes), len(self.perturbations), self.pert_dim, d_model=c["d_model"], n_layers=c["n_layers"],
             n_heads=c["n_heads"], dim_feedforward=c["dim_feedforward"], dropout=c["dropout"], loss=c["loss"],
-            sinkhorn_blur=c["sinkhorn_blur"],
+            sinkhorn_blur=c["sinkhorn_blur"], n_contexts=len(self.contexts),
         )
         self.module.register_buffer("set_size", torch.tensor(c["set_size"]))
 
@@ -241,6 +272,12 @@ class StateTransition(Predictor):
         table = table / max(float(np.sqrt((table[present] ** 2).sum(1).mean())) if present.any() else 1.0, 1e-12)
         learned = ~present & np.isin(self.perturbations, list(seen))
         self.unpredictable = [q for q, ok in zip(self.perturbations, present, strict=True) if not ok and q not in seen]
+        if self.unpredictable and self.config["unseen_fallback"] == "prior":
+            self.from_prior, self.unpredictable = self.unpredictable, []
+            table[np.isin(self.perturbations, self.from_prior)] = 0.0  # the control token: ST adds the prior only
+            log.warning("state.transition: %d unseen perturbation(s) have no gene embedding and are predicted from the "
+                        "effect prior (the context's mean effect; unseen_fallback='prior'): %s",
+                        len(self.from_prior), self.from_prior[:10])
         if learned.any():
             log.warning("state.transition: %d seen perturbation(s) have no gene embedding and get a learned vector "
                         "(first: %s)", int(learned.sum()), [q for q, f in zip(self.perturbations, learned, strict=True) if f][:5])
@@ -260,7 +297,17 @@ class StateTransition(Predictor):
         with torch.no_grad():
             self.module.pert_matrix.copy_(torch.from_numpy(table))
             self.module.learned_mask.copy_(torch.from_numpy(learned))
-        sampler = SetSampler(data, self.config["set_size"], seed)
+        group_prior = None
+        if self.config["effect_prior"]:
+            prior, g_ctx, g_labels, g_prior = fit_effect_prior(data, self.perturbations, len(self.contexts),
+                                                               self.spec.split_label)
+            with torch.no_grad():
+                self.module.mean_effect.copy_(torch.from_numpy(prior.mean_effect))
+                self.module.transfer.copy_(torch.from_numpy(prior.transfer))
+            self.shrinkage = prior.shrinkage
+            group_prior = {(int(c), str(lab)): row for c, lab, row in zip(g_ctx, g_labels, g_prior, strict=True)}
+            log.info("state.transition: effect prior with cross-context shrinkage w = %.3f", prior.shrinkage)
+        sampler = SetSampler(data, self.config["set_size"], seed, group_prior)
         n_sets = sampler.slots.shape[0]
         epochs = epochs or self.config["epochs"] or int(np.clip(round(4_000 / n_sets), 20, 200))
         self.module.to(device)
@@ -299,26 +346,32 @@ class StateTransition(Predictor):
         """
         self._check_fitted()
         b, n, g = cells.shape
+        ctx = torch.zeros(b, dtype=torch.long, device=cells.device) if ctx is None else ctx
         if n <= self.config["set_size"]:
-            return self.module(cells, pert)
-        population = torch.arange(b, device=cells.device).repeat_interleave(n)  # never merge two populations
-        flat = self.module.predict_batch(cells.reshape(b * n, g), pert.repeat_interleave(n, 0), population)
+            return self.module(cells, pert, prior=self.module.prior(pert, ctx))
+        # never merge two populations: each is a run of its own (set_layout splits runs by perturbation/context)
+        flat = self.module.predict_batch(cells.reshape(b * n, g), pert.repeat_interleave(n, 0),
+                                         ctx.repeat_interleave(n), run=torch.arange(b, device=cells.device).repeat_interleave(n))
         return flat.reshape(b, n, g)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable)}
+        return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable),
+                "from_prior": list(self.from_prior), "shrinkage": self.shrinkage}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.seen = list(extra["seen"])
         self.pert_dim = int(extra["pert_dim"])
         self.unpredictable = list(extra["unpredictable"])
+        self.from_prior = list(extra.get("from_prior", []))
+        self.shrinkage = extra.get("shrinkage")
 
 
 class SetSampler:
     """Draws training sets: for each slot (a (context, perturbation) group), S of its cells and S control
     cells of its context, with replacement when a group has fewer than S cells (the fit loop's ``step``)."""
 
-    def __init__(self, data: FitData, set_size: int, seed: int | None) -> None:
+    def __init__(self, data: FitData, set_size: int, seed: int | None,
+                 group_prior: dict[tuple[int, str], np.ndarray] | None = None) -> None:
         labels = np.asarray(data.labels, dtype=str)
         ctx = data.ctx.astype(np.int64)
         key = np.char.add(np.char.add(ctx.astype(str), "\x00"), labels)
@@ -332,6 +385,11 @@ class SetSampler:
         self.start = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]))
         self.size = torch.from_numpy(sizes)
         self.pert = torch.from_numpy(data.pert[first])
+        self.prior = None
+        if group_prior is not None:  # leave-group-out effect prior of each group (0 for controls)
+            zero = np.zeros(data.x.shape[1], np.float32)
+            self.prior = torch.from_numpy(np.stack([group_prior.get((int(c), str(lab)), zero)
+                                                    for c, lab in zip(ctx[first], labels[first], strict=True)]))
         g_ctx = ctx[first]
         ctrl_group = {int(c): i for i, (c, is_c) in enumerate(zip(g_ctx, data.is_control[first], strict=True)) if is_c}
         missing = sorted({int(c) for c in g_ctx} - set(ctrl_group))
@@ -356,6 +414,8 @@ class SetSampler:
             "y": self.x[self.draw(groups)].to(device),
             "pert": self.pert[groups].to(device),
         }
+        if self.prior is not None:
+            sets["prior"] = self.prior[groups].to(device)
         out = module.loss(sets)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -142,8 +142,9 @@ def test_set_layout_keeps_populations_apart_and_balances_sets() -> None:
     assert len(set(zip(set_id.tolist(), slot.tolist(), strict=True))) == 10
 
 
-def test_st_learns_and_beats_mean_on_held_out_contexts(fitted: StateTransition, data: ad.AnnData) -> None:
-    hist = fitted.fit(data, SPEC, epochs=25, seed=0).history["loss"]
+def test_st_learns_and_beats_mean_on_held_out_contexts(data: ad.AnnData) -> None:
+    # without the effect prior the network must learn every effect itself: the set loss halves
+    hist = StateTransition(**FAST, effect_prior=False).fit(data, SPEC, epochs=25, seed=0).history["loss"]
     assert hist[-1] < 0.5 * hist[0]
     sp_ = split(data, SPEC, "contexts", holdout=["c2"])
     res = evaluate(data, SPEC, sp_, ["baseline.mean", StateTransition(**FAST)], fit_kwargs={"state.transition": {"epochs": 25}})
@@ -250,3 +251,44 @@ def test_fewshot_split_holds_out_some_perturbations_of_one_context(data: ad.AnnD
     assert split(data, SPEC, "fewshot", seed=3).holdout == split(data, SPEC, "fewshot", seed=3).holdout
     with pytest.raises(Exception, match="ONE context"):
         split(data, SPEC, "fewshot", holdout=["c1", "c2"])
+
+
+# ------------------------------------------------------------------------------------------ effect prior
+def _screen(dev: np.ndarray, shared: np.ndarray, n: int = 30, seed: int = 0):
+    """FitData of C contexts x P singles (+ controls): cell = control + shared[c] + dev[c, p] + noise."""
+    from cellgym.predictors.base import FitData
+
+    rng = np.random.default_rng(seed)
+    n_ctx, n_pert, g = dev.shape
+    xs, ctx, labels = [], [], []
+    for c in range(n_ctx):
+        for p in range(-1, n_pert):
+            effect = 0.0 if p < 0 else shared[c] + dev[c, p]
+            xs.append(3.0 + effect + rng.normal(0, 0.1, (n, g)))
+            ctx += [c] * n
+            labels += ["control" if p < 0 else f"p{p}"] * n
+    labels = np.array(labels, dtype=object)
+    pert = np.stack([(labels == f"p{p}") for p in range(n_pert)], 1).astype(np.float32)
+    return FitData(x=np.concatenate(xs).astype(np.float32), counts=None, pert=pert, ctx=np.array(ctx), labels=labels,
+                   is_control=labels == "control")
+
+
+def test_effect_prior_shrinks_cross_context_transfer_by_what_transfers() -> None:
+    from cellgym.predictors.state._prior import fit_effect_prior
+
+    rng = np.random.default_rng(0)
+    perts = [f"p{p}" for p in range(6)]
+    shared = rng.normal(0, 1, (3, 20))
+    same = np.repeat(rng.normal(0, 1, (1, 6, 20)), 3, 0)  # each perturbation's effect is the same in every context
+    prior, *_ = fit_effect_prior(_screen(same, shared), perts, 4, lambda s: s.split("+"))  # context 3: no cells
+    assert prior.shrinkage > 0.9
+    dev = same[0] - same[0].mean(0)
+    assert np.allclose(prior.mean_effect[3], shared[:3].mean(0) + same[0].mean(0), atol=0.05)  # held-out context: pooled mean effect
+    assert np.allclose(prior.transfer[3], dev, atol=0.1)  # ... plus the perturbation's own deviation
+    indep = rng.normal(0, 1, (3, 6, 20))  # effects unrelated between contexts: nothing should transfer
+    prior2, g_ctx, g_lab, g_prior = fit_effect_prior(_screen(indep, shared), perts, 3, lambda s: s.split("+"))
+    assert prior2.shrinkage < 0.25
+    # a training group's prior leaves the group out of its context's mean effect
+    k = int(np.flatnonzero((g_ctx == 0) & (g_lab == "p0"))[0])
+    others = shared[0] + indep[0, 1:].mean(0)
+    assert np.allclose(g_prior[k] - prior2.transfer[0, 0], others, atol=0.1)

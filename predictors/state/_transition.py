@@ -10,7 +10,8 @@ The loss compares the predicted and real sets as distributions: energy distance 
 
 CPU-scaled defaults (the paper's, in brackets): set size 64 [256-512], d_model 128 [328-1440], 2 layers
 [4-8], 4 heads [8-12], feed-forward 256, AdamW lr 1e-3 [1e-4], gene space = the data's genes (HVGs) [HVGs
-or SE embeddings]. No batch token (the paper's optional batch token is not implemented).
+or SE embeddings]. Not in the paper: the effect prior (``effect_prior``; ``_prior.py``) that the network
+corrects.
 """
 
 from __future__ import annotations
@@ -189,13 +190,27 @@ class StateTransition(Predictor):
     extra_perturbations
         Singles absent from training that may be asked about (e.g. held-out ones): predicted from their
         gene embedding.
+    effect_prior
+        True (default): the network predicts a correction to an effect prior computed from the training
+        pseudobulks, ``x + prior(c, p) + head(h)`` — the context's mean perturbation effect (what
+        ``baseline.mean`` knows; pooled over contexts for a context without perturbed training cells)
+        plus each single's deviation measured in *other* contexts, shrunk by a factor w estimated by
+        leave-one-context-out regression (``shrinkage``; see ``cellgym.predictors.state._prior``).
+        Training groups get their leave-group-out prior, and the head starts at zero, so an untrained
+        ST predicts the prior. False: ``x + head(h)`` (the previous model).
+    unseen_fallback
+        What an unseen perturbation without perturbation features (no gene embedding, or
+        ``perturbation_features='onehot'``) gets: ``"prior"`` (default; listed in :attr:`from_prior`,
+        logged at fit time): the control token, so ST predicts the effect prior corrected for the basal
+        cells — the mean effect, as ``baseline.mean`` and gem1's ``mean_of_seen`` do; ``"error"``:
+        :class:`UnknownPerturbationError`. Without ``effect_prior`` it is always ``"error"``.
 
     Notes
     -----
     **Fallback for missing embeddings (explicit):** a *seen* perturbation whose target has no embedding
     in every source gets a learned vector instead (one-hot-like, logged at fit time); an *unseen* one
-    without an embedding cannot be predicted and raises :class:`UnknownPerturbationError` naming the
-    sources. ``predict_batch`` treats consecutive rows with the same perturbation and context as one set
+    without an embedding follows ``unseen_fallback`` (the effect prior, or
+    :class:`UnknownPerturbationError` naming the sources). ``predict_batch`` treats consecutive rows with the same perturbation and context as one set
     (:func:`set_layout`); :meth:`predict_sets` takes explicit populations (what environments use).
     """
 
@@ -221,7 +236,7 @@ class StateTransition(Predictor):
         epochs: int | None = None,
         extra_perturbations: Sequence[str] = (),
         effect_prior: bool = True,
-        unseen_fallback: Literal["error", "prior"] = "error",
+        unseen_fallback: Literal["error", "prior"] = "prior",
     ) -> None:
         if loss not in LOSSES:
             raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
@@ -229,8 +244,8 @@ class StateTransition(Predictor):
             raise DataSpecError(f"perturbation_features must be one of {list(FEATURES)}, got {perturbation_features!r}.")
         if unseen_fallback not in ("error", "prior"):
             raise DataSpecError(f"unseen_fallback must be 'error' or 'prior', got {unseen_fallback!r}.")
-        if unseen_fallback == "prior" and not effect_prior:
-            raise DataSpecError("unseen_fallback='prior' needs effect_prior=True (the prior is what it predicts).")
+        if not effect_prior:
+            unseen_fallback = "error"  # the fallback predicts the prior; without one, refuse
         if set_size < 2 or d_model % n_heads:
             raise DataSpecError(f"need set_size >= 2 and d_model divisible by n_heads; got {set_size}, {d_model}, {n_heads}.")
         super().__init__(
@@ -272,12 +287,6 @@ class StateTransition(Predictor):
         table = table / max(float(np.sqrt((table[present] ** 2).sum(1).mean())) if present.any() else 1.0, 1e-12)
         learned = ~present & np.isin(self.perturbations, list(seen))
         self.unpredictable = [q for q, ok in zip(self.perturbations, present, strict=True) if not ok and q not in seen]
-        if self.unpredictable and self.config["unseen_fallback"] == "prior":
-            self.from_prior, self.unpredictable = self.unpredictable, []
-            table[np.isin(self.perturbations, self.from_prior)] = 0.0  # the control token: ST adds the prior only
-            log.warning("state.transition: %d unseen perturbation(s) have no gene embedding and are predicted from the "
-                        "effect prior (the context's mean effect; unseen_fallback='prior'): %s",
-                        len(self.from_prior), self.from_prior[:10])
         if learned.any():
             log.warning("state.transition: %d seen perturbation(s) have no gene embedding and get a learned vector "
                         "(first: %s)", int(learned.sum()), [q for q, f in zip(self.perturbations, learned, strict=True) if f][:5])
@@ -292,6 +301,11 @@ class StateTransition(Predictor):
         self.perturbations = sorted(set(self.perturbations) | set(self.config["extra_perturbations"]))
         data.pert = self.encode_perturbations(data.labels, check=False).numpy()
         table, learned = self._perturbation_features(data)
+        if self.unpredictable and self.config["unseen_fallback"] == "prior":
+            self.from_prior, self.unpredictable = self.unpredictable, []
+            table[np.isin(self.perturbations, self.from_prior)] = 0.0  # the control token: ST adds the prior only
+            log.warning("state.transition: %d unseen perturbation(s) have no perturbation features and are predicted "
+                        "from the effect prior (unseen_fallback='prior'): %s", len(self.from_prior), self.from_prior[:10])
         self.pert_dim = table.shape[1]
         self._build_module()
         with torch.no_grad():

@@ -166,10 +166,20 @@ def test_st_predicts_unseen_perturbations_from_coexpression_and_pt_embeddings(tm
     assert res.metrics.loc["state.transition", "coverage"] == 1.0
     assert res.metrics.loc["state.transition", "pearson_delta"] > mean + 0.2
     assert res_pt.metrics.loc["state.transition", "pearson_delta"] > mean + 0.2
-    onehot = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held)
+    onehot = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held, unseen_fallback="error")
     onehot.fit(data[sp_.train].copy(), SPEC, epochs=1)
     with pytest.raises(UnknownPerturbationError, match="cannot predict unseen perturbation"):
         onehot.encode_perturbations(["g2"])
+    # the default fallback: the unseen single is the control token, and an untrained head adds the prior only
+    fallback = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held)
+    fallback.fit(data[sp_.train].copy(), SPEC, epochs=1)
+    assert sorted(fallback.from_prior) == sorted(held) and fallback.unpredictable == []
+    torch.nn.init.zeros_(fallback.module.head[-1][-1].weight)
+    torch.nn.init.zeros_(fallback.module.head[-1][-1].bias)
+    x = torch.from_numpy(data.X[:5] + 5.0)  # far from 0, so the ReLU does not cut the shift
+    ctx = torch.zeros(5, dtype=torch.long)
+    shift = fallback.predict_batch(x, fallback.encode_perturbations(["g2"] * 5), ctx) - x
+    assert torch.allclose(shift, fallback.module.mean_effect[0].expand(5, -1), atol=1e-5)
 
 
 def test_st_save_load_exact_and_batch_equals_sets(tmp_path, fitted: StateTransition, data: ad.AnnData) -> None:

@@ -517,6 +517,8 @@ def data_world(
         cells = np.concatenate([src, tgt])
         labels = ["source"] * src.shape[0] + ["target"] * tgt.shape[0]
         reward_model = make_reward(reward, cells=cells, labels=labels, target="target")
+    elif reward == "state.embedding":  # fits an SE model on the world's source and goal cells
+        reward_model = make_reward(reward, target=tgt_ref, cells=src[rng.permutation(src.shape[0])[:1024]])
     else:
         reward_model = make_reward(reward, target=tgt_ref)
     transition_context = context if context is not None else _transition_context(adata, spec, model, src_mask, src, source)

@@ -214,14 +214,21 @@ def test_st_sinkhorn_and_mse_losses_train(data: ad.AnnData) -> None:
 
 
 def test_st_and_se_in_reprogram_env(fitted: StateTransition, data: ad.AnnData) -> None:
+    import gymnasium as gym
+
     from cellgym.envs.testing import check_task
 
-    se = StateEmbedding(d_model=16, n_embed=8, sentence_len=16, n_targets=8)
-    se.fit(data, SPEC, epochs=2)
-    target = data.X[(data.obs["perturbation"] == "g1").to_numpy() & (data.obs["cell_type"] == "c1").to_numpy()]
+    # the SE reward by name: the data world fits an SE model on its source and goal cells
     kw = {"adata": data, "spec": SPEC, "target": "g1", "predictor": fitted, "context": "c1", "n_cells": 16,
-          "reward": StateEmbeddingReward(se, target=target)}
+          "reward": "state.embedding"}
     check_task("CellEnv-Reprogram-v0", n_steps=4, **kw)
+    env = gym.make("CellEnv-Reprogram-v0", **kw)
+    reward = env.unwrapped.dynamics.world.reward
+    assert isinstance(reward, StateEmbeddingReward)
+    ctx = data.obs["cell_type"].to_numpy() == "c1"
+    lab = data.obs["perturbation"].to_numpy()
+    d = reward.distance(torch.from_numpy(np.stack([data.X[ctx & (lab == "control")][:30], data.X[ctx & (lab == "g1")][-30:]])))
+    assert d[1] < d[0]  # goal-like cells are closer to the goal than the source cells
 
 
 # ------------------------------------------------------------------------------------------------ SE

@@ -52,6 +52,7 @@ class StateTransitionModule(PredictorModule):
     def __init__(
         self, n_genes: int, n_perturbations: int, pert_dim: int, *, d_model: int, n_layers: int, n_heads: int,
         dim_feedforward: int, dropout: float, loss: str, sinkhorn_blur: float, n_contexts: int = 1,
+        se: nn.Module | None = None, n_embed: int = 0,
     ) -> None:
         super().__init__()
         self.loss_name = loss
@@ -62,12 +63,18 @@ class StateTransitionModule(PredictorModule):
         self.register_buffer("transfer", torch.zeros(n_contexts, n_perturbations, n_genes))
         self.register_buffer("learned_mask", torch.zeros(n_perturbations))
         self.pert_learned = nn.Parameter(torch.zeros(n_perturbations, d_model))
-        self.basal = _mlp(n_genes, dim_feedforward, d_model, dropout)
+        # input space: the genes, or a frozen SE model's cell embeddings (n_embed wide) with a decoder to genes
+        self.se = se
+        if se is not None:
+            se.requires_grad_(False)
+        n_in = n_embed if se is not None else n_genes
+        self.decoder = _mlp(n_embed, dim_feedforward, n_genes, dropout) if se is not None else None
+        self.basal = _mlp(n_in, dim_feedforward, d_model, dropout)
         self.pert = _mlp(pert_dim, dim_feedforward, d_model, dropout)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward, dropout, batch_first=True, norm_first=True,
                                            activation="gelu")
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.head = nn.Sequential(nn.LayerNorm(d_model), _mlp(d_model, dim_feedforward, n_genes, dropout))
+        self.head = nn.Sequential(nn.LayerNorm(d_model), _mlp(d_model, dim_feedforward, n_in, dropout))
         nn.init.zeros_(self.head[-1][-1].weight)  # an untrained ST predicts the prior
         nn.init.zeros_(self.head[-1][-1].bias)
 
@@ -81,14 +88,36 @@ class StateTransitionModule(PredictorModule):
         perturbed = (pert.sum(1, keepdim=True) > 0).to(pert.dtype)
         return perturbed * self.mean_effect[ctx] + torch.einsum("bp,bpg->bg", pert, self.transfer[ctx])
 
+    def train(self, mode: bool = True) -> StateTransitionModule:
+        super().train(mode)
+        if self.se is not None:
+            self.se.eval()  # frozen
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """SE cell embeddings (..., n_embed) of cells (..., G) (input_space='embedding'; no grad)."""
+        with torch.no_grad():
+            return self.se.embed(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
     def forward(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
-                prior: torch.Tensor | None = None) -> torch.Tensor:
+                prior: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted perturbed sets (B, S, G) from control sets ``x`` (B, S, G); ``pad`` True = padding;
-        ``prior`` (B, G) the effect prior of each set (None: 0)."""
-        h = self.basal(x) + self.pert_token(pert)[:, None, :]
-        h = self.encoder(h, src_key_padding_mask=pad)
-        shift = self.head(h) if prior is None else self.head(h) + prior[:, None, :]
-        return torch.relu(x + shift)
+        ``prior`` (B, G) the effect prior of each set (None: 0); ``z`` (B, S, E) the cells' SE embeddings
+        (input_space='embedding'; computed when None). See :meth:`forward_both`."""
+        return self.forward_both(x, pert, pad, prior, z)[0]
+
+    def forward_both(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
+                     prior: torch.Tensor | None = None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(genes (B, S, G), embeddings (B, S, E) or None)``. Gene space: ``relu(x + prior + head(h))``.
+        Embedding space: ``z' = z + head(h)`` and ``relu(x + prior + dec(z') - dec(z))`` (the decoded change)."""
+        shift = 0.0 if prior is None else prior[:, None, :]
+        if self.se is None:
+            h = self.encoder(self.basal(x) + self.pert_token(pert)[:, None, :], src_key_padding_mask=pad)
+            return torch.relu(x + shift + self.head(h)), None
+        z = self.embed(x) if z is None else z
+        h = self.encoder(self.basal(z) + self.pert_token(pert)[:, None, :], src_key_padding_mask=pad)
+        z_new = z + self.head(h)
+        return torch.relu(x + shift + self.decoder(z_new) - self.decoder(z)), z_new
 
     def set_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) distance between predicted and real sets."""
@@ -105,8 +134,10 @@ class StateTransitionModule(PredictorModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Mean set loss of a batch of sets: ``x`` (B, S, G) controls, ``y`` (B, S, G) real, ``pert`` (B, P)."""
-        pred = self.forward(batch["x"], batch["pert"], prior=batch.get("prior"))
+        pred, z_new = self.forward_both(batch["x"], batch["pert"], prior=batch.get("prior"), z=batch.get("z"))
         per_set = self.set_loss(pred, batch["y"])
+        if z_new is not None:  # the paper's ST trains in SE space; the decoded genes are matched too
+            per_set = per_set + self.set_loss(z_new, batch["zy"])
         with torch.no_grad():
             mean_err = ((pred.mean(1) - batch["y"].mean(1)) ** 2).mean()
         return LossOutput(per_set.mean(), {"set_" + self.loss_name: per_set.detach().mean(), "mse_of_means": mean_err},
@@ -237,6 +268,9 @@ class StateTransition(Predictor):
         extra_perturbations: Sequence[str] = (),
         effect_prior: bool = True,
         unseen_fallback: Literal["error", "prior"] = "prior",
+        input_space: Literal["genes", "embedding"] = "genes",
+        embedding_model: str | None = None,
+        embedding_epochs: int = 10,
     ) -> None:
         if loss not in LOSSES:
             raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
@@ -244,6 +278,8 @@ class StateTransition(Predictor):
             raise DataSpecError(f"perturbation_features must be one of {list(FEATURES)}, got {perturbation_features!r}.")
         if unseen_fallback not in ("error", "prior"):
             raise DataSpecError(f"unseen_fallback must be 'error' or 'prior', got {unseen_fallback!r}.")
+        if input_space not in ("genes", "embedding"):
+            raise DataSpecError(f"input_space must be 'genes' or 'embedding', got {input_space!r}.")
         if not effect_prior:
             unseen_fallback = "error"  # the fallback predicts the prior; without one, refuse
         if set_size < 2 or d_model % n_heads:
@@ -254,8 +290,11 @@ class StateTransition(Predictor):
             gene_embeddings=[str(s) for s in gene_embeddings], embedding_dim=embedding_dim, learning_rate=learning_rate,
             weight_decay=weight_decay, sets_per_batch=sets_per_batch, epochs=epochs,
             extra_perturbations=[str(p) for p in extra_perturbations], effect_prior=bool(effect_prior),
-            unseen_fallback=unseen_fallback,
+            unseen_fallback=unseen_fallback, input_space=input_space,
+            embedding_model=None if embedding_model is None else str(embedding_model), embedding_epochs=int(embedding_epochs),
         )
+        #: input_space='embedding': the SE model's config and sizes (rebuilds its module from a checkpoint)
+        self.se_state: dict[str, Any] | None = None
         self.seen: list[str] = []
         self.pert_dim = 1
         self.unpredictable: list[str] = []
@@ -270,9 +309,37 @@ class StateTransition(Predictor):
         self.module = StateTransitionModule(
             len(self.genes), len(self.perturbations), self.pert_dim, d_model=c["d_model"], n_layers=c["n_layers"],
             n_heads=c["n_heads"], dim_feedforward=c["dim_feedforward"], dropout=c["dropout"], loss=c["loss"],
-            sinkhorn_blur=c["sinkhorn_blur"], n_contexts=len(self.contexts),
+            sinkhorn_blur=c["sinkhorn_blur"], n_contexts=len(self.contexts), **self._se_module(),
         )
         self.module.register_buffer("set_size", torch.tensor(c["set_size"]))
+
+    def _se_module(self) -> dict[str, Any]:
+        """``se`` (an unfitted SE module of the recorded shape) and ``n_embed`` for input_space='embedding'."""
+        if self.config["input_space"] != "embedding" or self.se_state is None:
+            return {}
+        from ._embedding import StateEmbedding
+
+        se = StateEmbedding(**self.se_state["config"])
+        se.genes = list(self.genes)
+        se._load_extra_state(self.se_state)
+        se._build_module()
+        return {"se": se.module, "n_embed": int(self.se_state["config"]["n_embed"])}
+
+    def _fit_embedding(self, data: FitData, seed: int | None) -> Any:
+        """The SE model of input_space='embedding': loaded from ``embedding_model`` or fitted on the cells."""
+        from ._embedding import StateEmbedding
+
+        path = self.config["embedding_model"]
+        if path is not None:
+            se = StateEmbedding.load(path)
+            if list(se.genes) != list(self.genes):
+                raise DataSpecError(f"embedding_model {path!r} was fitted on other genes ({len(se.genes)}) than the data "
+                                    f"({len(self.genes)}); fit state.embedding on the same genes.")
+        else:
+            se = StateEmbedding()
+            se.fit_cells(data.x, self.genes, spec=self.spec, epochs=self.config["embedding_epochs"], seed=seed)
+        self.se_state = {"config": dict(se.config), **se._extra_state()}
+        return se
 
     def _perturbation_features(self, data: FitData) -> tuple[np.ndarray, np.ndarray]:
         """(P, D) features and (P,) learned-fallback mask of the vocabulary; sets ``unpredictable``."""
@@ -307,7 +374,12 @@ class StateTransition(Predictor):
             log.warning("state.transition: %d unseen perturbation(s) have no perturbation features and are predicted "
                         "from the effect prior (unseen_fallback='prior'): %s", len(self.from_prior), self.from_prior[:10])
         self.pert_dim = table.shape[1]
+        se = self._fit_embedding(data, seed) if self.config["input_space"] == "embedding" else None
         self._build_module()
+        z = None
+        if se is not None:
+            self.module.se.load_state_dict(se.module.state_dict())
+            z = se.embed(data.x).cpu()
         with torch.no_grad():
             self.module.pert_matrix.copy_(torch.from_numpy(table))
             self.module.learned_mask.copy_(torch.from_numpy(learned))
@@ -321,7 +393,7 @@ class StateTransition(Predictor):
             self.shrinkage = prior.shrinkage
             group_prior = {(int(c), str(lab)): row for c, lab, row in zip(g_ctx, g_labels, g_prior, strict=True)}
             log.info("state.transition: effect prior with cross-context shrinkage w = %.3f", prior.shrinkage)
-        sampler = SetSampler(data, self.config["set_size"], seed, group_prior)
+        sampler = SetSampler(data, self.config["set_size"], seed, group_prior, z)
         n_sets = sampler.slots.shape[0]
         epochs = epochs or self.config["epochs"] or int(np.clip(round(4_000 / n_sets), 20, 200))
         self.module.to(device)
@@ -370,7 +442,7 @@ class StateTransition(Predictor):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable),
-                "from_prior": list(self.from_prior), "shrinkage": self.shrinkage}
+                "from_prior": list(self.from_prior), "shrinkage": self.shrinkage, "se_state": self.se_state}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.seen = list(extra["seen"])
@@ -378,6 +450,7 @@ class StateTransition(Predictor):
         self.unpredictable = list(extra["unpredictable"])
         self.from_prior = list(extra.get("from_prior", []))
         self.shrinkage = extra.get("shrinkage")
+        self.se_state = extra.get("se_state")
 
 
 class SetSampler:
@@ -385,7 +458,7 @@ class SetSampler:
     cells of its context, with replacement when a group has fewer than S cells (the fit loop's ``step``)."""
 
     def __init__(self, data: FitData, set_size: int, seed: int | None,
-                 group_prior: dict[tuple[int, str], np.ndarray] | None = None) -> None:
+                 group_prior: dict[tuple[int, str], np.ndarray] | None = None, z: torch.Tensor | None = None) -> None:
         labels = np.asarray(data.labels, dtype=str)
         ctx = data.ctx.astype(np.int64)
         key = np.char.add(np.char.add(ctx.astype(str), "\x00"), labels)
@@ -400,6 +473,7 @@ class SetSampler:
         self.size = torch.from_numpy(sizes)
         self.pert = torch.from_numpy(data.pert[first])
         self.prior = None
+        self.z = z  # (N, E) SE embeddings of the cells (input_space='embedding')
         if group_prior is not None:  # leave-group-out effect prior of each group (0 for controls)
             zero = np.zeros(data.x.shape[1], np.float32)
             self.prior = torch.from_numpy(np.stack([group_prior.get((int(c), str(lab)), zero)
@@ -423,13 +497,16 @@ class SetSampler:
         """One gradient step on a batch of sets (the ``step`` of :func:`train_module`)."""
         groups = batch["group"].cpu()
         device = next(module.parameters()).device
+        x_rows, y_rows = self.draw(self.control_group[groups]), self.draw(groups)
         sets = {
-            "x": self.x[self.draw(self.control_group[groups])].to(device),
-            "y": self.x[self.draw(groups)].to(device),
+            "x": self.x[x_rows].to(device),
+            "y": self.x[y_rows].to(device),
             "pert": self.pert[groups].to(device),
         }
         if self.prior is not None:
             sets["prior"] = self.prior[groups].to(device)
+        if self.z is not None:
+            sets["z"], sets["zy"] = self.z[x_rows].to(device), self.z[y_rows].to(device)
         out = module.loss(sets)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from ..base.errors import DataSpecError, UnknownPerturbationError
 from ..metrics import energy_distance_torch
 from ._genes import embedding_table, resolve_sources
 from ._prior import fit_effect_prior
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 __all__ = ["StateTransition", "StateTransitionModule", "set_layout"]
 
@@ -52,7 +55,7 @@ class StateTransitionModule(PredictorModule):
     def __init__(
         self, n_genes: int, n_perturbations: int, pert_dim: int, *, d_model: int, n_layers: int, n_heads: int,
         dim_feedforward: int, dropout: float, loss: str, sinkhorn_blur: float, n_contexts: int = 1,
-        se: nn.Module | None = None, n_embed: int = 0,
+        se: nn.Module | None = None, n_embed: int = 0, n_batches: int = 0,
     ) -> None:
         super().__init__()
         self.loss_name = loss
@@ -71,6 +74,11 @@ class StateTransitionModule(PredictorModule):
         self.decoder = _mlp(n_embed, dim_feedforward, n_genes, dropout) if se is not None else None
         self.basal = _mlp(n_in, dim_feedforward, d_model, dropout)
         self.pert = _mlp(pert_dim, dim_feedforward, d_model, dropout)
+        # optional batch token: one learned vector per technical batch, added to each cell's token; the last
+        # row is "batch unknown" (what prediction uses: the Predictor contract carries no batch)
+        self.batch_token = nn.Embedding(n_batches + 1, d_model) if n_batches else None
+        if self.batch_token is not None:
+            nn.init.normal_(self.batch_token.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward, dropout, batch_first=True, norm_first=True,
                                            activation="gelu")
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
@@ -100,22 +108,35 @@ class StateTransitionModule(PredictorModule):
             return self.se.embed(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
-                prior: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+                prior: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                batch: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted perturbed sets (B, S, G) from control sets ``x`` (B, S, G); ``pad`` True = padding;
         ``prior`` (B, G) the effect prior of each set (None: 0); ``z`` (B, S, E) the cells' SE embeddings
-        (input_space='embedding'; computed when None). See :meth:`forward_both`."""
-        return self.forward_both(x, pert, pad, prior, z)[0]
+        (input_space='embedding'; computed when None); ``batch`` (B, S) batch indices (batch token; None:
+        unknown). See :meth:`forward_both`."""
+        return self.forward_both(x, pert, pad, prior, z, batch)[0]
+
+    def cell_tokens(self, inputs: torch.Tensor, pert: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+        """(B, S, d_model): basal MLP of each cell + the set's perturbation token (+ each cell's batch token;
+        ``batch`` (B, S) int64, None = unknown)."""
+        h = self.basal(inputs) + self.pert_token(pert)[:, None, :]
+        if self.batch_token is not None:
+            unknown = self.batch_token.num_embeddings - 1
+            batch = torch.full(inputs.shape[:2], unknown, dtype=torch.long, device=inputs.device) if batch is None else batch
+            h = h + self.batch_token(batch)
+        return h
 
     def forward_both(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
-                     prior: torch.Tensor | None = None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     prior: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                     batch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(genes (B, S, G), embeddings (B, S, E) or None)``. Gene space: ``relu(x + prior + head(h))``.
         Embedding space: ``z' = z + head(h)`` and ``relu(x + prior + dec(z') - dec(z))`` (the decoded change)."""
         shift = 0.0 if prior is None else prior[:, None, :]
         if self.se is None:
-            h = self.encoder(self.basal(x) + self.pert_token(pert)[:, None, :], src_key_padding_mask=pad)
+            h = self.encoder(self.cell_tokens(x, pert, batch), src_key_padding_mask=pad)
             return torch.relu(x + shift + self.head(h)), None
         z = self.embed(x) if z is None else z
-        h = self.encoder(self.basal(z) + self.pert_token(pert)[:, None, :], src_key_padding_mask=pad)
+        h = self.encoder(self.cell_tokens(z, pert, batch), src_key_padding_mask=pad)
         z_new = z + self.head(h)
         return torch.relu(x + shift + self.decoder(z_new) - self.decoder(z)), z_new
 
@@ -134,7 +155,8 @@ class StateTransitionModule(PredictorModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Mean set loss of a batch of sets: ``x`` (B, S, G) controls, ``y`` (B, S, G) real, ``pert`` (B, P)."""
-        pred, z_new = self.forward_both(batch["x"], batch["pert"], prior=batch.get("prior"), z=batch.get("z"))
+        pred, z_new = self.forward_both(batch["x"], batch["pert"], prior=batch.get("prior"), z=batch.get("z"),
+                                          batch=batch.get("batch"))
         per_set = self.set_loss(pred, batch["y"])
         if z_new is not None:  # the paper's ST trains in SE space; the decoded genes are matched too
             per_set = per_set + self.set_loss(z_new, batch["zy"])
@@ -235,6 +257,21 @@ class StateTransition(Predictor):
         logged at fit time): the control token, so ST predicts the effect prior corrected for the basal
         cells — the mean effect, as ``baseline.mean`` and gem1's ``mean_of_seen`` do; ``"error"``:
         :class:`UnknownPerturbationError`. Without ``effect_prior`` it is always ``"error"``.
+    input_space
+        ``"genes"`` (default): tokens are the cells' log1p expression. ``"embedding"``: tokens are the cells'
+        ``state.embedding`` (SE) embeddings (the paper's ST-on-SE); the head predicts the change in SE space
+        (``z' = z + head(h)``) and a decoder MLP maps it back to genes as ``dec(z') - dec(z)``, added to the
+        control cell and the prior. The loss is the set loss in SE space plus in gene space. The SE model is
+        frozen and saved inside this checkpoint.
+    embedding_model, embedding_epochs
+        ``input_space="embedding"``: the folder of a saved ``state.embedding`` fitted on the same genes, or
+        None (default) to fit one with default settings on the training cells for ``embedding_epochs``.
+    batch_token, batch_unknown_rate
+        The paper's optional batch token: with ``batch_token=True`` (needs ``DataSpec.batch_key``) training
+        sets are drawn within a (context, batch) with controls of the same batch, and a learned vector per
+        batch is added to every cell's token. Prediction knows no batch (the :class:`Predictor` contract
+        passes none), so it uses an "unknown batch" vector, trained on a fraction ``batch_unknown_rate`` of
+        the sets shown without their batch; ``module.forward(..., batch=...)`` takes explicit batches.
 
     Notes
     -----
@@ -271,6 +308,8 @@ class StateTransition(Predictor):
         input_space: Literal["genes", "embedding"] = "genes",
         embedding_model: str | None = None,
         embedding_epochs: int = 10,
+        batch_token: bool = False,
+        batch_unknown_rate: float = 0.2,
     ) -> None:
         if loss not in LOSSES:
             raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
@@ -292,7 +331,10 @@ class StateTransition(Predictor):
             extra_perturbations=[str(p) for p in extra_perturbations], effect_prior=bool(effect_prior),
             unseen_fallback=unseen_fallback, input_space=input_space,
             embedding_model=None if embedding_model is None else str(embedding_model), embedding_epochs=int(embedding_epochs),
+            batch_token=bool(batch_token), batch_unknown_rate=float(batch_unknown_rate),
         )
+        #: batch labels of the batch token (``spec.batch_key``'s values at fit time)
+        self.batches: list[str] = []
         #: input_space='embedding': the SE model's config and sizes (rebuilds its module from a checkpoint)
         self.se_state: dict[str, Any] | None = None
         self.seen: list[str] = []
@@ -310,8 +352,24 @@ class StateTransition(Predictor):
             len(self.genes), len(self.perturbations), self.pert_dim, d_model=c["d_model"], n_layers=c["n_layers"],
             n_heads=c["n_heads"], dim_feedforward=c["dim_feedforward"], dropout=c["dropout"], loss=c["loss"],
             sinkhorn_blur=c["sinkhorn_blur"], n_contexts=len(self.contexts), **self._se_module(),
+            n_batches=len(self.batches),
         )
         self.module.register_buffer("set_size", torch.tensor(c["set_size"]))
+
+    def fit_data(self, adata: AnnData) -> FitData:
+        """:class:`FitData`; with ``batch_token``, the cells' batch indices (``spec.batch_key``) are kept for ``_fit``."""
+        data = super().fit_data(adata)
+        self._fit_batch = None
+        if self.config["batch_token"]:
+            key = self.spec.batch_key
+            if key is None or key not in adata.obs:
+                raise DataSpecError(f"state.transition batch_token=True needs DataSpec.batch_key naming an obs column "
+                                    f"(got {key!r}); pass --batch-key COLUMN or batch_token=False.")
+            labels = adata.obs[key].astype(str).to_numpy()
+            self.batches, codes = np.unique(labels, return_inverse=True)
+            self.batches = [str(b) for b in self.batches]
+            self._fit_batch = codes.astype(np.int64)
+        return data
 
     def _se_module(self) -> dict[str, Any]:
         """``se`` (an unfitted SE module of the recorded shape) and ``n_embed`` for input_space='embedding'."""
@@ -393,7 +451,8 @@ class StateTransition(Predictor):
             self.shrinkage = prior.shrinkage
             group_prior = {(int(c), str(lab)): row for c, lab, row in zip(g_ctx, g_labels, g_prior, strict=True)}
             log.info("state.transition: effect prior with cross-context shrinkage w = %.3f", prior.shrinkage)
-        sampler = SetSampler(data, self.config["set_size"], seed, group_prior, z)
+        sampler = SetSampler(data, self.config["set_size"], seed, group_prior, z,
+                             batch=getattr(self, "_fit_batch", None), unknown_rate=self.config["batch_unknown_rate"])
         n_sets = sampler.slots.shape[0]
         epochs = epochs or self.config["epochs"] or int(np.clip(round(4_000 / n_sets), 20, 200))
         self.module.to(device)
@@ -442,7 +501,8 @@ class StateTransition(Predictor):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable),
-                "from_prior": list(self.from_prior), "shrinkage": self.shrinkage, "se_state": self.se_state}
+                "from_prior": list(self.from_prior), "shrinkage": self.shrinkage, "se_state": self.se_state,
+                "batches": list(self.batches)}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.seen = list(extra["seen"])
@@ -451,17 +511,27 @@ class StateTransition(Predictor):
         self.from_prior = list(extra.get("from_prior", []))
         self.shrinkage = extra.get("shrinkage")
         self.se_state = extra.get("se_state")
+        self.batches = list(extra.get("batches", []))
 
 
 class SetSampler:
     """Draws training sets: for each slot (a (context, perturbation) group), S of its cells and S control
-    cells of its context, with replacement when a group has fewer than S cells (the fit loop's ``step``)."""
+    cells of its context, with replacement when a group has fewer than S cells (the fit loop's ``step``).
+
+    With ``batch`` (the batch token), groups are (context, batch, perturbation) and the controls come from
+    the same (context, batch), as State matches control and perturbed cells by batch; each set carries its
+    batch index, or "unknown" (index n_batches) for a fraction ``unknown_rate`` of the sets, so the token
+    that prediction uses (no batch is passed there) is trained too.
+    """
 
     def __init__(self, data: FitData, set_size: int, seed: int | None,
-                 group_prior: dict[tuple[int, str], np.ndarray] | None = None, z: torch.Tensor | None = None) -> None:
+                 group_prior: dict[tuple[int, str], np.ndarray] | None = None, z: torch.Tensor | None = None,
+                 batch: np.ndarray | None = None, unknown_rate: float = 0.2) -> None:
         labels = np.asarray(data.labels, dtype=str)
         ctx = data.ctx.astype(np.int64)
-        key = np.char.add(np.char.add(ctx.astype(str), "\x00"), labels)
+        cell_batch = np.zeros(len(labels), np.int64) if batch is None else batch.astype(np.int64)
+        unit = ctx * (int(cell_batch.max()) + 1 if len(cell_batch) else 1) + cell_batch  # (context, batch)
+        key = np.char.add(np.char.add(unit.astype(str), "\x00"), labels)
         groups, inverse = np.unique(key, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         sizes = np.bincount(inverse, minlength=len(groups))
@@ -474,16 +544,22 @@ class SetSampler:
         self.pert = torch.from_numpy(data.pert[first])
         self.prior = None
         self.z = z  # (N, E) SE embeddings of the cells (input_space='embedding')
+        self.batch = None if batch is None else torch.from_numpy(cell_batch[first])  # (groups,) batch of each group
+        self.n_batches = 0 if batch is None else int(cell_batch.max()) + 1
+        self.unknown_rate = unknown_rate
         if group_prior is not None:  # leave-group-out effect prior of each group (0 for controls)
             zero = np.zeros(data.x.shape[1], np.float32)
             self.prior = torch.from_numpy(np.stack([group_prior.get((int(c), str(lab)), zero)
                                                     for c, lab in zip(ctx[first], labels[first], strict=True)]))
-        g_ctx = ctx[first]
-        ctrl_group = {int(c): i for i, (c, is_c) in enumerate(zip(g_ctx, data.is_control[first], strict=True)) if is_c}
-        missing = sorted({int(c) for c in g_ctx} - set(ctrl_group))
+        g_unit = unit[first]
+        ctrl_group = {int(u): i for i, (u, is_c) in enumerate(zip(g_unit, data.is_control[first], strict=True)) if is_c}
+        missing = sorted({int(u) for u in g_unit} - set(ctrl_group))
         if missing:
-            raise DataSpecError(f"state.transition: context index(es) {missing} have perturbed cells but no controls to form sets from.")
-        self.control_group = torch.tensor([ctrl_group[int(c)] for c in g_ctx])
+            where = "context index(es)" if batch is None else "(context, batch) unit(s)"
+            raise DataSpecError(f"state.transition: {where} {missing} have perturbed cells but no controls to form sets "
+                                "from" + ("." if batch is None else "; use batch_token=False or a batch key whose batches "
+                                          "all hold control cells."))
+        self.control_group = torch.tensor([ctrl_group[int(u)] for u in g_unit])
         self.slots = np.repeat(np.arange(len(groups)), np.maximum(1, np.round(sizes / set_size)).astype(np.int64))
         self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
 
@@ -505,6 +581,10 @@ class SetSampler:
         }
         if self.prior is not None:
             sets["prior"] = self.prior[groups].to(device)
+        if self.batch is not None:
+            b = self.batch[groups]
+            hide = torch.rand(b.shape, generator=self.generator) < self.unknown_rate
+            sets["batch"] = b.masked_fill(hide, self.n_batches)[:, None].expand(-1, self.set_size).to(device)
         if self.z is not None:
             sets["z"], sets["zy"] = self.z[x_rows].to(device), self.z[y_rows].to(device)
         out = module.loss(sets)

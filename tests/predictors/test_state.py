@@ -324,3 +324,27 @@ def test_st_in_se_embedding_space_learns_and_reloads(tmp_path, data: ad.AnnData)
     real = data.X[(data.obs["perturbation"] == "g1").to_numpy() & (data.obs["cell_type"] == "c1").to_numpy()].mean(0)
     ctrl = x.numpy().mean(0)
     assert np.corrcoef(a.numpy().mean(0) - ctrl, real - ctrl)[0, 1] > 0.5  # the decoded change points the right way
+
+
+def test_st_batch_token_learns_batch_specific_effects(tmp_path, data: ad.AnnData) -> None:
+    bdata = data.copy()
+    bdata.obs["plate"] = np.random.default_rng(0).choice(["p1", "p2"], bdata.n_obs)
+    hit = (bdata.obs["plate"] == "p2").to_numpy() & (bdata.obs["perturbation"] != "control").to_numpy()
+    bdata.X[hit, 32:] += 1.5  # plate p2 responds to every perturbation with genes 32-39 up; p1 does not
+    spec = DataSpec(context_key="cell_type", batch_key="plate", counts=None)
+    model = StateTransition(**FAST, batch_token=True, perturbation_features="onehot", effect_prior=False)
+    model.fit(bdata, spec, epochs=20, seed=0)
+    assert model.batches == ["p1", "p2"] and model.module.batch_token.num_embeddings == 3
+    x = torch.from_numpy(bdata.X[(bdata.obs["perturbation"] == "control").to_numpy()][:32])[None]
+    pert = model.encode_perturbations(["g1"])
+    up = {}
+    for b in range(3):  # p1, p2, unknown (what predict_batch uses)
+        y = model.module.forward(x, pert, batch=torch.full((1, 32), b))
+        up[b] = float((y - x)[0, :, 32:].mean())
+    assert up[1] > up[0] + 0.5, up  # the p2 token carries p2's extra response (1.5)
+    assert up[0] - 0.3 < up[2] < up[1] + 0.3
+    loaded = Predictor.load(model.save(tmp_path / "st_batch"))
+    assert loaded.batches == ["p1", "p2"]
+    assert torch.equal(model.predict_batch(x[0], pert.expand(32, -1)), loaded.predict_batch(x[0], pert.expand(32, -1)))
+    with pytest.raises(Exception, match="batch_key"):
+        StateTransition(**FAST, batch_token=True).fit(data, SPEC, epochs=1)

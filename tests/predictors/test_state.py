@@ -254,6 +254,17 @@ def test_se_learns_embeds_and_rewards(tmp_path, data: ad.AnnData) -> None:
         se.predict_batch(torch.zeros(1, G), torch.zeros(1, 0))
 
 
+def test_cellgym_fit_state_embedding_needs_no_perturbation_column(tmp_path, data: ad.AnnData) -> None:
+    from cellgym.agents.cli import main
+
+    cells = ad.AnnData(X=data.X[::3].copy(), var=data.var.copy())  # no obs columns at all
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["fit", "--predictor", "state.embedding", "--data", str(tmp_path / "cells.h5ad"), "--out",
+                 str(tmp_path / "se"), "--epochs", "2", "--predictor-kwargs", "d_model:16", "n_embed:8"]) == 0
+    se = Predictor.load(tmp_path / "se")
+    assert isinstance(se, StateEmbedding) and se.embed(cells.X[:5]).shape == (5, 8)
+
+
 # --------------------------------------------------------------------------------------------- splits
 def test_fewshot_split_holds_out_some_perturbations_of_one_context(data: ad.AnnData) -> None:
     s = split(data, SPEC, "fewshot", seed=0, holdout=["c2"], test_fraction=0.3)
@@ -338,9 +349,10 @@ def test_st_batch_token_learns_batch_specific_effects(tmp_path, data: ad.AnnData
     x = torch.from_numpy(bdata.X[(bdata.obs["perturbation"] == "control").to_numpy()][:32])[None]
     pert = model.encode_perturbations(["g1"])
     up = {}
-    for b in range(3):  # p1, p2, unknown (what predict_batch uses)
-        y = model.module.forward(x, pert, batch=torch.full((1, 32), b))
-        up[b] = float((y - x)[0, :, 32:].mean())
+    with torch.no_grad():
+        for b in range(3):  # p1, p2, unknown (what predict_batch uses)
+            y = model.module.forward(x, pert, batch=torch.full((1, 32), b))
+            up[b] = float((y - x)[0, :, 32:].mean())
     assert up[1] > up[0] + 0.5, up  # the p2 token carries p2's extra response (1.5)
     assert up[0] - 0.3 < up[2] < up[1] + 0.3
     loaded = Predictor.load(model.save(tmp_path / "st_batch"))

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..base import FitData, FitReport, LossOutput, Predictor, PredictorModule, train_module
 from ..base.errors import DataSpecError, UnknownPerturbationError
+from ..baselines._model import pseudobulk
 from ..metrics import energy_distance_torch
 from ._genes import embedding_table, resolve_sources
 from ._prior import fit_effect_prior
@@ -65,6 +66,11 @@ class StateTransitionModule(PredictorModule):
         self.register_buffer("mean_effect", torch.zeros(n_contexts, n_genes))
         self.register_buffer("transfer", torch.zeros(n_contexts, n_perturbations, n_genes))
         self.register_buffer("learned_mask", torch.zeros(n_perturbations))
+        # the extrapolation guard (set by the predictor, not saved in the weights): trust (P,) is 1 for trained
+        # perturbations and the similarity to the trained targets for unseen embedded ones; max_shift caps the
+        # norm of an extrapolated set's mean correction (the largest training effect's norm)
+        self.register_buffer("trust", torch.ones(n_perturbations), persistent=False)
+        self.register_buffer("max_shift", torch.tensor(float("inf")), persistent=False)
         self.pert_learned = nn.Parameter(torch.zeros(n_perturbations, d_model))
         # input space: the genes, or a frozen SE model's cell embeddings (n_embed wide) with a decoder to genes
         self.se = se
@@ -134,11 +140,42 @@ class StateTransitionModule(PredictorModule):
         shift = 0.0 if prior is None else prior[:, None, :]
         if self.se is None:
             h = self.encoder(self.cell_tokens(x, pert, batch), src_key_padding_mask=pad)
-            return torch.relu(x + shift + self.head(h)), None
+            return torch.relu(x + shift + self.guard(self.head(h), x, pert, pad, batch)), None
         z = self.embed(x) if z is None else z
         h = self.encoder(self.cell_tokens(z, pert, batch), src_key_padding_mask=pad)
-        z_new = z + self.head(h)
+        z_new = z + self.guard(self.head(h), z, pert, pad, batch)
         return torch.relu(x + shift + self.decoder(z_new) - self.decoder(z)), z_new
+
+    def guard(self, corr: torch.Tensor, inputs: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None,
+              batch: torch.Tensor | None) -> torch.Tensor:
+        """The head's correction ``corr`` (B, S, D) of sets, with the extrapolated part of unseen embedded
+        perturbations kept within what training saw.
+
+        For a set whose perturbation includes an unseen target with a gene embedding (``trust`` < 1), the
+        correction is ``base + a * (corr - base)``: ``base`` the correction with the unseen targets' tokens
+        replaced by the control token (what an unseen target without an embedding gets: the prior), ``a`` =
+        the target's ``trust`` (its embedding's largest cosine similarity to a trained target's, clipped to
+        [0, 1]), and ``a`` lowered further so that the set's mean extrapolated shift ``a * mean(corr - base)``
+        is no longer than ``max_shift`` (the largest training effect's norm). Trained perturbations are
+        unchanged."""
+        trusted = self.trust >= 1
+        rows = (pert * ~trusted).sum(1) > 0
+        if not bool(rows.any()):
+            return corr
+        sub = pert[rows] * trusted  # unseen targets -> the control token
+        pad_r = None if pad is None else pad[rows]
+        base = self.head(self.encoder(self.cell_tokens(inputs[rows], sub, None if batch is None else batch[rows]),
+                                      src_key_padding_mask=pad_r))
+        a = torch.where(pert[rows] > 0, self.trust, torch.ones_like(self.trust)).min(1).values  # (R,)
+        diff = corr[rows] - base
+        keep = torch.ones(diff.shape[:2], dtype=diff.dtype, device=diff.device) if pad_r is None else (~pad_r).to(diff.dtype)
+        mean = (diff * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+        norm = (a * mean.norm(dim=1)).clamp_min(1e-12)
+        if self.se is None:  # the cap is in gene units
+            a = a * (self.max_shift / norm).clamp(max=1.0)
+        out = corr.clone()
+        out[rows] = base + a[:, None, None] * diff
+        return out
 
     def set_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) distance between predicted and real sets."""
@@ -273,6 +310,13 @@ class StateTransition(Predictor):
         passes none), so it uses an "unknown batch" vector, trained on a fraction ``batch_unknown_rate`` of
         the sets shown without their batch; ``module.forward(..., batch=...)`` takes explicit batches.
 
+    extrapolation_guard
+        True (default): an unseen perturbation predicted from its target's gene embedding stays within what
+        training saw: the part of the head's correction that its embedding adds (against the control token)
+        is weighted by the embedding's largest cosine similarity to a trained target's and capped so that
+        its mean over the set is no longer than the largest training effect (:meth:`StateTransitionModule.guard`).
+        Trained perturbations are unaffected. False: the perturbation MLP extrapolates freely.
+
     Notes
     -----
     **Fallback for missing embeddings (explicit):** a *seen* perturbation whose target has no embedding
@@ -310,6 +354,7 @@ class StateTransition(Predictor):
         embedding_epochs: int = 10,
         batch_token: bool = False,
         batch_unknown_rate: float = 0.2,
+        extrapolation_guard: bool = True,
     ) -> None:
         if loss not in LOSSES:
             raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
@@ -332,6 +377,7 @@ class StateTransition(Predictor):
             unseen_fallback=unseen_fallback, input_space=input_space,
             embedding_model=None if embedding_model is None else str(embedding_model), embedding_epochs=int(embedding_epochs),
             batch_token=bool(batch_token), batch_unknown_rate=float(batch_unknown_rate),
+            extrapolation_guard=bool(extrapolation_guard),
         )
         #: batch labels of the batch token (``spec.batch_key``'s values at fit time)
         self.batches: list[str] = []
@@ -342,6 +388,11 @@ class StateTransition(Predictor):
         self.unpredictable: list[str] = []
         #: unseen perturbations without features, predicted from the effect prior (``unseen_fallback='prior'``)
         self.from_prior: list[str] = []
+        #: extrapolation guard: per-perturbation trust and the cap on an extrapolated set's mean shift
+        self.trust: list[float] | None = None
+        self.max_shift: float | None = None
+        #: how far an embedding's nearest trained neighbour predicts a trained target's effect (the guard's v)
+        self.embedding_transfer: float | None = None
         #: the prior's cross-context shrinkage w (see ``_prior.py``); None without a prior
         self.shrinkage: float | None = None
 
@@ -355,6 +406,9 @@ class StateTransition(Predictor):
             n_batches=len(self.batches),
         )
         self.module.register_buffer("set_size", torch.tensor(c["set_size"]))
+        if c.get("extrapolation_guard", True) and self.trust is not None:
+            self.module.trust.copy_(torch.tensor(self.trust, dtype=torch.float32))
+            self.module.max_shift.fill_(float(self.max_shift))
 
     def fit_data(self, adata: AnnData) -> FitData:
         """:class:`FitData`; with ``batch_token``, the cells' batch indices (``spec.batch_key``) are kept for ``_fit``."""
@@ -399,6 +453,59 @@ class StateTransition(Predictor):
         self.se_state = {"config": dict(se.config), **se._extra_state()}
         return se
 
+    def _guard_values(self, data: FitData, table: np.ndarray, learned: np.ndarray) -> tuple[list[float], float]:
+        """``trust`` (P,) and ``max_shift`` of the extrapolation guard (see :meth:`StateTransitionModule.guard`).
+
+        1 for trained perturbations and for unseen ones without features (they get the control token anyway).
+        For an unseen embedded target u, ``trust = v * max(0, cos(u, n(u)))``, n(u) its nearest trained target
+        by embedding cosine, and ``v`` in [0, 1] how far the embedding's nearest neighbour predicts an effect
+        in training: each trained embedded single s's deviation from its context's mean effect is regressed,
+        leaving s out, on ``cos(s, n(s)) * dev(n(s))`` (least squares through 0, clipped; 0 with fewer than
+        three such singles: no evidence). ``max_shift`` is the largest norm of a training group's pseudobulk
+        effect."""
+        seen = np.isin(self.perturbations, self.seen)
+        norms = np.linalg.norm(table, axis=1)
+        has = norms > 0
+        trust = np.ones(len(self.perturbations))
+        ref = seen & has & (learned == 0)
+        unseen = ~seen & has
+        bulk = pseudobulk(data, len(self.contexts))
+        max_shift = float(np.linalg.norm(bulk.delta, axis=1).max()) if len(bulk.labels) else 0.0
+        self.embedding_transfer = None
+        if self.config["perturbation_features"] != "genes" or not unseen.any():
+            return trust.tolist(), max_shift
+        unit = table / np.maximum(norms, 1e-12)[:, None]
+        ref_idx = np.flatnonzero(ref)
+        # each reference single's deviation from its context's mean effect, averaged over its contexts
+        dev, count = np.zeros((len(self.perturbations), data.x.shape[1])), np.zeros(len(self.perturbations))
+        ctx_mean = np.stack([bulk.delta[bulk.ctx == c].mean(0) if (bulk.ctx == c).any() else np.zeros(bulk.delta.shape[1])
+                             for c in range(len(self.contexts))]) if len(bulk.labels) else None
+        for k, lab in enumerate(bulk.labels):
+            singles = self.spec.split_label(str(lab))
+            if len(singles) == 1 and singles[0] in self.perturbations:
+                q = self.perturbations.index(singles[0])
+                dev[q] += bulk.delta[k] - ctx_mean[bulk.ctx[k]]
+                count[q] += 1
+        ref_idx = ref_idx[count[ref_idx] > 0]
+        v = 0.0
+        if len(ref_idx) >= 3:
+            d = dev[ref_idx] / count[ref_idx, None]
+            cos = unit[ref_idx] @ unit[ref_idx].T
+            np.fill_diagonal(cos, -np.inf)
+            nn_ = cos.argmax(1)
+            pred = np.clip(cos[np.arange(len(ref_idx)), nn_], 0.0, None)[:, None] * d[nn_]
+            v = float(np.clip((pred * d).sum() / max(float((pred * pred).sum()), 1e-12), 0.0, 1.0))
+        self.embedding_transfer = v
+        if ref_idx.size:
+            near = (unit[unseen] @ unit[ref_idx].T).max(1)
+            trust[unseen] = np.minimum(v * np.clip(near, 0.0, 1.0), 1.0 - 1e-6)  # < 1: marks the row as extrapolated
+        else:
+            trust[unseen] = 0.0
+        log.info("state.transition: extrapolation guard, embedding transfer v = %.3f; trust of unseen embedded targets "
+                 "%s; max shift %.3f", v, {q: round(float(t), 3) for q, t, u in
+                                           zip(self.perturbations, trust, unseen, strict=True) if u}, max_shift)
+        return trust.tolist(), max_shift
+
     def _perturbation_features(self, data: FitData) -> tuple[np.ndarray, np.ndarray]:
         """(P, D) features and (P,) learned-fallback mask of the vocabulary; sets ``unpredictable``."""
         p = len(self.perturbations)
@@ -432,6 +539,7 @@ class StateTransition(Predictor):
             log.warning("state.transition: %d unseen perturbation(s) have no perturbation features and are predicted "
                         "from the effect prior (unseen_fallback='prior'): %s", len(self.from_prior), self.from_prior[:10])
         self.pert_dim = table.shape[1]
+        self.trust, self.max_shift = self._guard_values(data, table, learned)
         se = self._fit_embedding(data, seed) if self.config["input_space"] == "embedding" else None
         self._build_module()
         z = None
@@ -502,7 +610,8 @@ class StateTransition(Predictor):
     def _extra_state(self) -> dict[str, Any]:
         return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable),
                 "from_prior": list(self.from_prior), "shrinkage": self.shrinkage, "se_state": self.se_state,
-                "batches": list(self.batches)}
+                "batches": list(self.batches), "trust": self.trust, "max_shift": self.max_shift,
+                "embedding_transfer": self.embedding_transfer}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.seen = list(extra["seen"])
@@ -512,6 +621,9 @@ class StateTransition(Predictor):
         self.shrinkage = extra.get("shrinkage")
         self.se_state = extra.get("se_state")
         self.batches = list(extra.get("batches", []))
+        self.trust = extra.get("trust")  # None in checkpoints from before the guard: no guard
+        self.max_shift = extra.get("max_shift")
+        self.embedding_transfer = extra.get("embedding_transfer")
 
 
 class SetSampler:

@@ -360,3 +360,35 @@ def test_st_batch_token_learns_batch_specific_effects(tmp_path, data: ad.AnnData
     assert torch.equal(model.predict_batch(x[0], pert.expand(32, -1)), loaded.predict_batch(x[0], pert.expand(32, -1)))
     with pytest.raises(Exception, match="batch_key"):
         StateTransition(**FAST, batch_token=True).fit(data, SPEC, epochs=1)
+
+
+def test_extrapolation_guard_keeps_unseen_embedded_shift_within_training(data: ad.AnnData) -> None:
+    held = ["g2", "g17"]
+    sp_ = split(data, SPEC, "perturbations", holdout=held)
+    model = StateTransition(**FAST, extra_perturbations=held)
+    model.fit(data[sp_.train].copy(), SPEC, epochs=3, seed=0)
+    trust = dict(zip(model.perturbations, model.trust, strict=True))
+    assert all(trust[q] == 1.0 for q in model.seen)
+    assert all(0.0 <= trust[q] < 1.0 for q in held)  # v * cosine to the nearest trained target's embedding
+    # in the simulation a knockout lowers its co-expression module, so an embedding neighbour predicts effects
+    assert model.embedding_transfer > 0.5 and max(trust[q] for q in held) > 0.4
+    module = model.module
+    x = torch.from_numpy(data.X[:16] + 5.0)  # far from 0: no ReLU cut
+    ctx = torch.zeros(16, dtype=torch.long)
+    seen, unseen = model.encode_perturbations(["g1"] * 16), model.encode_perturbations(["g2"] * 16)
+    with torch.no_grad():  # an embedding blown up 10^4 x: the free MLP extrapolates far beyond any training effect
+        module.pert_matrix[model.perturbations.index("g2")] *= 1e4
+        torch.nn.init.normal_(module.head[-1][-1].weight, std=0.5)
+    # the prior-only prediction: x + prior + the head's output under the control token
+    base = model.predict_batch(x, unseen * 0, ctx) + module.mean_effect[0]
+    fitted_trust = module.trust.clone()
+    module.trust[model.perturbations.index("g2")] = 0.999  # full trust: only the norm cap acts
+    guarded, guarded_seen = model.predict_batch(x, unseen, ctx), model.predict_batch(x, seen, ctx)
+    module.trust.fill_(1.0)  # guard off
+    free = model.predict_batch(x, unseen, ctx)
+    assert torch.equal(model.predict_batch(x, seen, ctx), guarded_seen)  # trained perturbations untouched
+    cap = float(module.max_shift)
+    assert float((free - base).mean(0).norm()) > 2 * cap
+    assert float((guarded - base).mean(0).norm()) <= cap * 1.001
+    module.trust.copy_(torch.where(fitted_trust < 1, 0.0, fitted_trust))  # trust 0: exactly the prior-only prediction
+    assert torch.allclose(model.predict_batch(x, unseen, ctx), base, atol=1e-4)

@@ -7,7 +7,10 @@ ST predicts ``relu(x + prior(c, p) + head(h))``; the prior is
 
 - ``m_c``: the mean effect of context c's perturbations (each training label's pseudobulk delta against
   c's controls weighs the same: what ``baseline.mean`` predicts); a context without perturbed training
-  cells (a held-out cell line) gets the mean over all contexts' perturbations;
+  cells (a held-out cell line) gets ``u`` times the mean of the measured contexts' ``m_c``, with ``u`` in
+  [0, 1] how far one context's mean effect is predicted by the others' (leave-one-context-out least
+  squares, ``m_c ~ u * mean_{c' != c} m_c'``; 1 with fewer than two measured contexts): the same
+  shrinkage as ``w`` below, one level up;
 - ``dbar_s^(-c)``: the deviation of single s from its context's mean effect, averaged over the *other*
   contexts where s was measured alone (0 where it was not): what other cell lines say about s beyond
   the shared effect;
@@ -33,11 +36,13 @@ from ..baselines._model import pseudobulk
 
 @dataclass
 class EffectPrior:
-    """Fitted prior: ``mean_effect`` (C, G), ``transfer`` (C, P, G) = ``w * dbar_s^(-c)``, the shrinkage ``w``."""
+    """Fitted prior: ``mean_effect`` (C, G), ``transfer`` (C, P, G) = ``w * dbar_s^(-c)``, the shrinkage ``w``,
+    and ``context_transfer`` u (the shrinkage of the mean effect of a context without perturbed cells)."""
 
     mean_effect: np.ndarray
     transfer: np.ndarray
     shrinkage: float
+    context_transfer: float = 1.0
 
     def of(self, ctx: np.ndarray, pert: np.ndarray) -> np.ndarray:
         """(n, G) prior of rows with contexts ``ctx`` (n,) and multi-hot ``pert`` (n, P); 0 for controls."""
@@ -60,7 +65,16 @@ def fit_effect_prior(
     count = np.bincount(bulk.ctx, minlength=n_contexts).astype(np.float64)
     total = np.zeros((n_contexts, g))
     np.add.at(total, bulk.ctx, bulk.delta)
-    mean_effect = np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], pooled)
+    measured_ctx = count > 0
+    own_mean = total / np.maximum(count, 1)[:, None]
+    # a context without perturbed training cells gets u * the mean over the measured contexts' mean effects,
+    # u = how far the other contexts' mean effect carries over to a context (leave-one-context-out least squares)
+    u = 1.0
+    if measured_ctx.sum() >= 2:
+        idx = np.flatnonzero(measured_ctx)
+        rest = (own_mean[idx].sum(0)[None] - own_mean[idx]) / (len(idx) - 1)
+        u = float(np.clip((rest * own_mean[idx]).sum() / max(float((rest * rest).sum()), 1e-12), 0.0, 1.0))
+    mean_effect = np.where(measured_ctx[:, None], own_mean, u * own_mean[measured_ctx].mean(0) if measured_ctx.any() else pooled)
 
     # deviations of singles measured alone: dev[c, s] (nan where not measured alone in c)
     dev = np.full((n_contexts, len(perturbations), g), np.nan)
@@ -81,7 +95,7 @@ def fit_effect_prior(
         w = float(np.clip((xs * ys).sum() / max((xs * xs).sum(), 1e-12), 0.0, 1.0))
     else:
         w = 1.0
-    prior = EffectPrior(mean_effect.astype(np.float32), (w * dbar).astype(np.float32), w)
+    prior = EffectPrior(mean_effect.astype(np.float32), (w * dbar).astype(np.float32), w, u)
 
     # leave-group-out priors of the training groups: the group's own delta out of its context's mean
     own = np.where(count[bulk.ctx, None] > 1,

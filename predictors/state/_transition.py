@@ -393,6 +393,8 @@ class StateTransition(Predictor):
         self.max_shift: float | None = None
         #: how far an embedding's nearest trained neighbour predicts a trained target's effect (the guard's v)
         self.embedding_transfer: float | None = None
+        #: the prior's shrinkage u of the mean effect for a context without perturbed cells (see ``_prior.py``)
+        self.context_transfer: float | None = None
         #: the prior's cross-context shrinkage w (see ``_prior.py``); None without a prior
         self.shrinkage: float | None = None
 
@@ -557,8 +559,10 @@ class StateTransition(Predictor):
                 self.module.mean_effect.copy_(torch.from_numpy(prior.mean_effect))
                 self.module.transfer.copy_(torch.from_numpy(prior.transfer))
             self.shrinkage = prior.shrinkage
+            self.context_transfer = prior.context_transfer
             group_prior = {(int(c), str(lab)): row for c, lab, row in zip(g_ctx, g_labels, g_prior, strict=True)}
-            log.info("state.transition: effect prior with cross-context shrinkage w = %.3f", prior.shrinkage)
+            log.info("state.transition: effect prior with cross-context shrinkage w = %.3f, context transfer u = %.3f",
+                     prior.shrinkage, prior.context_transfer)
         sampler = SetSampler(data, self.config["set_size"], seed, group_prior, z,
                              batch=getattr(self, "_fit_batch", None), unknown_rate=self.config["batch_unknown_rate"])
         n_sets = sampler.slots.shape[0]
@@ -611,7 +615,7 @@ class StateTransition(Predictor):
         return {"seen": list(self.seen), "pert_dim": int(self.pert_dim), "unpredictable": list(self.unpredictable),
                 "from_prior": list(self.from_prior), "shrinkage": self.shrinkage, "se_state": self.se_state,
                 "batches": list(self.batches), "trust": self.trust, "max_shift": self.max_shift,
-                "embedding_transfer": self.embedding_transfer}
+                "embedding_transfer": self.embedding_transfer, "context_transfer": self.context_transfer}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.seen = list(extra["seen"])
@@ -624,6 +628,7 @@ class StateTransition(Predictor):
         self.trust = extra.get("trust")  # None in checkpoints from before the guard: no guard
         self.max_shift = extra.get("max_shift")
         self.embedding_transfer = extra.get("embedding_transfer")
+        self.context_transfer = extra.get("context_transfer")
 
 
 class SetSampler:

@@ -306,16 +306,22 @@ def test_effect_prior_shrinks_cross_context_transfer_by_what_transfers() -> None
 
     rng = np.random.default_rng(0)
     perts = [f"p{p}" for p in range(6)]
-    shared = rng.normal(0, 1, (3, 20))
+    shared = np.repeat(rng.normal(0, 1, (1, 20)), 3, 0)  # the contexts share their mean effect
     same = np.repeat(rng.normal(0, 1, (1, 6, 20)), 3, 0)  # each perturbation's effect is the same in every context
     prior, *_ = fit_effect_prior(_screen(same, shared), perts, 4, lambda s: s.split("+"))  # context 3: no cells
-    assert prior.shrinkage > 0.9
+    assert prior.shrinkage > 0.9 and prior.context_transfer > 0.9
     dev = same[0] - same[0].mean(0)
     assert np.allclose(prior.mean_effect[3], shared[:3].mean(0) + same[0].mean(0), atol=0.05)  # held-out context: pooled mean effect
     assert np.allclose(prior.transfer[3], dev, atol=0.1)  # ... plus the perturbation's own deviation
     indep = rng.normal(0, 1, (3, 6, 20))  # effects unrelated between contexts: nothing should transfer
     prior2, g_ctx, g_lab, g_prior = fit_effect_prior(_screen(indep, shared), perts, 3, lambda s: s.split("+"))
     assert prior2.shrinkage < 0.25
+    # mean effects unrelated between contexts: a context without perturbed cells gets a shrunk pooled mean effect
+    own = rng.normal(0, 1, (3, 20))
+    prior3, *_ = fit_effect_prior(_screen(same * 0.1, own), perts, 4, lambda s: s.split("+"))
+    assert prior3.context_transfer < 0.3
+    pooled = prior3.mean_effect[:3].mean(0)
+    assert np.allclose(prior3.mean_effect[3], prior3.context_transfer * pooled, atol=1e-5)
     # a training group's prior leaves the group out of its context's mean effect
     k = int(np.flatnonzero((g_ctx == 0) & (g_lab == "p0"))[0])
     others = shared[0] + indep[0, 1:].mean(0)

@@ -385,8 +385,9 @@ def test_extrapolation_guard_keeps_unseen_embedded_shift_within_training(data: a
     with torch.no_grad():  # an embedding blown up 10^4 x: the free MLP extrapolates far beyond any training effect
         module.pert_matrix[model.perturbations.index("g2")] *= 1e4
         torch.nn.init.normal_(module.head[-1][-1].weight, std=0.5)
-    # the prior-only prediction: x + prior + the head's output under the control token
-    base = model.predict_batch(x, unseen * 0, ctx) + module.mean_effect[0]
+    # the prior-only prediction: x + prior + the head's output under the unknown-perturbation token
+    with torch.no_grad():
+        base = module(x[None], unseen[:1] * 0, prior=module.prior(unseen[:1], ctx[:1]), hidden=torch.tensor([True]))[0]
     fitted_trust = module.trust.clone()
     module.trust[model.perturbations.index("g2")] = 0.999  # full trust: only the norm cap acts
     guarded, guarded_seen = model.predict_batch(x, unseen, ctx), model.predict_batch(x, seen, ctx)
@@ -398,3 +399,39 @@ def test_extrapolation_guard_keeps_unseen_embedded_shift_within_training(data: a
     assert float((guarded - base).mean(0).norm()) <= cap * 1.001
     module.trust.copy_(torch.where(fitted_trust < 1, 0.0, fitted_trust))  # trust 0: exactly the prior-only prediction
     assert torch.allclose(model.predict_batch(x, unseen, ctx), base, atol=1e-4)
+
+
+def test_hidden_sets_train_the_unknown_perturbation_token(data: ad.AnnData) -> None:
+    held = ["g2", "g17"]
+    sp_ = split(data, SPEC, "perturbations", holdout=held)
+    model = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held, hide_rate=0.5)
+    model.fit(data[sp_.train].copy(), SPEC, epochs=1, seed=0)
+    assert sorted(model.from_prior) == sorted(held)
+    assert model.module.unknown_mask[[model.perturbations.index(q) for q in held]].eq(1).all()
+    # the sampler hides only perturbed sets, zeroes their perturbation row and keeps their prior
+    from cellgym.predictors.state._transition import SetSampler
+
+    train = model.fit_data(data[sp_.train].copy())
+    train.pert = model.encode_perturbations(train.labels, check=False).numpy()
+    sampler = SetSampler(train, 8, 0, None, hide_rate=1.0)
+    seen: dict[str, torch.Tensor] = {}
+
+    class Capture(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def loss(self, sets):
+            seen.update(sets)
+            return type("Out", (), {"loss": self.w.sum()})()
+
+    groups = torch.arange(len(sampler.pert))
+    sampler.step(Capture(), {"group": groups}, torch.optim.SGD(Capture().parameters(), lr=0.1))
+    assert torch.equal(seen["hidden"], sampler.perturbed)
+    assert seen["pert"].abs().sum() == 0  # hidden perturbed sets and controls: no identity
+    assert seen["y"].shape[:2] == (len(groups), 8)
+    # the token reaches the prediction: an unseen target from the prior = the control token + the unknown vector
+    with torch.no_grad():
+        tok = model.module.pert_token(model.encode_perturbations(["g2"]))
+        ctrl = model.module.pert_token(torch.zeros(1, len(model.perturbations)))
+    assert torch.allclose(tok - ctrl, model.module.pert_unknown[None])

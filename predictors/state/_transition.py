@@ -74,7 +74,8 @@ class StateTransitionModule(PredictorModule):
         self.pert_learned = nn.Parameter(torch.zeros(n_perturbations, d_model))
         # "perturbed, identity unknown": the token of unseen perturbations predicted from the prior (and of the
         # guard's prior-only base), trained on perturbed sets shown without their identity
-        self.pert_unknown = nn.Parameter(torch.zeros(d_model))  # starts as the control token
+        self.pert_unknown = nn.Parameter(torch.zeros(d_model))
+        nn.init.normal_(self.pert_unknown, std=0.02)  # as the batch token: apart from the control token from the start
         self.register_buffer("unknown_mask", torch.zeros(n_perturbations), persistent=False)
         # input space: the genes, or a frozen SE model's cell embeddings (n_embed wide) with a decoder to genes
         self.se = se

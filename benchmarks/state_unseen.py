@@ -12,7 +12,7 @@ of its target, with two sources:
    IRF1/IRF7), so it is a crude stand-in for sequence similarity that covers every target.
 
 3. ``onehot``: no features for unseen knockouts, so every held-out one is predicted from the effect prior
-   (``unseen_fallback="prior"``: the control token plus the context's mean effect).
+   (``unseen_fallback="prior"``: the unknown-perturbation token plus the context's mean effect).
 
 With the effect prior (default) a target without an embedding is predicted from the prior, so every
 source predicts all groups; ``model.from_prior`` lists those. Prints the metrics per source, on each

@@ -97,6 +97,11 @@ class StateTransitionModule(PredictorModule):
         nn.init.zeros_(self.head[-1][-1].weight)  # an untrained ST predicts the prior
         nn.init.zeros_(self.head[-1][-1].bias)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before the unknown-perturbation token: it starts at zero (the control token)
+        state_dict.setdefault(prefix + "pert_unknown", torch.zeros_like(self.pert_unknown))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def pert_token(self, pert: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """(B, d_model) perturbation embedding of multi-hot rows (B, P); the unknown-perturbation vector is
         added to rows with an unseen perturbation without features (``unknown_mask``) or flagged ``hidden`` (B,)."""
@@ -175,7 +180,7 @@ class StateTransitionModule(PredictorModule):
         rows = (pert * ~trusted).sum(1) > 0
         if not bool(rows.any()):
             return corr
-        sub = pert[rows] * trusted  # unseen targets -> the control token
+        sub = pert[rows] * trusted  # unseen targets dropped; the unknown-perturbation token below
         pad_r = None if pad is None else pad[rows]
         unknown = torch.ones(sub.shape[0], dtype=torch.bool, device=sub.device)  # the prior-only token
         base = self.head(self.encoder(self.cell_tokens(inputs[rows], sub, None if batch is None else batch[rows], unknown),
@@ -305,7 +310,7 @@ class StateTransition(Predictor):
     unseen_fallback
         What an unseen perturbation without perturbation features (no gene embedding, or
         ``perturbation_features='onehot'``) gets: ``"prior"`` (default; listed in :attr:`from_prior`,
-        logged at fit time): the control token, so ST predicts the effect prior corrected for the basal
+        logged at fit time): the unknown-perturbation token, so ST predicts the effect prior corrected for the basal
         cells — the mean effect, as ``baseline.mean`` and gem1's ``mean_of_seen`` do; ``"error"``:
         :class:`UnknownPerturbationError`. Without ``effect_prior`` it is always ``"error"``.
     input_space
@@ -326,7 +331,7 @@ class StateTransition(Predictor):
 
     extrapolation_guard
         True (default): an unseen perturbation predicted from its target's gene embedding stays within what
-        training saw: the part of the head's correction that its embedding adds (against the control token)
+        training saw: the part of the head's correction that its embedding adds (against the unknown-perturbation token)
         is weighted by the embedding's largest cosine similarity to a trained target's and capped so that
         its mean over the set is no longer than the largest training effect (:meth:`StateTransitionModule.guard`).
         Trained perturbations are unaffected. False: the perturbation MLP extrapolates freely.
@@ -483,7 +488,7 @@ class StateTransition(Predictor):
     def _guard_values(self, data: FitData, table: np.ndarray, learned: np.ndarray) -> tuple[list[float], float]:
         """``trust`` (P,) and ``max_shift`` of the extrapolation guard (see :meth:`StateTransitionModule.guard`).
 
-        1 for trained perturbations and for unseen ones without features (they get the control token anyway).
+        1 for trained perturbations and for unseen ones without features (they get the unknown-perturbation token anyway).
         For an unseen embedded target u, ``trust = v * max(0, cos(u, n(u)))``, n(u) its nearest trained target
         by embedding cosine, and ``v`` in [0, 1] how far the embedding's nearest neighbour predicts an effect
         in training: each trained embedded single s's deviation from its context's mean effect is regressed,
@@ -562,7 +567,7 @@ class StateTransition(Predictor):
         table, learned = self._perturbation_features(data)
         if self.unpredictable and self.config["unseen_fallback"] == "prior":
             self.from_prior, self.unpredictable = self.unpredictable, []
-            table[np.isin(self.perturbations, self.from_prior)] = 0.0  # the control token: ST adds the prior only
+            table[np.isin(self.perturbations, self.from_prior)] = 0.0  # no features: pert_token adds the unknown-perturbation vector (unknown_mask)
             log.warning("state.transition: %d unseen perturbation(s) have no perturbation features and are predicted "
                         "from the effect prior (unseen_fallback='prior'): %s", len(self.from_prior), self.from_prior[:10])
         self.pert_dim = table.shape[1]

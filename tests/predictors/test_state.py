@@ -435,3 +435,15 @@ def test_hidden_sets_train_the_unknown_perturbation_token(data: ad.AnnData) -> N
         tok = model.module.pert_token(model.encode_perturbations(["g2"]))
         ctrl = model.module.pert_token(torch.zeros(1, len(model.perturbations)))
     assert torch.allclose(tok - ctrl, model.module.pert_unknown[None])
+
+
+def test_st_checkpoint_without_unknown_token_loads(tmp_path, fitted: StateTransition, data: ad.AnnData) -> None:
+    path = fitted.save(tmp_path / "st")
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    weights.pop("pert_unknown")  # a checkpoint from before the unknown-perturbation token
+    torch.save(weights, path / "weights.pt")
+    loaded = Predictor.load(path)
+    assert torch.equal(loaded.module.pert_unknown, torch.zeros_like(loaded.module.pert_unknown))
+    x = torch.from_numpy(data.X[:10])
+    pert, ctx = fitted.encode_perturbations(["g1"] * 10), torch.zeros(10, dtype=torch.long)
+    assert torch.equal(loaded.predict_batch(x, pert, ctx), fitted.predict_batch(x, pert, ctx))

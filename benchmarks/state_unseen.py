@@ -11,7 +11,12 @@ of its target, with two sources:
    reduced by truncated SVD to 16 dims. Paralogues share symbol stems (STAT1/STAT2/STAT3, IFNGR1/IFNGR2,
    IRF1/IRF7), so it is a crude stand-in for sequence similarity that covers every target.
 
-Prints the metrics per source, on each source's predictable groups, next to baseline.mean on the same
+3. ``onehot``: no features for unseen knockouts, so every held-out one is predicted from the effect prior
+   (``unseen_fallback="prior"``: the unknown-perturbation token plus the context's mean effect).
+
+With the effect prior (default) a target without an embedding is predicted from the prior, so every
+source predicts all groups; ``model.from_prior`` lists those. Prints the metrics per source, on each
+source's predicted groups, next to baseline.mean on the same
 groups, and the per-knockout pearson_delta.
 
     .venv/bin/python benchmarks/state_unseen.py [--epochs 20] [--out runs/state_unseen]
@@ -69,6 +74,7 @@ def main() -> None:
     models = {
         "coexpression": StateTransition(extra_perturbations=held),
         "symbol .pt": StateTransition(gene_embeddings=[str(pt)], extra_perturbations=held),
+        "onehot (prior only)": StateTransition(perturbation_features="onehot", extra_perturbations=held),
     }
     fit = {"state.transition": {"epochs": args.epochs}}
     parts = [evaluate(adata, spec, sp, ["baseline.mean"]).per_perturbation.assign(source="baseline.mean")]

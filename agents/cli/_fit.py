@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = make_predictor(args.predictor, **parse_kv(args.predictor_kwargs, "--predictor-kwargs"))
     adata = load_data(args)
     spec = spec_from_args(args, adata.obs.columns)
-    validate(adata, spec, require_counts=predictor.needs_counts)
+    if getattr(predictor, "response_model", True):  # cell-embedding models (state.embedding) need no perturbation column
+        validate(adata, spec, require_counts=predictor.needs_counts)
     writer = None
     if args.tensorboard_log:
         from torch.utils.tensorboard import SummaryWriter

@@ -617,7 +617,12 @@ def data_world(
         labels = ["source"] * src.shape[0] + ["target"] * tgt.shape[0]
         return make_reward(name, cells=np.concatenate([src, tgt]), labels=labels, target="target", **kwargs)
 
-    reward_model = world_reward(reward, reward_kwargs, model, goal_for, "target.energy", "data")
+    def data_goal(name: str, **kwargs: Any) -> RewardModel:
+        if name == "state.embedding":  # fits an SE model on the world's source and goal cells
+            return make_reward(name, target=tgt_ref, cells=src[rng.permutation(src.shape[0])[:1024]], **kwargs)
+        return goal_for(name, **kwargs)
+
+    reward_model = world_reward(reward, reward_kwargs, model, data_goal, "target.energy", "data")
     transition_context = context if context is not None else _transition_context(adata, spec, model, src_mask, src, source)
     sampler = CellPoolSampler(src, n_cells)
     floor = float(reward_model.distance(torch.from_numpy(tgt[rng.integers(0, tgt.shape[0], n_cells)])[None]))

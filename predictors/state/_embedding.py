@@ -16,6 +16,7 @@ width 32 [2048]. ``torch.compile`` is not used (the issue allows it off by defau
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,10 +198,24 @@ class StateEmbedding(Predictor):
         if adata.n_obs < 2 or adata.n_vars < 2:
             raise DataSpecError(f"state.embedding needs at least 2 cells and 2 genes, got {adata.n_obs} x {adata.n_vars}.")
         _finite_check(adata.X, "adata.X")
-        self.spec = spec
-        self.genes = [str(g) for g in adata.var_names]
+        return self.fit_cells(expression(adata, spec), [str(g) for g in adata.var_names], spec=spec, epochs=epochs,
+                              batch_size=batch_size, device=device, seed=seed, logger=logger)
+
+    def fit_cells(
+        self, x: np.ndarray, genes: Sequence[str] | None = None, *, spec: DataSpec | None = None, epochs: int | None = None,
+        batch_size: int = 128, device: str = "cpu", seed: int | None = 0, logger: Any = None,
+    ) -> FitReport:
+        """Pretrain on log1p expression ``x`` (N, G) with gene names ``genes`` (default ``g0..``): what
+        :meth:`fit` does after reading the AnnData (environments and ``state.transition`` call it)."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2 or not np.isfinite(x).all():
+            raise DataSpecError(f"state.embedding needs finite cells (N >= 2, G >= 2), got shape {x.shape}.")
+        self.spec = spec or DataSpec(counts="auto")
+        self.genes = [str(g) for g in genes] if genes is not None else [f"g{i}" for i in range(x.shape[1])]
+        if len(self.genes) != x.shape[1]:
+            raise DataSpecError(f"state.embedding: {len(self.genes)} gene names for {x.shape[1]} genes.")
+        spec = self.spec
         self.perturbations, self.contexts = [], [""]
-        x = expression(adata, spec)
         data = FitData(x=x, counts=None, pert=np.zeros((x.shape[0], 0), np.float32), ctx=np.zeros(x.shape[0], np.int64),
                        labels=np.full(x.shape[0], spec.control, object), is_control=np.ones(x.shape[0], bool))
         with seeded(seed):
@@ -271,6 +286,23 @@ class StateEmbedding(Predictor):
         self.gene_dim, self.n_edges = int(extra["gene_dim"]), int(extra["n_edges"])
 
 
+_SE_CACHE: dict[str, StateEmbedding] = {}
+
+
+def _fitted_se(x: np.ndarray, epochs: int, seed: int) -> StateEmbedding:
+    """An SE model with default settings fitted on ``x``, once per process for the same cells, epochs and seed
+    (a vector env builds its world once per sub-env; all get the same model)."""
+    key = hashlib.sha256(x.tobytes() + repr((x.shape, epochs, seed)).encode()).hexdigest()
+    if key not in _SE_CACHE:
+        model = StateEmbedding()
+        model.fit_cells(x, epochs=epochs, seed=seed)
+        log.info("state.embedding reward: fitted an SE model on %d cells (%d epochs)", x.shape[0], epochs)
+        if len(_SE_CACHE) >= 4:
+            _SE_CACHE.pop(next(iter(_SE_CACHE)))
+        _SE_CACHE[key] = model
+    return _SE_CACHE[key]
+
+
 class StateEmbeddingReward(RewardModel):
     """``state.embedding`` reward: energy distance of each population to the goal cells in SE space.
 
@@ -280,15 +312,26 @@ class StateEmbeddingReward(RewardModel):
         A fitted :class:`StateEmbedding` or the folder of a saved one.
     target
         Goal cells (M, G), log1p expression with the model's genes.
+    cells, epochs, seed
+        Without ``predictor``: an SE model with default settings is fitted on ``cells`` and ``target``
+        for ``epochs`` epochs (what ``reward="state.embedding"`` does in a data world, with the world's
+        source cells).
     """
 
     name: ClassVar[str] = "state.embedding"
     response_model: ClassVar[bool] = False  # embeds cells; predict_batch raises
 
-    def __init__(self, predictor: StateEmbedding | str | Path | None = None, target: np.ndarray | torch.Tensor | None = None) -> None:
-        if predictor is None or target is None:
-            raise DataSpecError("the state.embedding reward needs predictor=<fitted state.embedding or its folder> and "
-                                "target=<goal cells (M, G)>; pass StateEmbeddingReward(model, target=cells) as reward=.")
+    def __init__(
+        self, predictor: StateEmbedding | str | Path | None = None, target: np.ndarray | torch.Tensor | None = None, *,
+        cells: np.ndarray | torch.Tensor | None = None, epochs: int = 10, seed: int = 0,
+    ) -> None:
+        if target is None or (predictor is None and cells is None):
+            raise DataSpecError("the state.embedding reward needs target=<goal cells (M, G)> and predictor=<fitted "
+                                "state.embedding or its folder> (or cells=<cells to fit one on>); e.g. "
+                                "StateEmbeddingReward(model, target=cells), or reward='state.embedding' in a data world.")
+        if predictor is None:  # by name in a data world: fit SE on the world's cells (source and goal)
+            predictor = _fitted_se(np.concatenate([np.asarray(cells, np.float32), np.asarray(target, np.float32)]),
+                                   epochs, seed)
         if not isinstance(predictor, Predictor):
             predictor = Predictor.load(predictor)
         if not isinstance(predictor, StateEmbedding):
@@ -301,4 +344,5 @@ class StateEmbeddingReward(RewardModel):
         """Energy distance (B,) between each population (B, N, G) and the goal, in SE space."""
         b, n, g = cells.shape
         z = self.predictor.embed(cells.reshape(b * n, g)).reshape(b, n, -1)
-        return energy_distance_torch(z, self.goal.expand(b, -1, -1)).float()
+        # float64: cdist's matrix-product path loses ~1e-5 in float32 and differs with the batch's shape
+        return energy_distance_torch(z.double(), self.goal.double().expand(b, -1, -1)).float()

@@ -142,8 +142,9 @@ def test_set_layout_keeps_populations_apart_and_balances_sets() -> None:
     assert len(set(zip(set_id.tolist(), slot.tolist(), strict=True))) == 10
 
 
-def test_st_learns_and_beats_mean_on_held_out_contexts(fitted: StateTransition, data: ad.AnnData) -> None:
-    hist = fitted.fit(data, SPEC, epochs=25, seed=0).history["loss"]
+def test_st_learns_and_beats_mean_on_held_out_contexts(data: ad.AnnData) -> None:
+    # without the effect prior the network must learn every effect itself: the set loss halves
+    hist = StateTransition(**FAST, effect_prior=False).fit(data, SPEC, epochs=25, seed=0).history["loss"]
     assert hist[-1] < 0.5 * hist[0]
     sp_ = split(data, SPEC, "contexts", holdout=["c2"])
     res = evaluate(data, SPEC, sp_, ["baseline.mean", StateTransition(**FAST)], fit_kwargs={"state.transition": {"epochs": 25}})
@@ -165,10 +166,20 @@ def test_st_predicts_unseen_perturbations_from_coexpression_and_pt_embeddings(tm
     assert res.metrics.loc["state.transition", "coverage"] == 1.0
     assert res.metrics.loc["state.transition", "pearson_delta"] > mean + 0.2
     assert res_pt.metrics.loc["state.transition", "pearson_delta"] > mean + 0.2
-    onehot = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held)
+    onehot = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held, unseen_fallback="error")
     onehot.fit(data[sp_.train].copy(), SPEC, epochs=1)
     with pytest.raises(UnknownPerturbationError, match="cannot predict unseen perturbation"):
         onehot.encode_perturbations(["g2"])
+    # the default fallback: the unseen single is the control token, and an untrained head adds the prior only
+    fallback = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held)
+    fallback.fit(data[sp_.train].copy(), SPEC, epochs=1)
+    assert sorted(fallback.from_prior) == sorted(held) and fallback.unpredictable == []
+    torch.nn.init.zeros_(fallback.module.head[-1][-1].weight)
+    torch.nn.init.zeros_(fallback.module.head[-1][-1].bias)
+    x = torch.from_numpy(data.X[:5] + 5.0)  # far from 0, so the ReLU does not cut the shift
+    ctx = torch.zeros(5, dtype=torch.long)
+    shift = fallback.predict_batch(x, fallback.encode_perturbations(["g2"] * 5), ctx) - x
+    assert torch.allclose(shift, fallback.module.mean_effect[0].expand(5, -1), atol=1e-5)
 
 
 def test_st_save_load_exact_and_batch_equals_sets(tmp_path, fitted: StateTransition, data: ad.AnnData) -> None:
@@ -203,14 +214,21 @@ def test_st_sinkhorn_and_mse_losses_train(data: ad.AnnData) -> None:
 
 
 def test_st_and_se_in_reprogram_env(fitted: StateTransition, data: ad.AnnData) -> None:
+    import gymnasium as gym
+
     from cellgym.envs.testing import check_task
 
-    se = StateEmbedding(d_model=16, n_embed=8, sentence_len=16, n_targets=8)
-    se.fit(data, SPEC, epochs=2)
-    target = data.X[(data.obs["perturbation"] == "g1").to_numpy() & (data.obs["cell_type"] == "c1").to_numpy()]
+    # the SE reward by name: the data world fits an SE model on its source and goal cells
     kw = {"adata": data, "spec": SPEC, "target": "g1", "predictor": fitted, "context": "c1", "n_cells": 16,
-          "reward": StateEmbeddingReward(se, target=target)}
+          "reward": "state.embedding"}
     check_task("CellEnv-Reprogram-v0", n_steps=4, **kw)
+    env = gym.make("CellEnv-Reprogram-v0", **kw)
+    reward = env.unwrapped.dynamics.world.reward
+    assert isinstance(reward, StateEmbeddingReward)
+    ctx = data.obs["cell_type"].to_numpy() == "c1"
+    lab = data.obs["perturbation"].to_numpy()
+    d = reward.distance(torch.from_numpy(np.stack([data.X[ctx & (lab == "control")][:30], data.X[ctx & (lab == "g1")][-30:]])))
+    assert d[1] < d[0]  # goal-like cells are closer to the goal than the source cells
 
 
 # ------------------------------------------------------------------------------------------------ SE
@@ -236,6 +254,17 @@ def test_se_learns_embeds_and_rewards(tmp_path, data: ad.AnnData) -> None:
         se.predict_batch(torch.zeros(1, G), torch.zeros(1, 0))
 
 
+def test_cellgym_fit_state_embedding_needs_no_perturbation_column(tmp_path, data: ad.AnnData) -> None:
+    from cellgym.agents.cli import main
+
+    cells = ad.AnnData(X=data.X[::3].copy(), var=data.var.copy())  # no obs columns at all
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["fit", "--predictor", "state.embedding", "--data", str(tmp_path / "cells.h5ad"), "--out",
+                 str(tmp_path / "se"), "--epochs", "2", "--predictor-kwargs", "d_model:16", "n_embed:8"]) == 0
+    se = Predictor.load(tmp_path / "se")
+    assert isinstance(se, StateEmbedding) and se.embed(cells.X[:5]).shape == (5, 8)
+
+
 # --------------------------------------------------------------------------------------------- splits
 def test_fewshot_split_holds_out_some_perturbations_of_one_context(data: ad.AnnData) -> None:
     s = split(data, SPEC, "fewshot", seed=0, holdout=["c2"], test_fraction=0.3)
@@ -250,3 +279,171 @@ def test_fewshot_split_holds_out_some_perturbations_of_one_context(data: ad.AnnD
     assert split(data, SPEC, "fewshot", seed=3).holdout == split(data, SPEC, "fewshot", seed=3).holdout
     with pytest.raises(Exception, match="ONE context"):
         split(data, SPEC, "fewshot", holdout=["c1", "c2"])
+
+
+# ------------------------------------------------------------------------------------------ effect prior
+def _screen(dev: np.ndarray, shared: np.ndarray, n: int = 30, seed: int = 0):
+    """FitData of C contexts x P singles (+ controls): cell = control + shared[c] + dev[c, p] + noise."""
+    from cellgym.predictors.base import FitData
+
+    rng = np.random.default_rng(seed)
+    n_ctx, n_pert, g = dev.shape
+    xs, ctx, labels = [], [], []
+    for c in range(n_ctx):
+        for p in range(-1, n_pert):
+            effect = 0.0 if p < 0 else shared[c] + dev[c, p]
+            xs.append(3.0 + effect + rng.normal(0, 0.1, (n, g)))
+            ctx += [c] * n
+            labels += ["control" if p < 0 else f"p{p}"] * n
+    labels = np.array(labels, dtype=object)
+    pert = np.stack([(labels == f"p{p}") for p in range(n_pert)], 1).astype(np.float32)
+    return FitData(x=np.concatenate(xs).astype(np.float32), counts=None, pert=pert, ctx=np.array(ctx), labels=labels,
+                   is_control=labels == "control")
+
+
+def test_effect_prior_shrinks_cross_context_transfer_by_what_transfers() -> None:
+    from cellgym.predictors.state._prior import fit_effect_prior
+
+    rng = np.random.default_rng(0)
+    perts = [f"p{p}" for p in range(6)]
+    shared = np.repeat(rng.normal(0, 1, (1, 20)), 3, 0)  # the contexts share their mean effect
+    same = np.repeat(rng.normal(0, 1, (1, 6, 20)), 3, 0)  # each perturbation's effect is the same in every context
+    prior, *_ = fit_effect_prior(_screen(same, shared), perts, 4, lambda s: s.split("+"))  # context 3: no cells
+    assert prior.shrinkage > 0.9 and prior.context_transfer > 0.9
+    dev = same[0] - same[0].mean(0)
+    assert np.allclose(prior.mean_effect[3], shared[:3].mean(0) + same[0].mean(0), atol=0.05)  # held-out context: pooled mean effect
+    assert np.allclose(prior.transfer[3], dev, atol=0.1)  # ... plus the perturbation's own deviation
+    indep = rng.normal(0, 1, (3, 6, 20))  # effects unrelated between contexts: nothing should transfer
+    prior2, g_ctx, g_lab, g_prior = fit_effect_prior(_screen(indep, shared), perts, 3, lambda s: s.split("+"))
+    assert prior2.shrinkage < 0.25
+    # mean effects unrelated between contexts: a context without perturbed cells gets a shrunk pooled mean effect
+    own = rng.normal(0, 1, (3, 20))
+    prior3, *_ = fit_effect_prior(_screen(same * 0.1, own), perts, 4, lambda s: s.split("+"))
+    assert prior3.context_transfer < 0.3
+    pooled = prior3.mean_effect[:3].mean(0)
+    assert np.allclose(prior3.mean_effect[3], prior3.context_transfer * pooled, atol=1e-5)
+    # a training group's prior leaves the group out of its context's mean effect
+    k = int(np.flatnonzero((g_ctx == 0) & (g_lab == "p0"))[0])
+    others = shared[0] + indep[0, 1:].mean(0)
+    assert np.allclose(g_prior[k] - prior2.transfer[0, 0], others, atol=0.1)
+
+
+def test_st_in_se_embedding_space_learns_and_reloads(tmp_path, data: ad.AnnData) -> None:
+    model = StateTransition(**FAST, input_space="embedding", embedding_epochs=2, effect_prior=False)
+    hist = model.fit(data, SPEC, epochs=12, seed=0).history["loss"]
+    assert hist[-1] < hist[0]
+    assert model.module.se is not None and not any(p.requires_grad for p in model.module.se.parameters())
+    x = torch.from_numpy(data.X[data.obs["perturbation"].to_numpy() == "control"][:20])
+    pert = model.encode_perturbations(["g1"] * 20)
+    a = model.predict_batch(x, pert, torch.zeros(20, dtype=torch.long))
+    loaded = Predictor.load(model.save(tmp_path / "st_se"))
+    assert torch.equal(a, loaded.predict_batch(x, pert, torch.zeros(20, dtype=torch.long)))
+    real = data.X[(data.obs["perturbation"] == "g1").to_numpy() & (data.obs["cell_type"] == "c1").to_numpy()].mean(0)
+    ctrl = x.numpy().mean(0)
+    assert np.corrcoef(a.numpy().mean(0) - ctrl, real - ctrl)[0, 1] > 0.5  # the decoded change points the right way
+
+
+def test_st_batch_token_learns_batch_specific_effects(tmp_path, data: ad.AnnData) -> None:
+    bdata = data.copy()
+    bdata.obs["plate"] = np.random.default_rng(0).choice(["p1", "p2"], bdata.n_obs)
+    hit = (bdata.obs["plate"] == "p2").to_numpy() & (bdata.obs["perturbation"] != "control").to_numpy()
+    bdata.X[hit, 32:] += 1.5  # plate p2 responds to every perturbation with genes 32-39 up; p1 does not
+    spec = DataSpec(context_key="cell_type", batch_key="plate", counts=None)
+    model = StateTransition(**FAST, batch_token=True, perturbation_features="onehot", effect_prior=False)
+    model.fit(bdata, spec, epochs=20, seed=0)
+    assert model.batches == ["p1", "p2"] and model.module.batch_token.num_embeddings == 3
+    x = torch.from_numpy(bdata.X[(bdata.obs["perturbation"] == "control").to_numpy()][:32])[None]
+    pert = model.encode_perturbations(["g1"])
+    up = {}
+    with torch.no_grad():
+        for b in range(3):  # p1, p2, unknown (what predict_batch uses)
+            y = model.module.forward(x, pert, batch=torch.full((1, 32), b))
+            up[b] = float((y - x)[0, :, 32:].mean())
+    assert up[1] > up[0] + 0.5, up  # the p2 token carries p2's extra response (1.5)
+    assert up[0] - 0.3 < up[2] < up[1] + 0.3
+    loaded = Predictor.load(model.save(tmp_path / "st_batch"))
+    assert loaded.batches == ["p1", "p2"]
+    assert torch.equal(model.predict_batch(x[0], pert.expand(32, -1)), loaded.predict_batch(x[0], pert.expand(32, -1)))
+    with pytest.raises(Exception, match="batch_key"):
+        StateTransition(**FAST, batch_token=True).fit(data, SPEC, epochs=1)
+
+
+def test_extrapolation_guard_keeps_unseen_embedded_shift_within_training(data: ad.AnnData) -> None:
+    held = ["g2", "g17"]
+    sp_ = split(data, SPEC, "perturbations", holdout=held)
+    model = StateTransition(**FAST, extra_perturbations=held)
+    model.fit(data[sp_.train].copy(), SPEC, epochs=3, seed=0)
+    trust = dict(zip(model.perturbations, model.trust, strict=True))
+    assert all(trust[q] == 1.0 for q in model.seen)
+    assert all(0.0 <= trust[q] < 1.0 for q in held)  # v * cosine to the nearest trained target's embedding
+    # in the simulation a knockout lowers its co-expression module, so an embedding neighbour predicts effects
+    assert model.embedding_transfer > 0.5 and max(trust[q] for q in held) > 0.4
+    module = model.module
+    x = torch.from_numpy(data.X[:16] + 5.0)  # far from 0: no ReLU cut
+    ctx = torch.zeros(16, dtype=torch.long)
+    seen, unseen = model.encode_perturbations(["g1"] * 16), model.encode_perturbations(["g2"] * 16)
+    with torch.no_grad():  # an embedding blown up 10^4 x: the free MLP extrapolates far beyond any training effect
+        module.pert_matrix[model.perturbations.index("g2")] *= 1e4
+        torch.nn.init.normal_(module.head[-1][-1].weight, std=0.5)
+    # the prior-only prediction: x + prior + the head's output under the unknown-perturbation token
+    with torch.no_grad():
+        base = module(x[None], unseen[:1] * 0, prior=module.prior(unseen[:1], ctx[:1]), hidden=torch.tensor([True]))[0]
+    fitted_trust = module.trust.clone()
+    module.trust[model.perturbations.index("g2")] = 0.999  # full trust: only the norm cap acts
+    guarded, guarded_seen = model.predict_batch(x, unseen, ctx), model.predict_batch(x, seen, ctx)
+    module.trust.fill_(1.0)  # guard off
+    free = model.predict_batch(x, unseen, ctx)
+    assert torch.equal(model.predict_batch(x, seen, ctx), guarded_seen)  # trained perturbations untouched
+    cap = float(module.max_shift)
+    assert float((free - base).mean(0).norm()) > 2 * cap
+    assert float((guarded - base).mean(0).norm()) <= cap * 1.001
+    module.trust.copy_(torch.where(fitted_trust < 1, 0.0, fitted_trust))  # trust 0: exactly the prior-only prediction
+    assert torch.allclose(model.predict_batch(x, unseen, ctx), base, atol=1e-4)
+
+
+def test_hidden_sets_train_the_unknown_perturbation_token(data: ad.AnnData) -> None:
+    held = ["g2", "g17"]
+    sp_ = split(data, SPEC, "perturbations", holdout=held)
+    model = StateTransition(**FAST, perturbation_features="onehot", extra_perturbations=held, hide_rate=0.5)
+    model.fit(data[sp_.train].copy(), SPEC, epochs=1, seed=0)
+    assert sorted(model.from_prior) == sorted(held)
+    assert model.module.unknown_mask[[model.perturbations.index(q) for q in held]].eq(1).all()
+    # the sampler hides only perturbed sets, zeroes their perturbation row and keeps their prior
+    from cellgym.predictors.state._transition import SetSampler
+
+    train = model.fit_data(data[sp_.train].copy())
+    train.pert = model.encode_perturbations(train.labels, check=False).numpy()
+    sampler = SetSampler(train, 8, 0, None, hide_rate=1.0)
+    seen: dict[str, torch.Tensor] = {}
+
+    class Capture(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def loss(self, sets):
+            seen.update(sets)
+            return type("Out", (), {"loss": self.w.sum()})()
+
+    groups = torch.arange(len(sampler.pert))
+    sampler.step(Capture(), {"group": groups}, torch.optim.SGD(Capture().parameters(), lr=0.1))
+    assert torch.equal(seen["hidden"], sampler.perturbed)
+    assert seen["pert"].abs().sum() == 0  # hidden perturbed sets and controls: no identity
+    assert seen["y"].shape[:2] == (len(groups), 8)
+    # the token reaches the prediction: an unseen target from the prior = the control token + the unknown vector
+    with torch.no_grad():
+        tok = model.module.pert_token(model.encode_perturbations(["g2"]))
+        ctrl = model.module.pert_token(torch.zeros(1, len(model.perturbations)))
+    assert torch.allclose(tok - ctrl, model.module.pert_unknown[None])
+
+
+def test_st_checkpoint_without_unknown_token_loads(tmp_path, fitted: StateTransition, data: ad.AnnData) -> None:
+    path = fitted.save(tmp_path / "st")
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    weights.pop("pert_unknown")  # a checkpoint from before the unknown-perturbation token
+    torch.save(weights, path / "weights.pt")
+    loaded = Predictor.load(path)
+    assert torch.equal(loaded.module.pert_unknown, torch.zeros_like(loaded.module.pert_unknown))
+    x = torch.from_numpy(data.X[:10])
+    pert, ctx = fitted.encode_perturbations(["g1"] * 10), torch.zeros(10, dtype=torch.long)
+    assert torch.equal(loaded.predict_batch(x, pert, ctx), fitted.predict_batch(x, pert, ctx))

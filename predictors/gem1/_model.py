@@ -337,7 +337,7 @@ class Gem1Base(Predictor):
         if not sources or not extras or len(self.perturbations) < 3:
             module.extra_alpha = torch.zeros(0, len(self.perturbations))
             return
-        from ..state._genes import embedding_table, resolve_sources  # the one resolver of embedding sources
+        from ..genes import embedding_table, resolve_sources
 
         names = list(self.perturbations) + extras
         table, present = embedding_table(resolve_sources(sources, data.x, self.genes, dim=self.config.get("embedding_dim", 32),

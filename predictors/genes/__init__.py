@@ -15,9 +15,11 @@ from ._graph import (
     read_edge_list,
     spectral_embeddings,
 )
+from ._sources import COEXPRESSION, embedding_table, resolve_sources
 from ._text import DEFAULT_TEXT_MODEL, SentenceEmbedder, TextEncoder, embed_descriptions, read_descriptions
 
 __all__ = [
+    "COEXPRESSION",
     "DEFAULT_TEXT_MODEL",
     "GeneEmbeddingError",
     "GeneEmbeddings",
@@ -26,11 +28,13 @@ __all__ = [
     "coexpression_embeddings",
     "coexpression_graph",
     "embed_descriptions",
+    "embedding_table",
     "graph_embeddings",
     "load_embeddings",
     "read_adjacency",
     "read_descriptions",
     "read_edge_list",
+    "resolve_sources",
     "save_embeddings",
     "spectral_embeddings",
 ]

@@ -40,9 +40,8 @@ from ..base import (
 )
 from ..base._data import _finite_check, check_genes, expression
 from ..base.errors import DataSpecError
-from ..genes import coexpression_graph
+from ..genes import coexpression_graph, embedding_table, resolve_sources
 from ..metrics import energy_distance_torch
-from ._genes import embedding_table, resolve_sources
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -27,8 +27,8 @@ from torch import nn
 from ..base import FitData, FitReport, LossOutput, Predictor, PredictorModule, train_module
 from ..base.errors import DataSpecError, UnknownPerturbationError
 from ..baselines._model import pseudobulk
+from ..genes import embedding_table, resolve_sources
 from ..metrics import energy_distance_torch
-from ._genes import embedding_table, resolve_sources
 from ._prior import fit_effect_prior
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Gene-embedding sources of the State models, resolved through :mod:`cellgym.predictors.genes`."""
+"""Gene-embedding sources named by a string, resolved into :class:`GeneEmbeddings` (State, GEM-1)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..genes import (
-    GeneEmbeddingError,
-    GeneEmbeddings,
-    coexpression_embeddings,
-    graph_embeddings,
-    load_embeddings,
-)
-from ..genes._graph import ADJ_SUFFIXES, EDGE_SUFFIXES
+from ._files import GeneEmbeddingError, GeneEmbeddings, load_embeddings
+from ._graph import ADJ_SUFFIXES, EDGE_SUFFIXES, coexpression_embeddings, graph_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -52,10 +52,13 @@ class EffectPrior:
 
 def fit_effect_prior(
     data: FitData, perturbations: list[str], n_contexts: int, split_label
-) -> tuple[EffectPrior, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[EffectPrior, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The prior of a training set, and the leave-group-out priors of its (context, label) groups.
 
-    Returns ``(prior, group_ctx (n,), group_labels (n,), group_prior (n, G))`` over perturbed groups.
+    Returns ``(prior, group_ctx (n,), group_labels (n,), group_prior (n, G), novel_prior (n, G) | None)`` over
+    perturbed groups; ``novel_prior`` is the prior each group would get were its context without perturbed
+    cells (``u`` times the other measured contexts' mean effect, plus the transfer term): what a held-out
+    context gets, for training on it; None with fewer than two measured contexts.
     """
     bulk = pseudobulk(data, n_contexts)
     g = data.x.shape[1]
@@ -69,10 +72,12 @@ def fit_effect_prior(
     own_mean = total / np.maximum(count, 1)[:, None]
     # a context without perturbed training cells gets u * the mean over the measured contexts' mean effects,
     # u = how far the other contexts' mean effect carries over to a context (leave-one-context-out least squares)
-    u = 1.0
+    u, rest_of = 1.0, None
     if measured_ctx.sum() >= 2:
         idx = np.flatnonzero(measured_ctx)
         rest = (own_mean[idx].sum(0)[None] - own_mean[idx]) / (len(idx) - 1)
+        rest_of = np.zeros((n_contexts, g))
+        rest_of[idx] = rest
         u = float(np.clip((rest * own_mean[idx]).sum() / max(float((rest * rest).sum()), 1e-12), 0.0, 1.0))
     mean_effect = np.where(measured_ctx[:, None], own_mean, u * own_mean[measured_ctx].mean(0) if measured_ctx.any() else pooled)
 
@@ -106,5 +111,7 @@ def fit_effect_prior(
         for s in split_label(str(bulk.labels[k])):
             if s in index:
                 multi[k, index[s]] = 1.0
-    group_prior = own + np.einsum("np,npg->ng", multi, prior.transfer[bulk.ctx].astype(np.float64))
-    return prior, bulk.ctx, bulk.labels, group_prior.astype(np.float32)
+    transfer = np.einsum("np,npg->ng", multi, prior.transfer[bulk.ctx].astype(np.float64))
+    group_prior = own + transfer
+    novel = None if rest_of is None else (u * rest_of[bulk.ctx] + transfer).astype(np.float32)
+    return prior, bulk.ctx, bulk.labels, group_prior.astype(np.float32), novel

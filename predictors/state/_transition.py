@@ -77,6 +77,13 @@ class StateTransitionModule(PredictorModule):
         self.pert_unknown = nn.Parameter(torch.zeros(d_model))
         nn.init.normal_(self.pert_unknown, std=0.02)  # as the batch token: apart from the control token from the start
         self.register_buffer("unknown_mask", torch.zeros(n_perturbations), persistent=False)
+        # "context without perturbed training cells" (a held-out cell line): its token, added to every cell of
+        # such a context's sets, is trained on sets shown with the prior they would get were their context
+        # held out (``novel_rate``); ``novel_context`` (C,) is 1 for the contexts that get it at prediction
+        self.ctx_novel = nn.Parameter(torch.zeros(d_model))  # drawn in fit when a context is novel (no RNG use here)
+        self.register_buffer("novel_context", torch.zeros(n_contexts))
+        # how much of the head's perturbation-specific correction a novel context keeps (the prior's w)
+        self.register_buffer("novel_keep", torch.tensor(1.0))
         # input space: the genes, or a frozen SE model's cell embeddings (n_embed wide) with a decoder to genes
         self.se = se
         if se is not None:
@@ -100,6 +107,10 @@ class StateTransitionModule(PredictorModule):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints from before the unknown-perturbation token: it starts at zero (the control token)
         state_dict.setdefault(prefix + "pert_unknown", torch.zeros_like(self.pert_unknown))
+        # ... and from before the novel-context token: no context is novel
+        state_dict.setdefault(prefix + "ctx_novel", torch.zeros_like(self.ctx_novel))
+        state_dict.setdefault(prefix + "novel_context", torch.zeros_like(self.novel_context))
+        state_dict.setdefault(prefix + "novel_keep", torch.ones_like(self.novel_keep))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pert_token(self, pert: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,19 +141,23 @@ class StateTransitionModule(PredictorModule):
 
     def forward(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
                 prior: torch.Tensor | None = None, z: torch.Tensor | None = None,
-                batch: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
+                batch: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
+                novel: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted perturbed sets (B, S, G) from control sets ``x`` (B, S, G); ``pad`` True = padding;
         ``prior`` (B, G) the effect prior of each set (None: 0); ``z`` (B, S, E) the cells' SE embeddings
         (input_space='embedding'; computed when None); ``batch`` (B, S) batch indices (batch token; None:
         unknown); ``hidden`` (B,) True = the perturbation's identity is hidden (the unknown-perturbation token
-        is added). See :meth:`forward_both`."""
-        return self.forward_both(x, pert, pad, prior, z, batch, hidden)[0]
+        is added); ``novel`` (B,) True = the set's context had no perturbed training cells (the novel-context
+        token is added). See :meth:`forward_both`."""
+        return self.forward_both(x, pert, pad, prior, z, batch, hidden, novel)[0]
 
     def cell_tokens(self, inputs: torch.Tensor, pert: torch.Tensor, batch: torch.Tensor | None,
-                    hidden: torch.Tensor | None = None) -> torch.Tensor:
+                    hidden: torch.Tensor | None = None, novel: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S, d_model): basal MLP of each cell + the set's perturbation token (+ each cell's batch token;
         ``batch`` (B, S) int64, None = unknown)."""
         h = self.basal(inputs) + self.pert_token(pert, hidden)[:, None, :]
+        if novel is not None:
+            h = h + novel[:, None, None].to(h.dtype) * self.ctx_novel
         if self.batch_token is not None:
             unknown = self.batch_token.num_embeddings - 1
             batch = torch.full(inputs.shape[:2], unknown, dtype=torch.long, device=inputs.device) if batch is None else batch
@@ -152,20 +167,21 @@ class StateTransitionModule(PredictorModule):
     def forward_both(self, x: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None = None,
                      prior: torch.Tensor | None = None, z: torch.Tensor | None = None,
                      batch: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     novel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(genes (B, S, G), embeddings (B, S, E) or None)``. Gene space: ``relu(x + prior + head(h))``.
         Embedding space: ``z' = z + head(h)`` and ``relu(x + prior + dec(z') - dec(z))`` (the decoded change)."""
         shift = 0.0 if prior is None else prior[:, None, :]
         if self.se is None:
-            h = self.encoder(self.cell_tokens(x, pert, batch, hidden), src_key_padding_mask=pad)
-            return torch.relu(x + shift + self.guard(self.head(h), x, pert, pad, batch)), None
+            h = self.encoder(self.cell_tokens(x, pert, batch, hidden, novel), src_key_padding_mask=pad)
+            corr = self.novel_shrink(self.guard(self.head(h), x, pert, pad, batch, novel), x, pert, pad, batch, novel)
+            return torch.relu(x + shift + corr), None
         z = self.embed(x) if z is None else z
-        h = self.encoder(self.cell_tokens(z, pert, batch, hidden), src_key_padding_mask=pad)
-        z_new = z + self.guard(self.head(h), z, pert, pad, batch)
+        h = self.encoder(self.cell_tokens(z, pert, batch, hidden, novel), src_key_padding_mask=pad)
+        z_new = z + self.guard(self.head(h), z, pert, pad, batch, novel)
         return torch.relu(x + shift + self.decoder(z_new) - self.decoder(z)), z_new
 
     def guard(self, corr: torch.Tensor, inputs: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None,
-              batch: torch.Tensor | None) -> torch.Tensor:
+              batch: torch.Tensor | None, novel: torch.Tensor | None = None) -> torch.Tensor:
         """The head's correction ``corr`` (B, S, D) of sets, with the extrapolated part of unseen embedded
         perturbations kept within what training saw.
 
@@ -183,7 +199,8 @@ class StateTransitionModule(PredictorModule):
         sub = pert[rows] * trusted  # unseen targets dropped; the unknown-perturbation token below
         pad_r = None if pad is None else pad[rows]
         unknown = torch.ones(sub.shape[0], dtype=torch.bool, device=sub.device)  # the prior-only token
-        base = self.head(self.encoder(self.cell_tokens(inputs[rows], sub, None if batch is None else batch[rows], unknown),
+        base = self.head(self.encoder(self.cell_tokens(inputs[rows], sub, None if batch is None else batch[rows], unknown,
+                                                       None if novel is None else novel[rows]),
                                       src_key_padding_mask=pad_r))
         a = torch.where(pert[rows] > 0, self.trust, torch.ones_like(self.trust)).min(1).values  # (R,)
         diff = corr[rows] - base
@@ -194,6 +211,26 @@ class StateTransitionModule(PredictorModule):
             a = a * (self.max_shift / norm).clamp(max=1.0)
         out = corr.clone()
         out[rows] = base + a[:, None, None] * diff
+        return out
+
+    def novel_shrink(self, corr: torch.Tensor, inputs: torch.Tensor, pert: torch.Tensor, pad: torch.Tensor | None,
+                     batch: torch.Tensor | None, novel: torch.Tensor | None) -> torch.Tensor:
+        """At prediction, the head's correction ``corr`` (B, S, D) of perturbed sets of a novel context (no perturbed
+        training cells) as ``base + novel_keep * (corr - base)``: ``base`` the correction with the perturbation's
+        identity hidden (the unknown-perturbation token: what the context's basal cells say about any
+        perturbation), ``novel_keep`` the prior's cross-context shrinkage w (how far a perturbation's own
+        deviation carries over between contexts). Training sets and other contexts are unchanged."""
+        if self.training or novel is None or float(self.novel_keep) >= 1:
+            return corr
+        rows = novel & (pert.sum(1) > 0)
+        if not bool(rows.any()):
+            return corr
+        hidden = torch.ones(int(rows.sum()), dtype=torch.bool, device=pert.device)
+        base = self.head(self.encoder(self.cell_tokens(inputs[rows], torch.zeros_like(pert[rows]),
+                                                       None if batch is None else batch[rows], hidden, novel[rows]),
+                                      src_key_padding_mask=None if pad is None else pad[rows]))
+        out = corr.clone()
+        out[rows] = base + self.novel_keep * (corr[rows] - base)
         return out
 
     def set_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -212,7 +249,7 @@ class StateTransitionModule(PredictorModule):
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Mean set loss of a batch of sets: ``x`` (B, S, G) controls, ``y`` (B, S, G) real, ``pert`` (B, P)."""
         pred, z_new = self.forward_both(batch["x"], batch["pert"], prior=batch.get("prior"), z=batch.get("z"),
-                                          batch=batch.get("batch"), hidden=batch.get("hidden"))
+                                          batch=batch.get("batch"), hidden=batch.get("hidden"), novel=batch.get("novel"))
         per_set = self.set_loss(pred, batch["y"])
         if z_new is not None:  # the paper's ST trains in SE space; the decoded genes are matched too
             per_set = per_set + self.set_loss(z_new, batch["zy"])
@@ -238,7 +275,7 @@ class StateTransitionModule(PredictorModule):
         ps[set_id] = pert
         cs = ctx.new_zeros(n_sets)
         cs[set_id] = ctx
-        return self.forward(xs, ps, pad, self.prior(ps, cs))[set_id, slot]
+        return self.forward(xs, ps, pad, self.prior(ps, cs), novel=self.novel_context[cs] > 0)[set_id, slot]
 
     set_size: torch.Tensor  # registered by the predictor as a buffer (0-d int64)
 
@@ -345,6 +382,19 @@ class StateTransition(Predictor):
         seen perturbations training sets; on the simulated test data it lowered unseen embedded
         perturbations' pearson_delta from 0.67 to 0.41 at 25 epochs).
 
+    novel_rate
+        When the training data hold a context with control cells only (a held-out cell line whose controls
+        are the input) and at least two contexts with perturbed cells: the fraction of training sets shown as
+        if their context were held out: with the prior such a context gets (``u`` times the other measured
+        contexts' mean effect, plus the transfer term; see ``_prior.py``) and a learned novel-context token
+        added to every cell; half of these perturbed sets also hide the perturbation's identity (the
+        unknown-perturbation token). At prediction, a context without perturbed training cells gets the
+        token, and the head's perturbation-specific part (its correction minus the one with the identity
+        hidden) is kept at the prior's cross-context shrinkage ``w`` (``novel_keep``; how far a
+        perturbation's own deviation carries over between contexts, 0.00-0.05 on the mcfaline23 lines): what
+        the head learned about each perturbation in other lines is shrunk as the prior's transfer term is.
+        0: no such sets (the head is trained on measured contexts only).
+
     Notes
     -----
     **Fallback for missing embeddings (explicit):** a *seen* perturbation whose target has no embedding
@@ -384,6 +434,7 @@ class StateTransition(Predictor):
         batch_unknown_rate: float = 0.2,
         extrapolation_guard: bool = True,
         hide_rate: float = 0.2,
+        novel_rate: float = 0.5,
     ) -> None:
         if loss not in LOSSES:
             raise DataSpecError(f"state.transition loss must be one of {list(LOSSES)}, got {loss!r}.")
@@ -406,7 +457,7 @@ class StateTransition(Predictor):
             unseen_fallback=unseen_fallback, input_space=input_space,
             embedding_model=None if embedding_model is None else str(embedding_model), embedding_epochs=int(embedding_epochs),
             batch_token=bool(batch_token), batch_unknown_rate=float(batch_unknown_rate),
-            extrapolation_guard=bool(extrapolation_guard), hide_rate=float(hide_rate),
+            extrapolation_guard=bool(extrapolation_guard), hide_rate=float(hide_rate), novel_rate=float(novel_rate),
         )
         #: batch labels of the batch token (``spec.batch_key``'s values at fit time)
         self.batches: list[str] = []
@@ -581,9 +632,9 @@ class StateTransition(Predictor):
         with torch.no_grad():
             self.module.pert_matrix.copy_(torch.from_numpy(table))
             self.module.learned_mask.copy_(torch.from_numpy(learned))
-        group_prior = None
+        group_prior = novel_prior = None
         if self.config["effect_prior"]:
-            prior, g_ctx, g_labels, g_prior = fit_effect_prior(data, self.perturbations, len(self.contexts),
+            prior, g_ctx, g_labels, g_prior, g_novel = fit_effect_prior(data, self.perturbations, len(self.contexts),
                                                                self.spec.split_label)
             with torch.no_grad():
                 self.module.mean_effect.copy_(torch.from_numpy(prior.mean_effect))
@@ -591,11 +642,23 @@ class StateTransition(Predictor):
             self.shrinkage = prior.shrinkage
             self.context_transfer = prior.context_transfer
             group_prior = {(int(c), str(lab)): row for c, lab, row in zip(g_ctx, g_labels, g_prior, strict=True)}
+            # contexts with control cells only (held-out cell lines): trained for on sets shown as held out
+            novel_ctx = np.bincount(g_ctx, minlength=len(self.contexts)) == 0
+            if g_novel is not None and novel_ctx.any() and self.config.get("novel_rate", 0.0) > 0:
+                novel_prior = {(int(c), str(lab)): row for c, lab, row in zip(g_ctx, g_labels, g_novel, strict=True)}
+                with torch.no_grad():
+                    nn.init.normal_(self.module.ctx_novel, std=0.02)  # as the batch token: apart from "not novel"
+                    self.module.novel_keep.fill_(float(prior.shrinkage))
+                    self.module.novel_context.copy_(torch.from_numpy(novel_ctx.astype(np.float32)))
+                log.info("state.transition: context(s) %s have no perturbed training cells; a fraction %.2f of the "
+                         "training sets are shown as from a held-out context", [self.contexts[i] for i in
+                         np.flatnonzero(novel_ctx)], self.config["novel_rate"])
             log.info("state.transition: effect prior with cross-context shrinkage w = %.3f, context transfer u = %.3f",
                      prior.shrinkage, prior.context_transfer)
         sampler = SetSampler(data, self.config["set_size"], seed, group_prior, z,
                              batch=getattr(self, "_fit_batch", None), unknown_rate=self.config["batch_unknown_rate"],
-                             hide_rate=self.config["hide_rate"] if group_prior is not None and self.from_prior else 0.0)
+                             hide_rate=self.config["hide_rate"] if group_prior is not None and self.from_prior else 0.0,
+                             novel_prior=novel_prior, novel_rate=self.config.get("novel_rate", 0.0))
         n_sets = sampler.slots.shape[0]
         epochs = epochs or self.config["epochs"] or int(np.clip(round(4_000 / n_sets), 20, 200))
         self.module.to(device)
@@ -636,7 +699,7 @@ class StateTransition(Predictor):
         b, n, g = cells.shape
         ctx = torch.zeros(b, dtype=torch.long, device=cells.device) if ctx is None else ctx
         if n <= self.config["set_size"]:
-            return self.module(cells, pert, prior=self.module.prior(pert, ctx))
+            return self.module(cells, pert, prior=self.module.prior(pert, ctx), novel=self.module.novel_context[ctx] > 0)
         # never merge two populations: each is a run of its own (set_layout splits runs by perturbation/context)
         flat = self.module.predict_batch(cells.reshape(b * n, g), pert.repeat_interleave(n, 0),
                                          ctx.repeat_interleave(n), run=torch.arange(b, device=cells.device).repeat_interleave(n))
@@ -674,7 +737,8 @@ class SetSampler:
 
     def __init__(self, data: FitData, set_size: int, seed: int | None,
                  group_prior: dict[tuple[int, str], np.ndarray] | None = None, z: torch.Tensor | None = None,
-                 batch: np.ndarray | None = None, unknown_rate: float = 0.2, hide_rate: float = 0.0) -> None:
+                 batch: np.ndarray | None = None, unknown_rate: float = 0.2, hide_rate: float = 0.0,
+                 novel_prior: dict[tuple[int, str], np.ndarray] | None = None, novel_rate: float = 0.0) -> None:
         labels = np.asarray(data.labels, dtype=str)
         ctx = data.ctx.astype(np.int64)
         cell_batch = np.zeros(len(labels), np.int64) if batch is None else batch.astype(np.int64)
@@ -701,6 +765,11 @@ class SetSampler:
             zero = np.zeros(data.x.shape[1], np.float32)
             self.prior = torch.from_numpy(np.stack([group_prior.get((int(c), str(lab)), zero)
                                                     for c, lab in zip(ctx[first], labels[first], strict=True)]))
+        self.novel_prior = None
+        self.novel_rate = novel_rate
+        if novel_prior is not None and self.prior is not None:  # the prior were the group's context held out
+            self.novel_prior = torch.from_numpy(np.stack([novel_prior.get((int(c), str(lab)), zero)
+                                                          for c, lab in zip(ctx[first], labels[first], strict=True)]))
         g_unit = unit[first]
         ctrl_group = {int(u): i for i, (u, is_c) in enumerate(zip(g_unit, data.is_control[first], strict=True)) if is_c}
         missing = sorted({int(u) for u in g_unit} - set(ctrl_group))
@@ -731,10 +800,18 @@ class SetSampler:
         }
         if self.prior is not None:
             sets["prior"] = self.prior[groups].to(device)
+        if self.novel_prior is not None and self.novel_rate > 0:  # sets shown as from a held-out context
+            novel = torch.rand(groups.shape, generator=self.generator) < self.novel_rate
+            sets["prior"] = torch.where(novel[:, None], self.novel_prior[groups], self.prior[groups]).to(device)
+            sets["novel"] = novel.to(device)
+            # half of them without their perturbation's identity: trains the base of novel_shrink
+            hide = novel & self.perturbed[groups] & (torch.rand(groups.shape, generator=self.generator) < 0.5)
+            sets["pert"] = sets["pert"].masked_fill(hide[:, None].to(device), 0.0)
+            sets["hidden"] = hide.to(device)
         if self.hide_rate > 0:  # perturbed sets without their identity: teaches the unknown-perturbation token
             hide = (torch.rand(groups.shape, generator=self.generator) < self.hide_rate) & self.perturbed[groups]
             sets["pert"] = sets["pert"].masked_fill(hide[:, None].to(device), 0.0)
-            sets["hidden"] = hide.to(device)
+            sets["hidden"] = hide.to(device) | sets["hidden"] if "hidden" in sets else hide.to(device)
         if self.batch is not None:
             b = self.batch[groups]
             hide = torch.rand(b.shape, generator=self.generator) < self.unknown_rate

@@ -153,6 +153,32 @@ def test_st_learns_and_beats_mean_on_held_out_contexts(data: ad.AnnData) -> None
     assert m.loc["state.transition", "energy_distance"] < m.loc["baseline.mean", "energy_distance"]
 
 
+def test_st_trains_for_a_held_out_context_and_keeps_w_of_the_perturbation_specific_part() -> None:
+    data = simulate(n=30, contexts=("c1", "c2", "c3"))
+    train = data[(data.obs["cell_type"] != "c2") | (data.obs["perturbation"] == "control")].copy()
+    model = StateTransition(**FAST)
+    model.fit(train, SPEC, epochs=2, seed=0)
+    m = model.module
+    assert m.novel_context.tolist() == [float(c == "c2") for c in model.contexts]  # controls only: novel
+    assert float(m.novel_keep) == pytest.approx(model.shrinkage)
+    for other, kwargs in ((data, {}), (train, {"novel_rate": 0.0})):  # every context measured / switched off
+        off = StateTransition(**FAST, **kwargs)
+        off.fit(other, SPEC, epochs=1, seed=0)
+        assert float(off.module.novel_context.sum()) == 0
+    # novel_keep = 0: in the novel context every perturbation gets the same correction (its identity hidden)
+    ctrl = torch.from_numpy(np.asarray(train[(train.obs["cell_type"] == "c2")].X[:16]))
+    pert = model.encode_perturbations(["g1", "g16"])
+    ctx = torch.full((2,), model.contexts.index("c2"))
+    m.novel_keep.fill_(0.0)
+    m.eval()
+    with torch.no_grad():
+        corr = [m.novel_shrink(torch.randn(1, 16, ctrl.shape[1]), ctrl[None], pert[i:i + 1], None, None,
+                               torch.ones(1, dtype=torch.bool)) for i in range(2)]
+        kept = m.novel_shrink(corr[0] * 0 + 1.0, ctrl[None], pert[:1], None, None, torch.zeros(1, dtype=torch.bool))
+    assert torch.allclose(corr[0], corr[1]) and torch.equal(kept, torch.ones_like(kept))  # other contexts untouched
+    assert model.predict_sets(ctrl.expand(2, -1, -1).contiguous(), pert, ctx).shape == (2, 16, ctrl.shape[1])
+
+
 def test_st_predicts_unseen_perturbations_from_coexpression_and_pt_embeddings(tmp_path, data: ad.AnnData) -> None:
     held = ["g2", "g10", "g17"]
     sp_ = split(data, SPEC, "perturbations", holdout=held)
@@ -314,7 +340,7 @@ def test_effect_prior_shrinks_cross_context_transfer_by_what_transfers() -> None
     assert np.allclose(prior.mean_effect[3], shared[:3].mean(0) + same[0].mean(0), atol=0.05)  # held-out context: pooled mean effect
     assert np.allclose(prior.transfer[3], dev, atol=0.1)  # ... plus the perturbation's own deviation
     indep = rng.normal(0, 1, (3, 6, 20))  # effects unrelated between contexts: nothing should transfer
-    prior2, g_ctx, g_lab, g_prior = fit_effect_prior(_screen(indep, shared), perts, 3, lambda s: s.split("+"))
+    prior2, g_ctx, g_lab, g_prior, _ = fit_effect_prior(_screen(indep, shared), perts, 3, lambda s: s.split("+"))
     assert prior2.shrinkage < 0.25
     # mean effects unrelated between contexts: a context without perturbed cells gets a shrunk pooled mean effect
     own = rng.normal(0, 1, (3, 20))
@@ -322,6 +348,12 @@ def test_effect_prior_shrinks_cross_context_transfer_by_what_transfers() -> None
     assert prior3.context_transfer < 0.3
     pooled = prior3.mean_effect[:3].mean(0)
     assert np.allclose(prior3.mean_effect[3], prior3.context_transfer * pooled, atol=1e-5)
+    # the prior a group would get were its context held out: u x the other contexts' mean effect + its transfer
+    prior4, g_ctx4, g_lab4, _, novel = fit_effect_prior(_screen(same * 0.1, own), perts, 3, lambda s: s.split("+"))
+    k4 = int(np.flatnonzero((g_ctx4 == 1) & (g_lab4 == "p2"))[0])
+    rest = prior4.mean_effect[[0, 2]].mean(0)
+    assert np.allclose(novel[k4], prior4.context_transfer * rest + prior4.transfer[1, 2], atol=1e-5)
+    assert fit_effect_prior(_screen(same[:1], shared[:1]), perts, 1, lambda s: s.split("+"))[4] is None  # one context
     # a training group's prior leaves the group out of its context's mean effect
     k = int(np.flatnonzero((g_ctx == 0) & (g_lab == "p0"))[0])
     others = shared[0] + indep[0, 1:].mean(0)

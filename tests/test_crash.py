@@ -56,15 +56,22 @@ def _run(argv: list[str]) -> str:
 
 
 def test_train_killed_three_times_resumes_to_completion(tmp_path: Path) -> None:
-    n = 4096
+    n = 8192
     run = tmp_path / "ppo" / f"{TASK}_1"
     first = ["train", "--env", TASK, "--algo", "ppo", "-n", str(n), "-f", str(tmp_path), "--save-freq", "256",
              "--eval-freq", "0", "--no-progress", "--hyperparams", "n_steps:32", "n_epochs:2"]
     resume = ["train", "-i", str(run), "-n", str(n), "--no-progress"]
+
+    def saved_step() -> int:
+        return max((int(p.name.split("_")[1]) for p in run.glob("checkpoints/step_*") if p.name.split("_")[1].isdigit()),
+                   default=0)
+
+    # kill points tied to training progress, not to wall time (an idle machine trains this run in seconds):
+    # after a checkpoint at or past each drawn step (none before the first: there would be nothing to resume)
+    targets = sorted(RNG.randrange(256, n // 2, 256) for _ in range(3))
     kills = 0
-    for k in range(3):
-        # kill only after the run's first checkpoint exists (before it there is nothing to resume from)
-        killed = _kill_when(first if k == 0 else resume, lambda: any(run.glob("checkpoints/step_*")), (0.0, 2.0))
+    for k, target in enumerate(targets):
+        killed = _kill_when(first if k == 0 else resume, lambda t=target: saved_step() >= t, (0.0, 0.3))
         kills += killed
         if not killed:
             break

@@ -252,8 +252,8 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, Checkpoint, dict[str
         raise CellgymError(f"train -i: {ckpt.path / 'config.yaml'} does not record num_timesteps; it is not a "
                            "checkpoint of cellgym train. Pass another checkpoint of the run.")
     total = args.n_timesteps or config["n_timesteps"]
-    if total <= ckpt.step:
-        raise CellgymError(f"train -i: {ckpt.path} is already at step {ckpt.step:,} >= {total:,}; pass a larger -n "
+    if total < ckpt.step:
+        raise CellgymError(f"train -i: {ckpt.path} is already at step {ckpt.step:,} > {total:,}; pass a larger -n "
                            "(the total number of steps of the run).")
     save_freq = config.get("save_freq") if args.save_freq is None else args.save_freq
     return run_dir, ckpt, {**config, "n_timesteps": total, "save_freq": save_freq}
@@ -267,6 +267,10 @@ def run(args: argparse.Namespace) -> int:
         return optimize(_resolve(args), args)
     if args.trained_agent:
         run_dir, resume, config = _resume_target(args)
+        if resume.step >= config["n_timesteps"]:  # e.g. killed after its last save: resuming it is a no-op
+            print(f"{run_dir} is already trained to {resume.step:,} steps ({resume.path}); nothing to continue. "
+                  f"Pass a larger -n to train further; evaluate it with cellgym enjoy.")
+            return 0
         pointer = run_dir / TB_POINTER
         tb_dir = Path(pointer.read_text().strip()) if pointer.is_file() else run_dir
     else:

@@ -92,6 +92,19 @@ def test_resume_from_checkpoint(trained: Path, tmp_path: Path) -> None:
     assert yaml.safe_load((run / "model" / "config.yaml").read_text())["num_timesteps"] == 2560
 
 
+def test_resuming_a_finished_run_changes_nothing(trained: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # e.g. a run killed after its final save: `-i RUN` with its own -n is a no-op, not an error
+    run = tmp_path / "ppo" / f"{TASK}_1"
+    shutil.copytree(trained, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", "-i", str(run), "--no-progress"]) == 0
+    assert "nothing to continue" in capsys.readouterr().out
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert main(["train", "-i", str(run), "-n", "512", "--no-progress"]) == 2  # fewer steps than it has
+    assert "pass a larger -n" in capsys.readouterr().err
+
+
 def test_enjoy_prints_perturbations_and_truth(trained: Path, capsys: pytest.CaptureFixture[str],
                                               tmp_path: Path) -> None:
     folder = str(trained.parents[1])

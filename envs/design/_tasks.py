@@ -17,24 +17,6 @@ if TYPE_CHECKING:
     import gymnasium as gym
     from anndata import AnnData
 
-__all__ = [
-    "DESIGN_TASKS",
-    "DesignProblem",
-    "design_env",
-    "design_problem",
-    "make_design_env",
-    "make_design_vector_env",
-    "make_norman_env",
-    "make_norman_vector_env",
-    "make_papalexi_env",
-    "make_papalexi_vector_env",
-    "make_sergio_env",
-    "make_sergio_vector_env",
-    "norman_problems",
-    "papalexi_problems",
-    "problems_for",
-    "sergio_problems",
-]
 
 DEFAULT_PREDICTOR = "baseline.additive"
 

@@ -1,7 +1,7 @@
 """GEM-1 on held-out perturbations of the shared real files: one fit, every inference variant, next to the baselines.
 
 Fits each GEM-1 training configuration once per split and scores its ``predict_batch`` variants
-(``combination`` "sum" / "latent", ``unseen_effect`` "mean_of_seen" / "latent" / "generic") with
+(``combination`` "sum" / "latent", ``unseen_effect`` "measured" / "mean_of_seen" / "latent" / "generic") with
 :func:`cellgym.predictors.evaluation.evaluate` (the variants are inference-time switches of the same
 fitted module), next to the baselines fitted on the same split. Prints pearson_delta, mse_delta and the
 energy distance of each. Figures only; it never passes or fails.
@@ -72,7 +72,7 @@ def main() -> None:
     fit_s = time.perf_counter() - t0
     variants = {}
     for comb in ("sum", "latent"):
-        for eff in ("mean_of_seen", "latent", "generic"):
+        for eff in ("measured", "mean_of_seen", "latent", "generic"):
             if not extra and eff != "mean_of_seen":
                 continue
             v = copy.deepcopy(model)

@@ -111,7 +111,9 @@ class Gem1Module(PredictorModule):
         predicted changes of that cell; ``"latent"`` gives ``u`` its own perturbation latent, the prior
         of the fractional multi-hot ``alpha_u`` (the prior is linear in it: the ``alpha``-weighted mean
         of the seen singles' latents); ``"generic"`` uses the learned "unseen" feature of the prior
-        (GEM-1's generic effect, trained by ``unseen_rate``).
+        (GEM-1's generic effect, trained by ``unseen_rate``); ``"measured"``: the unmapped ones add the
+        ``measured_effect`` buffer of the cell's context (the equal-weight mean of the seen singles'
+        measured changes, filled by the predictor), the mapped ones as ``"mean_of_seen"``.
     combination
         How :meth:`predict_batch` predicts several singles at once (``A+B``): ``"sum"`` (default) adds
         the predicted changes of each single decoded alone (additive composition, as
@@ -119,6 +121,8 @@ class Gem1Module(PredictorModule):
         multi-hot (GEM-1's own composition: the perturbation latents add, the decoder is nonlinear).
     n_mapped
         Rows of the ``extra_alpha`` buffer (unseen singles mapped from gene embeddings).
+    n_contexts
+        Rows of the ``measured_effect`` buffer (C, G); 0: no such buffer (checkpoints from before it).
     delta_weight
         Weight of a matched-pair term (a cellgym addition, not in the GEM-1 preprint), used when the batch
         holds ``x_match``: each training cell's matched control plus the predicted change (:meth:`change`
@@ -147,10 +151,11 @@ class Gem1Module(PredictorModule):
         classifier_weight: float = 1.0,
         unseen_rate: float = 0.1,
         prior_decode_rate: float = 0.5,
-        unseen_effect: Literal["mean_of_seen", "latent", "generic"] = "mean_of_seen",
+        unseen_effect: Literal["mean_of_seen", "measured", "latent", "generic"] = "mean_of_seen",
         combination: Literal["sum", "latent"] = "sum",
         n_mapped: int = 0,
         delta_weight: float = 0.0,
+        n_contexts: int = 0,
     ) -> None:
         super().__init__()
         self.delta_weight = delta_weight
@@ -179,6 +184,11 @@ class Gem1Module(PredictorModule):
         # weights over the P seen singles of each unseen single mapped from its gene embedding (rows sum to 1)
         # (saved in the predictor's config.yaml, not weights.pt: checkpoints from before issue 14 still load)
         self.register_buffer("extra_alpha", torch.zeros(n_mapped, n_perturbations), persistent=False)
+        # per context, the equal-weight mean of the seen singles' measured changes (unseen_effect="measured")
+        if n_contexts > 0:
+            self.register_buffer("measured_effect", torch.zeros(n_contexts, n_genes))
+        else:
+            self.measured_effect = None
 
     # --------------------------------------------------------------------------------------- inference
     def posterior(self, x: torch.Tensor) -> list[Normal]:
@@ -377,17 +387,28 @@ class Gem1Module(PredictorModule):
         control row (no single) is returned unchanged.
         """
         q = self.posterior(x)
-        return (x + self.change(q[0].mean, q[1].mean, pert)).clamp_min(0.0)
+        return (x + self.change(q[0].mean, q[1].mean, pert, ctx)).clamp_min(0.0)
 
-    def change(self, tech: torch.Tensor, bio: torch.Tensor, pert: torch.Tensor) -> torch.Tensor:
+    def change(self, tech: torch.Tensor, bio: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """(B, G) predicted log1p change ``f(z_pert) - f(z_control)`` of cells with latents ``tech``, ``bio``
         under perturbation rows ``pert`` (any width :meth:`split_pert` accepts); 0 for control rows.
 
-        Combinations follow ``combination``, unseen singles ``unseen_effect`` (class docstring).
+        Combinations follow ``combination``, unseen singles ``unseen_effect`` (class docstring); ``ctx``
+        (B,) picks the row of ``measured_effect`` (None: context 0).
         """
         known, n_unseen, weights = self.split_pert(pert)
         p = self.n_perturbations
         effect = self.unseen_effect
+        measured = None
+        if effect == "measured":
+            if self.measured_effect is None:
+                raise ValueError("unseen_effect='measured' needs the measured_effect buffer (n_contexts > 0).")
+            count = pert[:, p] if pert.shape[1] > p else pert.new_zeros(pert.shape[0])
+            rows_ctx = torch.zeros(pert.shape[0], dtype=torch.long, device=pert.device) if ctx is None else ctx
+            measured = count[:, None] * self.measured_effect[rows_ctx]  # unmapped unseen singles
+            weights = weights - count[:, None] / max(p, 1)  # the mapped ones: their ridge weights
+            n_unseen = n_unseen - count
+            effect = "mean_of_seen"
         # components: (row, prior features) pairs whose predicted changes add up to each row's change
         if effect == "generic":
             full = torch.cat([known, n_unseen[:, None]], 1)
@@ -415,7 +436,7 @@ class Gem1Module(PredictorModule):
             r = torch.nonzero(n_unseen > 0).squeeze(1)
             if r.numel():
                 delta = delta.index_add(0, r, self.weighted_seen_change(tech[r], bio[r], f_ref[r], weights[r]))
-        return delta
+        return delta if measured is None else delta + measured
 
     def weighted_seen_change(self, tech: torch.Tensor, bio: torch.Tensor, f_ref: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(B, G) ``sum_s weights[b, s] * (f(z_s) - f(z_ref))`` over the P seen singles, per cell.

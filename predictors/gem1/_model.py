@@ -337,33 +337,15 @@ class Gem1Base(Predictor):
 
     @torch.no_grad()
     def _fill_measured_effect(self, data: FitData) -> None:
-        """``module.measured_effect`` (C, G): per context, the equal-weight mean over the singles measured
-        alone there of (their mean log1p expression - the context's control mean), as ``baseline.mean``
-        averages its training labels; a context without controls or singles gets the mean over the others'
-        (context, single) changes."""
-        labels = np.asarray(data.labels, dtype=str)
-        single = np.array([len(self.spec.split_label(lab)) == 1 for lab in labels]) & ~data.is_control
-        key = np.char.add(np.char.add(data.ctx.astype(str), "|"), labels)
-        groups, inverse = np.unique(key, return_inverse=True)
-        sums = np.zeros((len(groups), data.x.shape[1]))
-        np.add.at(sums, inverse, data.x)  # (groups, G); few groups, one pass over the cells
-        means = sums / np.bincount(inverse, minlength=len(groups))[:, None]
-        g_ctx = np.zeros(len(groups), np.int64)
-        g_ctx[inverse] = data.ctx
-        g_ctrl, g_single = np.zeros(len(groups), bool), np.zeros(len(groups), bool)
-        g_ctrl[inverse], g_single[inverse] = data.is_control, single
-        n_ctx, g = len(self.contexts), data.x.shape[1]
-        has_ctrl = np.zeros(n_ctx, bool)
-        control = np.zeros((n_ctx, g))
-        has_ctrl[g_ctx[g_ctrl]] = True
-        control[g_ctx[g_ctrl]] = means[g_ctrl]
-        use = g_single & has_ctrl[g_ctx]
-        deltas = means[use] - control[g_ctx[use]]
-        pooled = deltas.mean(0) if len(deltas) else np.zeros(g)
-        out = np.tile(pooled, (n_ctx, 1))
-        for c in np.unique(g_ctx[use]):
-            out[c] = deltas[g_ctx[use] == c].mean(0)
-        self.module.measured_effect.copy_(torch.from_numpy(out.astype(np.float32)))
+        """``module.measured_effect`` (C, G): per context, what ``baseline.mean`` adds there, restricted to the
+        single perturbations (the equal-weight mean of their pseudobulk minus the context's control mean); a
+        context without measured singles gets the mean over all contexts' singles."""
+        from ..baselines._model import Pseudobulk, pseudobulk
+
+        bulk = pseudobulk(data, len(self.contexts))
+        single = np.array([len(self.spec.split_label(lab)) == 1 for lab in bulk.labels], dtype=bool)
+        singles = Pseudobulk(bulk.control, bulk.ctx[single], bulk.labels[single], bulk.delta[single])
+        self.module.measured_effect.copy_(torch.from_numpy(singles.mean_effect(len(self.contexts)).astype(np.float32)))
 
     @torch.no_grad()
     def _map_unseen(self, data: FitData) -> None:

@@ -424,6 +424,19 @@ def test_unseen_single_without_embedding_gets_the_measured_mean_change(data: ad.
         # a seen single still gets the model's own predicted change, not the measured mean
         seen = model.predict_batch(torch.from_numpy(ctrl), model.encode_perturbations(["A"]).expand(len(ctrl), -1), ctx).numpy()
         assert np.abs(seen - np.clip(ctrl + expected, 0, None)).max() > 1e-3
+    # a checkpoint of the previous version (no measured_effect, unseen_effect="mean_of_seen") still loads
+    import yaml
+
+    folder = tmp_path / "m"
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    del cfg["extra"]["from_measured"]
+    cfg["config"]["unseen_effect"] = "mean_of_seen"
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    del weights["measured_effect"]
+    torch.save(weights, folder / "weights.pt")
+    old = Predictor.load(folder)
+    assert old.module.measured_effect is None and old.config["unseen_effect"] == "mean_of_seen" and old.from_measured == []
 
 
 def test_unseen_weak_singles_at_least_the_mean_baseline_with_gem1_nb() -> None:

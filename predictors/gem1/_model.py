@@ -237,6 +237,9 @@ class Gem1Base(Predictor):
         self._mapped_alpha: list[list[float]] = []  # their weights, as loaded from a checkpoint
         self.mapping_report: dict[str, Any] = {}
         self.from_measured: list[str] = []  # unseen singles given the seen singles' measured mean change (fit)
+        self.own_target: list[str] = []  # unseen singles whose target gene gets the knockouts' own-target change
+        self.unseen_columns: list[str] = []  # unseen singles with their own column in encode_perturbations (fit)
+        self._columns: dict[str, Any] = {}  # those columns' buffers, as loaded from a checkpoint
         self._measured_buffer = True  # False for checkpoints saved before unseen_effect="measured" existed
 
     @property
@@ -261,6 +264,7 @@ class Gem1Base(Predictor):
         validate(adata, spec, require_counts=self.needs_counts)
         self.vocab = MetadataVocab.fit(adata.obs, self.groups, spec)
         self.mapped, self._mapped_alpha, self.from_measured, self._measured_buffer = [], [], [], True
+        self.own_target, self.unseen_columns, self._columns = [], [], {}
         return super().fit(adata, spec, epochs=epochs, batch_size=batch_size, device=device, seed=seed, logger=logger)
 
     def fit_data(self, adata: AnnData) -> Gem1FitData:
@@ -289,12 +293,16 @@ class Gem1Base(Predictor):
             prior_decode_rate=c["prior_decode_rate"],
             unseen_effect=c.get("unseen_effect", "generic"),
             combination=c.get("combination", "latent"),
-            n_mapped=len(self.mapped),
+            n_mapped=len(self.unseen_columns),
             delta_weight=c.get("delta_weight", 0.0),
             n_contexts=len(self.contexts) if self._measured_buffer else 0,
         )
-        if self.mapped:  # a loaded model's mapping (see _load_extra_state)
-            self.module.extra_alpha = torch.tensor(self._mapped_alpha, dtype=torch.float32).reshape(len(self.mapped), n_pert)
+        if self.unseen_columns:  # a loaded model's columns (see _load_extra_state)
+            n, m = len(self.unseen_columns), self.module
+            m.extra_alpha = torch.tensor(self._mapped_alpha, dtype=torch.float32).reshape(n, n_pert)
+            m.extra_measured = torch.tensor(self._columns.get("measured") or [0.0] * n, dtype=torch.float32)
+            m.extra_target = torch.tensor(self._columns.get("target") or [-1] * n, dtype=torch.long)
+            m.target_effect = torch.tensor(float(self._columns.get("target_effect", 0.0)))
 
     def _target(self, data: FitData) -> np.ndarray:
         if self.likelihood == "gaussian":
@@ -333,6 +341,7 @@ class Gem1Base(Predictor):
                               patience=self.config.get("patience", 20))
         self._fill_measured_effect(data)
         self._map_unseen(data)
+        self._assign_columns()
         return report
 
     @torch.no_grad()
@@ -345,7 +354,15 @@ class Gem1Base(Predictor):
         bulk = pseudobulk(data, len(self.contexts))
         single = np.array([len(self.spec.split_label(lab)) == 1 for lab in bulk.labels], dtype=bool)
         singles = Pseudobulk(bulk.control, bulk.ctx[single], bulk.labels[single], bulk.delta[single])
-        self.module.measured_effect.copy_(torch.from_numpy(singles.mean_effect(len(self.contexts)).astype(np.float32)))
+        mean = singles.mean_effect(len(self.contexts))
+        self.module.measured_effect.copy_(torch.from_numpy(mean.astype(np.float32)))
+        # a knockout's own target: its change there beyond the mean change, averaged over the seen singles whose
+        # target (the single's name) is a measured gene (Papalexi: -1.13 log1p over 8 such knockouts, seed 0)
+        index = {g: j for j, g in enumerate(self.genes)}
+        rows = [(r, index[lab]) for r, lab in enumerate(singles.labels) if lab in index]
+        own = [singles.delta[r, j] - mean[singles.ctx[r], j] for r, j in rows]
+        self.module.target_effect = torch.tensor(float(np.mean(own)) if own else 0.0)
+        self._n_own_targets = len(own)
 
     @torch.no_grad()
     def _map_unseen(self, data: FitData) -> None:
@@ -363,9 +380,8 @@ class Gem1Base(Predictor):
         extras = [e for e in self.config.get("extra_perturbations") or () if e not in set(self.perturbations)]
         sources = self.config.get("gene_embeddings") or []
         module: Gem1Module = self.module
+        self._mapped_alpha = []
         if not sources or not extras or len(self.perturbations) < 3:
-            module.extra_alpha = torch.zeros(0, len(self.perturbations))
-            self._log_from_measured(extras)
             return
         from ..genes import embedding_table, resolve_sources
 
@@ -383,20 +399,41 @@ class Gem1Base(Predictor):
         full = np.zeros((len(new), p), np.float32)
         full[:, seen] = alpha
         self.mapped = [extras[i] for i in new]
-        module.extra_alpha = torch.from_numpy(full)
+        self._mapped_alpha = full.tolist()
         self.mapping_report = {"lambda": lam, "loo_mse": loo, "seen_with_embedding": len(seen),
                                "unseen_mapped": self.mapped, "unseen_unmapped": [e for e in extras if e not in self.mapped]}
         log.info("%s: %d unseen single(s) mapped from gene embeddings (ridge lambda %s, chosen by leave-one-out over %d "
                  "seen singles); unmapped: %s", self.name, len(self.mapped), lam, len(seen),
                  self.mapping_report["unseen_unmapped"][:10])
-        self._log_from_measured(self.mapping_report["unseen_unmapped"])
 
-    def _log_from_measured(self, unmapped: list[str]) -> None:
-        """Record (:attr:`from_measured`) and log the unseen singles predicted from the measured mean change."""
-        self.from_measured = list(unmapped) if self.config.get("unseen_effect") == "measured" else []
+    def _assign_columns(self) -> None:
+        """The declared unseen singles' own columns (:attr:`unseen_columns`) and their module buffers.
+
+        ``unseen_effect="measured"``: every declared unseen single; the embedding-mapped ones keep their ridge
+        weights, the others are predicted from the measured mean change (:attr:`from_measured`); each one whose
+        target is a measured gene also gets ``target_effect`` there (:attr:`own_target`). Otherwise only the
+        mapped ones (the rest share the count column). Logged.
+        """
+        p = len(self.perturbations)
+        module: Gem1Module = self.module
+        extras = [e for e in self.config.get("extra_perturbations") or () if e not in set(self.perturbations)]
+        measured = self.config.get("unseen_effect") == "measured"
+        self.from_measured = [e for e in extras if e not in self.mapped] if measured else []
+        self.unseen_columns = list(self.mapped) + self.from_measured
+        index = {g: j for j, g in enumerate(self.genes)}
+        self.own_target = [e for e in self.unseen_columns if e in index] if measured else []
+        alpha = np.array(self._mapped_alpha + [[1.0 / max(p, 1)] * p] * len(self.from_measured), np.float32)
+        module.extra_alpha = torch.from_numpy(alpha.reshape(len(self.unseen_columns), p))
+        module.extra_measured = torch.tensor([0.0] * len(self.mapped) + [1.0] * len(self.from_measured))
+        module.extra_target = torch.tensor([index[e] if e in self.own_target else -1 for e in self.unseen_columns],
+                                           dtype=torch.long)
         if self.from_measured:
             log.info("%s: %d unseen single(s) without a gene embedding get the seen singles' measured mean change "
                      "(unseen_effect='measured'): %s", self.name, len(self.from_measured), self.from_measured[:10])
+        if self.own_target:
+            log.info("%s: %d unseen single(s) whose target is a measured gene get the knockouts' own-target change "
+                     "%.3f there (mean over %d seen singles): %s", self.name, len(self.own_target),
+                     float(module.target_effect), getattr(self, "_n_own_targets", 0), self.own_target[:10])
 
     # ------------------------------------------------------------------------------------------ features
     def _features(self, obs: pd.DataFrame, pert: torch.Tensor) -> dict[str, np.ndarray]:
@@ -408,7 +445,9 @@ class Gem1Base(Predictor):
         n = len(obs)
         n_p = len(self.perturbations)
         if pert.shape[1] > n_p + 1:  # mapped unseen singles: their alpha in the multi-hot; the others: the count
-            pert = torch.cat([pert[:, :n_p] + pert[:, n_p + 1 :] @ self.module.extra_alpha, pert[:, n_p : n_p + 1]], 1)
+            cols, flag = pert[:, n_p + 1 :], self.module.extra_measured
+            pert = torch.cat([pert[:, :n_p] + (cols * (1 - flag)) @ self.module.extra_alpha,
+                              pert[:, n_p : n_p + 1] + (cols @ flag)[:, None]], 1)
         p = pert.numpy().astype(np.float32)
         if p.shape[1] == len(self.perturbations):
             p = np.concatenate([p, np.zeros((n, 1), np.float32)], axis=1)
@@ -423,12 +462,13 @@ class Gem1Base(Predictor):
         }
 
     def encode_perturbations(self, labels: Sequence[str]) -> torch.Tensor:
-        """Multi-hot (B, P) over the known singles; with singles unseen in training, (B, P + 1 + len(mapped)).
+        """Multi-hot (B, P) over the known singles; with singles unseen in training, (B, P + 1 + len(unseen_columns)).
 
-        Column P counts each row's unseen singles without a gene-embedding mapping, the last
-        ``len(mapped)`` columns mark the mapped ones (only names declared in ``extra_perturbations``); the
-        model predicts them as ``unseen_effect`` says and warns once per call. Any other unknown name
-        raises :class:`UnknownPerturbationError`.
+        Column P counts each row's unseen singles without a column of their own, the last
+        ``len(unseen_columns)`` columns mark the others (only names declared in ``extra_perturbations``:
+        the gene-embedding-mapped ones, and with ``unseen_effect="measured"`` all of them); the model predicts
+        them as ``unseen_effect`` says and warns once per call. Any other unknown name raises
+        :class:`UnknownPerturbationError`.
         """
         known = set(self.perturbations)
         labels = [str(x) for x in labels]
@@ -443,14 +483,15 @@ class Gem1Base(Predictor):
             "training; they are predicted with "
             + ("the mean of the seen singles' predicted changes (predict_batch) or the learned generic effect "
                "(the AnnData tasks)." if self.config.get("unseen_effect") == "mean_of_seen" else
-               "the seen singles' measured mean change (predict_batch; gene-embedding-mapped ones: the mean of the "
-               "seen singles' predicted changes) or the learned generic effect (the AnnData tasks)."
+               "the seen singles' measured mean change plus, where the target is a measured gene, the knockouts' "
+               "own-target change there (predict_batch; gene-embedding-mapped ones: the mean of the seen singles' "
+               "predicted changes) or the learned generic effect (the AnnData tasks)."
                if self.config.get("unseen_effect") == "measured" else
                "the model's learned generic perturbation effect."),
             stacklevel=2,
         )
         unseen_set = set(unseen)
-        mapped = {u: i for i, u in enumerate(self.mapped)}
+        mapped = {u: i for i, u in enumerate(self.unseen_columns)}
         sep = self.spec.separator
         known_labels = [sep.join(s for s in self.spec.split_label(lab) if s not in unseen_set) or self.spec.control for lab in labels]
         uniq, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
@@ -776,9 +817,13 @@ class Gem1Base(Predictor):
 
     # ------------------------------------------------------------------------------------- persistence
     def _extra_state(self) -> dict[str, Any]:
-        alpha = self.module.extra_alpha.tolist() if self.module is not None else []
+        m = self.module
+        alpha = m.extra_alpha.tolist() if m is not None else []
+        columns = {"measured": m.extra_measured.tolist(), "target": m.extra_target.tolist(),
+                   "target_effect": float(m.target_effect)} if m is not None else {}
         return {"vocab": self.vocab.to_dict(), "mapped": list(self.mapped), "mapped_alpha": alpha,
-                "mapping_report": self.mapping_report, "from_measured": list(self.from_measured)}
+                "mapping_report": self.mapping_report, "from_measured": list(self.from_measured),
+                "own_target": list(self.own_target), "unseen_columns": list(self.unseen_columns), "columns": columns}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.vocab = MetadataVocab.from_dict(extra["vocab"])
@@ -790,6 +835,9 @@ class Gem1Base(Predictor):
         if not self._measured_buffer and self.config.get("unseen_effect") == "measured":
             self.config["unseen_effect"] = "mean_of_seen"  # what such a checkpoint predicted when it was saved
         self.from_measured = list(extra.get("from_measured") or [])
+        self.own_target = list(extra.get("own_target") or [])
+        self.unseen_columns = list(extra.get("unseen_columns") or self.mapped)  # before: the mapped ones only
+        self._columns = dict(extra.get("columns") or {})
 
 
 def matched_controls(data: Gem1FitData, seed: int | None) -> np.ndarray:

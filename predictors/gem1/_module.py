@@ -111,16 +111,19 @@ class Gem1Module(PredictorModule):
         predicted changes of that cell; ``"latent"`` gives ``u`` its own perturbation latent, the prior
         of the fractional multi-hot ``alpha_u`` (the prior is linear in it: the ``alpha``-weighted mean
         of the seen singles' latents); ``"generic"`` uses the learned "unseen" feature of the prior
-        (GEM-1's generic effect, trained by ``unseen_rate``); ``"measured"``: the unmapped ones add the
-        ``measured_effect`` buffer of the cell's context (the equal-weight mean of the seen singles'
-        measured changes, filled by the predictor), the mapped ones as ``"mean_of_seen"``.
+        (GEM-1's generic effect, trained by ``unseen_rate``); ``"measured"``: the unmapped ones (the count
+        column, and the columns with ``extra_measured`` 1) add the ``measured_effect`` row of the cell's
+        context (the equal-weight mean of the seen singles' measured changes, filled by the predictor), the
+        others as ``"mean_of_seen"``; a column with ``extra_target`` >= 0 also adds ``target_effect`` at that
+        gene (its target's own change).
     combination
         How :meth:`predict_batch` predicts several singles at once (``A+B``): ``"sum"`` (default) adds
         the predicted changes of each single decoded alone (additive composition, as
         ``baseline.additive`` composes measured singles); ``"latent"`` decodes the prior of the summed
         multi-hot (GEM-1's own composition: the perturbation latents add, the decoder is nonlinear).
     n_mapped
-        Rows of the ``extra_alpha`` buffer (unseen singles mapped from gene embeddings).
+        Unseen singles with their own column (rows of the ``extra_alpha``, ``extra_measured`` and
+        ``extra_target`` buffers; the predictor fills them).
     n_contexts
         Rows of the ``measured_effect`` buffer (C, G); 0: no such buffer (checkpoints from before it).
     delta_weight
@@ -184,6 +187,11 @@ class Gem1Module(PredictorModule):
         # weights over the P seen singles of each unseen single mapped from its gene embedding (rows sum to 1)
         # (saved in the predictor's config.yaml, not weights.pt: checkpoints from before issue 14 still load)
         self.register_buffer("extra_alpha", torch.zeros(n_mapped, n_perturbations), persistent=False)
+        # unseen_effect="measured": 1 for columns predicted from the measured mean; each column's target gene or -1;
+        # the change a knockout's own target shows beyond the mean change (also saved in config.yaml)
+        self.register_buffer("extra_measured", torch.zeros(n_mapped), persistent=False)
+        self.register_buffer("extra_target", torch.full((n_mapped,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("target_effect", torch.zeros(()), persistent=False)
         # per context, the equal-weight mean of the seen singles' measured changes (unseen_effect="measured")
         if n_contexts > 0:
             self.register_buffer("measured_effect", torch.zeros(n_contexts, n_genes))
@@ -404,10 +412,20 @@ class Gem1Module(PredictorModule):
             if self.measured_effect is None:
                 raise ValueError("unseen_effect='measured' needs the measured_effect buffer (n_contexts > 0).")
             count = pert[:, p] if pert.shape[1] > p else pert.new_zeros(pert.shape[0])
-            rows_ctx = torch.zeros(pert.shape[0], dtype=torch.long, device=pert.device) if ctx is None else ctx
-            measured = count[:, None] * self.measured_effect[rows_ctx]  # unmapped unseen singles
-            weights = weights - count[:, None] / max(p, 1)  # the mapped ones: their ridge weights
+            weights = weights - count[:, None] / max(p, 1)
             n_unseen = n_unseen - count
+            target = torch.zeros(pert.shape[0], self.n_genes, dtype=pert.dtype, device=pert.device)
+            if pert.shape[1] > p + 1:  # own columns: measured or mapped (ridge weights), and their targets
+                cols = pert[:, p + 1 :]
+                flag = cols * self.extra_measured
+                count = count + flag.sum(1)
+                weights = weights - flag @ self.extra_alpha
+                n_unseen = n_unseen - flag.sum(1)
+                has = torch.nonzero(self.extra_target >= 0).squeeze(1)
+                if has.numel():
+                    target = target.index_add(1, self.extra_target[has], cols[:, has] * self.target_effect)
+            rows_ctx = torch.zeros(pert.shape[0], dtype=torch.long, device=pert.device) if ctx is None else ctx
+            measured = count[:, None] * self.measured_effect[rows_ctx] + target
             effect = "mean_of_seen"
         # components: (row, prior features) pairs whose predicted changes add up to each row's change
         if effect == "generic":

@@ -126,18 +126,23 @@ class Gem1Base(Predictor):
         embedding (see ``gene_embeddings``) adds, to every cell of a context, the equal-weight mean of the
         seen singles' *measured* changes there (pseudobulk mean minus the context's control mean, computed
         at fit time: the random-effects prior mean of a knockout the model knows nothing about; listed in
-        :attr:`from_measured` and logged); mapped singles get ``"mean_of_seen"``'s ridge-weighted predicted
-        changes. ``"mean_of_seen"`` (``gem1.sc``'s default): the weighted mean of the seen singles'
-        *predicted* changes of that cell (equal weights, or ridge weights from its target gene's embedding);
-        ``"latent"``: its own perturbation latent, the same weighted mean of the seen singles' latents;
-        ``"generic"``: GEM-1's learned generic effect. Measured on Papalexi's held-out knockouts
-        (``benchmarks/gem1_decompose.py``, gem1.nb, 30 epochs, seeds 0 / 1; pearson_delta / energy
-        distance): ``"mean_of_seen"`` 0.089 / 0.382 and 0.323 / 0.543, ``"measured"`` 0.127 / 0.247 and
-        0.362 / 0.437 (= ``baseline.mean``). The predicted changes lose because the weak singles' ones are
-        noisy (r 0.5-0.7 with their measured changes) and vary from cell to cell, so the clamp at 0 of
-        ``predict_batch`` keeps their positive part on sparse genes. Applies to ``predict_batch``
-        (evaluation, environments); the AnnData tasks (``ref_predict_perturbation`` ...) decode counts and
-        use the latent form for mapped singles, the generic effect for the others.
+        :attr:`from_measured`); mapped singles get ``"mean_of_seen"``'s ridge-weighted predicted changes;
+        and every unseen single whose target (its name) is a measured gene also adds, at that gene, the seen
+        singles' mean change at their own target beyond the mean change (``module.target_effect``; listed
+        in :attr:`own_target`; the knockout lowers its own target, which the mean spreads over the other
+        targets). Both lists are logged and saved. ``"mean_of_seen"`` (``gem1.sc``'s default): the weighted
+        mean of the seen singles' *predicted* changes of that cell (equal weights, or ridge weights from its
+        target gene's embedding); ``"latent"``: its own perturbation latent, the same weighted mean of the
+        seen singles' latents; ``"generic"``: GEM-1's learned generic effect. Measured on Papalexi's
+        held-out knockouts (``benchmarks/gem1_decompose.py``, gem1.nb, 30 epochs, seeds 0 / 1):
+        ``"mean_of_seen"`` gives pearson_delta 0.089 and 0.323 where ``baseline.mean`` gives 0.127 and
+        0.362, because the weak singles' predicted changes are noisy (r 0.5-0.7 with their measured
+        changes) and vary from cell to cell, so the clamp at 0 of ``predict_batch`` keeps their positive
+        part on sparse genes; ``"measured"`` gives 0.145 and 0.402 (``cellgym evaluate``; energy distance
+        0.251 and 0.414 vs the mean's 0.247 and 0.437), 0.127 and 0.362 without the own-target change.
+        Applies to ``predict_batch`` (evaluation, environments); the AnnData tasks
+        (``ref_predict_perturbation`` ...) decode counts and use the latent form for mapped singles, the
+        generic effect for the others.
     combination
         ``"sum"`` (default, ``gem1.sc``: ``"latent"``): a combination's predicted change is the sum of its singles' predicted
         changes (additive composition); ``"latent"``: GEM-1's own, the decoded sum of the perturbation

@@ -409,9 +409,11 @@ class Gem1Module(PredictorModule):
         effect = self.unseen_effect
         measured = None
         if effect == "measured":
+            effect = "mean_of_seen"  # for the mapped columns; rows without unseen singles need nothing more
+        if self.unseen_effect == "measured" and pert.shape[1] > p:
             if self.measured_effect is None:
                 raise ValueError("unseen_effect='measured' needs the measured_effect buffer (n_contexts > 0).")
-            count = pert[:, p] if pert.shape[1] > p else pert.new_zeros(pert.shape[0])
+            count = pert[:, p]
             weights = weights - count[:, None] / max(p, 1)
             n_unseen = n_unseen - count
             target = torch.zeros(pert.shape[0], self.n_genes, dtype=pert.dtype, device=pert.device)
@@ -426,7 +428,6 @@ class Gem1Module(PredictorModule):
                     target = target.index_add(1, self.extra_target[has], cols[:, has] * self.target_effect)
             rows_ctx = torch.zeros(pert.shape[0], dtype=torch.long, device=pert.device) if ctx is None else ctx
             measured = count[:, None] * self.measured_effect[rows_ctx] + target
-            effect = "mean_of_seen"
         # components: (row, prior features) pairs whose predicted changes add up to each row's change
         if effect == "generic":
             full = torch.cat([known, n_unseen[:, None]], 1)

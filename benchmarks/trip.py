@@ -52,7 +52,12 @@ from cellgym.agents.celltrip._ppo import CELLTRIP_SIZE
 from cellgym.envs.trip import TripParallelEnv
 
 VIEWS = {"reference": {"view": "sampled", "view_size": 1000}, "sampled": {"view": "sampled", "view_size": 256},
-         "neighbours": {"view": "neighbours", "n_neighbours": 32, "n_random": 8}}
+         "neighbours": {"view": "neighbours", "n_neighbours": 32, "n_random": 8},
+         "neighbours-view-pairs": {"view": "neighbours", "n_neighbours": 32, "n_random": 8, "distance_pairs": "view"},
+         "neighbours-redrawn": {"view": "neighbours", "n_neighbours": 32, "n_random": 8, "resample_random": True},
+         "neighbours-16-random": {"view": "neighbours", "n_neighbours": 32, "n_random": 16}}
+"""Views of the benchmarks. ``neighbours`` is the world's default neighbour reward (the all-pairs estimate);
+``neighbours-view-pairs`` the mean over the view's own pairs (the reward before this estimate)."""
 SIZES = {"cellgym": {}, "celltrip": CELLTRIP_SIZE}
 
 
@@ -427,6 +432,43 @@ def knn_label_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float
     return float((labels[nn_idx] == labels[:, None]).mean())
 
 
+def reward_on_pairs(env: TripParallelEnv, pairs: str) -> TripParallelEnv:
+    """Diagnostic: the distance reward on other pairs than the observation's view (``env`` changed in place).
+
+    ``pairs="all"``: every pair of the episode's cells (modality distances cached per episode);
+    ``"neighbours"``: each cell's ``env.n_neighbours`` nearest cells in modality space plus ``env.n_random``
+    random other cells, drawn once per episode (what the neighbour view's reward uses), whatever the
+    observation's view. Used by ``integration`` to tell the observation's part from the reward's.
+    """
+    from cellgym.envs.trip._env import _distances, _pair_distances
+
+    cache: dict[str, object] = {}
+
+    def potential(x: torch.Tensor) -> torch.Tensor:
+        if cache.get("targets") is not env.targets:  # a new episode
+            cache["targets"] = env.targets
+            if pairs == "all":
+                cache["dist"] = [_distances(y, y) for _, _, y in env.targets]
+            else:
+                _, env._knn = env._neighbour_graph(env.cell_index, reorder=False)
+                view = env._neighbour_view()
+                cache["view"] = view
+                cache["dist"] = [_pair_distances(y, view) for _, _, y in env.targets]
+        if pairs == "all":
+            e = _distances(x, x)
+            return -sum((e - d).pow(2).sum(1) for d in cache["dist"]) / (len(x) - 1)
+        e = _pair_distances(x, cache["view"])
+        return -sum((e - d).pow(2).sum(1) for d in cache["dist"]) / cache["view"].shape[1]
+
+    env._distance_potential = potential
+    return env
+
+
+DIAGNOSTIC_VIEWS = {"neighbours+all-pairs-reward": ("neighbours", "all"),
+                    "sampled+neighbour-pairs-reward": ("sampled", "neighbours")}
+"""``integration`` views whose reward pairs differ from the observation's view: (observation, reward pairs)."""
+
+
 def integration(steps: int, seed: int = 0, views: tuple[str, ...] = ("sampled",), n_cells: int = 300
                 ) -> dict[str, float]:
     """kNN label agreement of cell types in the space before and after simulating the trained policy.
@@ -437,8 +479,11 @@ def integration(steps: int, seed: int = 0, views: tuple[str, ...] = ("sampled",)
 
     results: dict[str, float] = {}
     for view in views:
+        obs_view, pairs = DIAGNOSTIC_VIEWS.get(view, (view, None))
         env = make("CellEnv-Trip-Integration-v0", n_cells=n_cells, seed=seed, episode_length=(50, 100),
-                   max_cells=min(256, n_cells), **VIEWS[view])
+                   max_cells=min(256, n_cells), **VIEWS[obs_view])
+        if pairs is not None:
+            reward_on_pairs(env, pairs)
         labels = env.labels
         if not results:
             results = {f"modality {m.name} (processed)": knn_label_agreement(f.numpy(), labels)
@@ -562,7 +607,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=None,
                         help="speed: 1000 4000 10000 100000; threads: 4000; knn: 100000")
     parser.add_argument("--views", nargs="+", default=None,
-                        help="speed: reference sampled neighbours dense; merfish/integration: sampled neighbours")
+                        help="speed: reference sampled neighbours dense; merfish/integration: sampled neighbours "
+                             f"(also {', '.join(v for v in VIEWS if v.startswith('neighbours-'))}; integration: "
+                             f"{', '.join(DIAGNOSTIC_VIEWS)})")
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES),
                         help="policy sizes (speed: cellgym celltrip; threads: celltrip)")
     parser.add_argument("--rounds", type=int, default=3)

@@ -333,8 +333,8 @@ class EntityAttentionActorCritic(nn.Module):
         ``k_j = W_k e_j + b_k`` and ``v_j = W_v e_j + b_v``, head h scores ``q_i^h . k_j^h =
         (W_k^h^T q_i^h) . e_j + const_i`` (the constant drops out of the softmax) and pools
         ``sum_j a_ij v_j^h = W_v^h (sum_j a_ij e_j) + b_v^h`` (the weights sum to 1). The queries are
-        projected once per cell, the gathered (chunk, k, hidden) embeddings attended with
-        ``F.scaled_dot_product_attention`` for chunks of cells (bounded memory, O(N k hidden) work), and
+        projected once per cell, the gathered (chunk, k, hidden) embeddings attended with two batched matmuls
+        and a softmax for chunks of cells (bounded memory, O(N k hidden) work), and
         the pooled embeddings projected once per cell. Gathering one row instead of two measured about
         1.35x faster for gather + attention at 100,000 cells (one thread, both in one process).
 
@@ -358,15 +358,18 @@ class EntityAttentionActorCritic(nn.Module):
         k = index.shape[1]
         heads, head = self.n_heads, hd // self.n_heads
         w_k, w_v = self.key_value.weight[:hd].view(heads, head, hd), self.key_value.weight[hd:].view(heads, head, hd)
-        q_e = torch.einsum("nhc,hcd->nhd", q.view(n, heads, head), w_k)  # (N, H, hidden): queries in e's space
+        # (N, H, hidden): queries in e's space, with the 1 / sqrt(head) of scaled dot-product attention
+        q_e = torch.einsum("nhc,hcd->nhd", q.view(n, heads, head), w_k * head ** -0.5)
         rows = max(1, ATTENTION_CHUNK_ELEMENTS // (hd * k))
         chunks: dict[int, torch.Tensor] = {}
 
         def chunk(start: int, stop: int) -> None:
-            c = stop - start
-            ec = gather_rows(e, index[start:stop].reshape(-1)).view(c, 1, k, hd).expand(c, heads, k, hd)
-            # broadcasting one (c, 1, k, hd) key/value over the heads measured 5x slower than expand
-            chunks[start] = F.scaled_dot_product_attention(q_e[start:stop, :, None], ec, ec, scale=head ** -0.5)[:, :, 0]
+            ec = gather_rows(e, index[start:stop].reshape(-1)).view(stop - start, k, hd)
+            # two batched matmuls over (H, hidden) x (hidden, k): every head reads the same gathered rows. Measured
+            # 1.5-1.7x faster than F.scaled_dot_product_attention on the rows expanded over the heads (one
+            # thread; 4,000 cells at CellTRIP's size, 100,000 at cellgym's)
+            weights = torch.bmm(q_e[start:stop], ec.transpose(1, 2)).softmax(-1)  # (c, H, k)
+            chunks[start] = torch.bmm(weights, ec)  # (c, H, hidden)
 
         for_chunks(n, rows, chunk)
         parts = [chunks[start] for start in sorted(chunks)]

@@ -9,8 +9,11 @@ compares configurations measured side by side in this invocation:
   ``sampled`` (cellgym's ``view_size=256``), ``neighbours`` (32 nearest cells in modality space + 8 random);
 - policy sizes: cellgym's default (width 64, 1 head) and CellTRIP's (width 128, 2 heads, LayerNorms, 4x MLP,
   256-wide actor head; ``CELLTRIP_SIZE``);
-- ``dense``: a plain all-pairs implementation of the same step (torch.cdist distances recomputed every step,
-  ``nn.MultiheadAttention`` over the view, CellTRIP's policy size), the reference the ratios divide by.
+- ``dense``: the same step written plainly as CellTRIP's own code computes it (celltrip/environment.py,
+  celltrip/policy.py ``EntitySelfAttentionLite``, CellTRIP's ``PPO`` defaults): distance reward over all N x N
+  pairs every step with the modality distances cached per episode, the first layers' feature part cached per
+  episode, ``nn.MultiheadAttention`` over a view of up to 1000 cells; the reference the ratios divide by
+  (:class:`DenseReferenceWorld`, :class:`DenseReferencePolicy`).
 
 CPU-ms/step is this process's CPU time (all threads) per step; steps/s and agent-steps/s are per CPU-second
 (wall-clock steps/s in brackets: the machine may be shared). Peak RSS is measured per configuration in a
@@ -49,7 +52,15 @@ from cellgym.agents.celltrip._ppo import CELLTRIP_SIZE
 from cellgym.envs.trip import TripParallelEnv
 
 VIEWS = {"reference": {"view": "sampled", "view_size": 1000}, "sampled": {"view": "sampled", "view_size": 256},
-         "neighbours": {"view": "neighbours", "n_neighbours": 32, "n_random": 8}}
+         "neighbours": {"view": "neighbours", "n_neighbours": 32, "n_random": 8},
+         "neighbours-view-pairs": {"view": "neighbours", "n_neighbours": 32, "n_random": 8, "distance_pairs": "view"},
+         "neighbours-redrawn": {"view": "neighbours", "n_neighbours": 32, "n_random": 8, "resample_random": True},
+         "neighbours-16-random": {"view": "neighbours", "n_neighbours": 32, "n_random": 16},
+         "neighbours-global-token": {"view": "neighbours", "n_neighbours": 32, "n_random": 8}}
+VIEW_AGENTS = {"neighbours-global-token": {"global_token": True}}
+"""Agent settings of a view in ``integration`` (default: CellTripAgent's)."""
+"""Views of the benchmarks. ``neighbours`` is the world's default neighbour reward (the all-pairs estimate);
+``neighbours-view-pairs`` the mean over the view's own pairs (the reward before this estimate)."""
 SIZES = {"cellgym": {}, "celltrip": CELLTRIP_SIZE}
 
 
@@ -62,65 +73,113 @@ def make_world(n_cells: int, seed: int = 0, **kwargs) -> TripParallelEnv:
 
 
 # ------------------------------------------------------------------------------------- dense reference
+CELLTRIP_VISION = 1000
+"""CellTRIP's ``PPO(vision_size=1000, forward_batch_size=1000)`` (celltrip/policy.py): cells seen per step, and
+query cells per attention call."""
+
+
 class DenseReferencePolicy(nn.Module):
-    """CellTRIP's default policy written plainly: MLP embeddings, ``nn.MultiheadAttention`` of every cell
-    over the view's embeddings (self masked), residual + LayerNorm, 4x MLP, residual + LayerNorm, 256-wide
-    actor head, linear critic."""
+    """CellTRIP's default policy written plainly (celltrip/policy.py ``EntitySelfAttentionLite`` with the
+    defaults ``PPO`` gives it: width 2 x positional dim = 128 at dim 32, 2 heads, one residual block).
 
-    def __init__(self, state_size: int, dim: int, width: int = 128, heads: int = 2) -> None:
+    - First layers as CellTRIP splits them: ``pos_embed(position, velocity) + feat_embed(input features)``,
+      PReLU, a width x width layer; one such stack for the querying cell (self) and one for the cells in view
+      (nodes).
+    - The feature part ``feat_embed(features)`` of all N cells is computed once per episode and reused every
+      step (CellTRIP's ``feature_embeds``: modalities do not move); the view's node rows are gathered from it.
+    - The positional part is standardised every step (CellTRIP's ``input_standardization.apply``).
+    - ``ResidualAttentionBlock``: LayerNorm on queries and on keys/values, ``nn.MultiheadAttention`` with the
+      cell itself masked, residual, LayerNorm, 4x MLP (PReLU), residual; queries in chunks of
+      ``forward_batch_size`` = 1000 cells over the shared view.
+    - ``ContinuousActions``: PReLU, width -> 2 width, PReLU, -> dim, Tanh; Gaussian noise. Critic: PReLU, -> 1.
+    """
+
+    def __init__(self, n_moving: int, n_features: int, dim: int, width: int = 128, heads: int = 2) -> None:
         super().__init__()
-        self.self_embed = nn.Sequential(nn.Linear(state_size, width), nn.ReLU(), nn.Linear(width, width))
-        self.other_embed = nn.Sequential(nn.Linear(state_size, width), nn.ReLU(), nn.Linear(width, width))
+        self.self_pos, self.self_feat = nn.Linear(n_moving, width), nn.Linear(n_features, width)
+        self.node_pos, self.node_feat = nn.Linear(n_moving, width), nn.Linear(n_features, width)
+        self.self_embed = nn.Sequential(nn.PReLU(), nn.Linear(width, width))
+        self.node_embed = nn.Sequential(nn.PReLU(), nn.Linear(width, width))
+        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
         self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, width))
-        self.actor = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, dim))
-        self.critic = nn.Linear(width, 1)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.PReLU(), nn.Linear(4 * width, width))
+        self.actor = nn.Sequential(nn.PReLU(), nn.Linear(width, 2 * width), nn.PReLU(), nn.Linear(2 * width, dim),
+                                   nn.Tanh())
+        self.critic = nn.Sequential(nn.PReLU(), nn.Linear(width, 1))
         self.log_std = nn.Parameter(torch.full((dim,), -1.0))
+        self.register_buffer("moving_mean", torch.zeros(n_moving))
+        self.register_buffer("moving_std", torch.ones(n_moving))
+        self.feature_embeds: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, states: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        q = self.self_embed(states)[None]
-        kv = self.other_embed(states[view])[None]
-        mask = view[None, :] == torch.arange(len(states))[:, None]  # (N, V): True = not attended (self)
-        pooled, _ = self.attention(q, kv, kv, attn_mask=mask, need_weights=False)
-        z = self.norm1(q + pooled)
-        z = self.norm2(z + self.ff(z))[0]
+    def start_episode(self, features: torch.Tensor) -> None:
+        """The feature part of the first layers for every cell of the episode (CellTRIP's ``feature_embeds``)."""
+        self.feature_embeds = self.self_feat(features), self.node_feat(features)
+
+    def forward(self, moving: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """Sampled actions (N, dim) from positions and velocities ``moving`` (N, 2 dim) and the view (K,)."""
+        feat_self, feat_node = self.feature_embeds
+        moving = (moving - self.moving_mean) / self.moving_std
+        own = self.self_embed(self.self_pos(moving) + feat_self)
+        nodes = self.norm_kv(self.node_embed(self.node_pos(moving[view]) + feat_node[view]))[None]
+        out = []
+        for start in range(0, len(own), CELLTRIP_VISION):
+            rows = torch.arange(start, min(len(own), start + CELLTRIP_VISION))
+            x = own[rows]
+            mask = view[None, :] == rows[:, None]  # True: not attended (the cell itself)
+            pooled, _ = self.attention(self.norm_q(x)[None], nodes, nodes, attn_mask=mask, need_weights=False)
+            x = x + pooled[0]
+            out.append(x + self.ff(self.norm_ff(x)))
+        z = torch.cat(out)
         self.critic(z)
         mean = self.actor(z)
         return mean + self.log_std.exp() * torch.randn_like(mean)
 
 
 class DenseReferenceWorld:
-    """The same world step written plainly: all-pairs distances to the view recomputed every step."""
+    """The world's step written plainly, as celltrip/environment.py computes its rewards.
 
-    def __init__(self, env: TripParallelEnv, view_size: int, seed: int = 0) -> None:
+    - Distance matching over **all N x N pairs** every step: Euclidean distances of the positions
+      (``torch.cdist``; CellTRIP's ``euclidean_distance(self.pos)`` in ``get_distance_match``) against each
+      target modality's N x N distances, computed once per episode and cached (CellTRIP's ``self.dist``); the
+      potential after a step is kept for the next step's "before" (CellTRIP's ``cached_dist_match``).
+    - Pinning: least squares from (positions, 1) to each target modality, once per step (``get_pinning``'s
+      ``torch.linalg.lstsq``); kept for the next step's "before" like the distance term.
+    - Origin distance, squared velocity and squared action terms.
+    - The reward definition is cellgym's (squared mismatch, mean over the other N - 1 cells; weights of
+      :class:`~cellgym.envs.trip.RewardWeights`), so it equals the world's ``view="all"`` reward; CellTRIP's
+      default takes ``log(err^2 + eps)`` per modality, one more elementwise pass of the same size.
+    - The policy sees all cells up to 1000, else 1000 random cells redrawn every step (``vision_size``).
+    """
+
+    def __init__(self, env: TripParallelEnv, view_size: int = CELLTRIP_VISION, seed: int = 0) -> None:
         self.env, self.view_size = env, view_size
         self.gen = torch.Generator().manual_seed(seed)
-        self.ys = env.features
-        self.inputs = torch.cat(env.features, 1)
+        self.ys = [env.features[k] for k in env.target_modalities]
+        self.inputs = torch.cat([env.features[k] for k in env.input_modalities], 1)
         n = len(self.inputs)
         self.x = torch.randn(n, env.dim, generator=self.gen) / math.sqrt(env.dim)
         self.v = torch.zeros(n, env.dim)
+        self.dist = [torch.cdist(y, y) for y in self.ys]  # once per episode
+        self.phi = self.potential(self.x)
 
-    def potential(self, x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        e = torch.cdist(x, x[view])
-        err = sum(((e - torch.cdist(y, y[view])) ** 2).sum(1) for y in self.ys)
-        pin = 0.0
-        for y in self.ys:
-            xc = torch.cat([x, torch.ones(len(x), 1)], 1)
-            coef = torch.linalg.lstsq(xc, y).solution
-            pin = pin + ((xc @ coef - y) ** 2).sum(1)
-        return -err / (len(view) - 1) - pin - 0.1 * x.norm(dim=1)
+    def potential(self, x: torch.Tensor) -> torch.Tensor:
+        """Minus (distance mismatch over all pairs + pinning error + origin distance), weighted, (N,)."""
+        w = self.env.reward_weights
+        e = torch.cdist(x, x)
+        err = sum((e - d).pow(2).sum(1) for d in self.dist) / (len(x) - 1)
+        xc = torch.cat([x, torch.ones(len(x), 1)], 1)
+        pin = sum((xc @ torch.linalg.lstsq(xc, y).solution - y).pow(2).sum(1) for y in self.ys)
+        return -(w.distance * err + w.pinning * pin + w.origin * x.norm(dim=1))
 
     def step(self, policy: DenseReferencePolicy) -> torch.Tensor:
-        env, n = self.env, len(self.x)
+        env, n, w = self.env, len(self.x), self.env.reward_weights
         view = torch.randperm(n, generator=self.gen)[: self.view_size] if n > self.view_size else torch.arange(n)
-        states = torch.cat([self.x, self.v, self.inputs], 1)
-        a = policy(states, view).clamp(-1, 1)
+        a = policy(torch.cat([self.x, self.v], 1), view).clamp(-1, 1)
         v = ((self.v + env.dt * env.force * a).clamp(-env.max_velocity, env.max_velocity)) * (1 - env.friction)
         x = self.x + env.dt * v
-        reward = self.potential(x, view) - self.potential(self.x, view) - 0.001 * v.pow(2).sum(1) - 1e-4 * a.pow(2).sum(1)
-        self.x, self.v = x, v
+        phi = self.potential(x)
+        reward = phi - self.phi - w.velocity * v.pow(2).sum(1) - w.action * a.pow(2).sum(1)
+        self.x, self.v, self.phi = x, v, phi
         return reward
 
 
@@ -135,10 +194,12 @@ class Config:
         if view == "dense":
             env = make_world(n, view="sampled", view_size=n)  # only its processed features are used
             env.reset_batch(seed=0)
-            self.world = DenseReferenceWorld(env, VIEWS["reference"]["view_size"])
+            self.world = DenseReferenceWorld(env)
             with torch.random.fork_rng():
                 torch.manual_seed(0)
-                self.model = DenseReferencePolicy(env.state_size, env.dim)
+                self.model = DenseReferencePolicy(2 * env.dim, self.world.inputs.shape[1], env.dim)
+            with torch.no_grad():
+                self.model.start_episode(self.world.inputs)
             self.params = sum(p.numel() for p in self.model.parameters())
             self._step = lambda: self.world.step(self.model)
             return
@@ -374,6 +435,43 @@ def knn_label_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float
     return float((labels[nn_idx] == labels[:, None]).mean())
 
 
+def reward_on_pairs(env: TripParallelEnv, pairs: str) -> TripParallelEnv:
+    """Diagnostic: the distance reward on other pairs than the observation's view (``env`` changed in place).
+
+    ``pairs="all"``: every pair of the episode's cells (modality distances cached per episode);
+    ``"neighbours"``: each cell's ``env.n_neighbours`` nearest cells in modality space plus ``env.n_random``
+    random other cells, drawn once per episode (what the neighbour view's reward uses), whatever the
+    observation's view. Used by ``integration`` to tell the observation's part from the reward's.
+    """
+    from cellgym.envs.trip._env import _distances, _pair_distances
+
+    cache: dict[str, object] = {}
+
+    def potential(x: torch.Tensor) -> torch.Tensor:
+        if cache.get("targets") is not env.targets:  # a new episode
+            cache["targets"] = env.targets
+            if pairs == "all":
+                cache["dist"] = [_distances(y, y) for _, _, y in env.targets]
+            else:
+                _, env._knn = env._neighbour_graph(env.cell_index, reorder=False)
+                view = env._neighbour_view()
+                cache["view"] = view
+                cache["dist"] = [_pair_distances(y, view) for _, _, y in env.targets]
+        if pairs == "all":
+            e = _distances(x, x)
+            return -sum((e - d).pow(2).sum(1) for d in cache["dist"]) / (len(x) - 1)
+        e = _pair_distances(x, cache["view"])
+        return -sum((e - d).pow(2).sum(1) for d in cache["dist"]) / cache["view"].shape[1]
+
+    env._distance_potential = potential
+    return env
+
+
+DIAGNOSTIC_VIEWS = {"neighbours+all-pairs-reward": ("neighbours", "all"),
+                    "sampled+neighbour-pairs-reward": ("sampled", "neighbours")}
+"""``integration`` views whose reward pairs differ from the observation's view: (observation, reward pairs)."""
+
+
 def integration(steps: int, seed: int = 0, views: tuple[str, ...] = ("sampled",), n_cells: int = 300
                 ) -> dict[str, float]:
     """kNN label agreement of cell types in the space before and after simulating the trained policy.
@@ -384,15 +482,18 @@ def integration(steps: int, seed: int = 0, views: tuple[str, ...] = ("sampled",)
 
     results: dict[str, float] = {}
     for view in views:
+        obs_view, pairs = DIAGNOSTIC_VIEWS.get(view, (view, None))
         env = make("CellEnv-Trip-Integration-v0", n_cells=n_cells, seed=seed, episode_length=(50, 100),
-                   max_cells=min(256, n_cells), **VIEWS[view])
+                   max_cells=min(256, n_cells), **VIEWS[obs_view])
+        if pairs is not None:
+            reward_on_pairs(env, pairs)
         labels = env.labels
         if not results:
             results = {f"modality {m.name} (processed)": knn_label_agreement(f.numpy(), labels)
                        for m, f in zip(env.modalities, env.features, strict=True)}
-        untrained = CellTripAgent()
+        untrained = CellTripAgent(**VIEW_AGENTS.get(view, {}))
         untrained._check_env(env)
-        agent = CellTripAgent().learn(env, steps, seed=seed)
+        agent = CellTripAgent(**VIEW_AGENTS.get(view, {})).learn(env, steps, seed=seed)
         full = env.for_cells([env.raw[0], env.raw[1]])  # every cell, same preprocessing and view
         full.labels = labels
         for name, policy in (("untrained policy", untrained), (f"trained policy ({steps} steps)", agent)):
@@ -509,7 +610,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=None,
                         help="speed: 1000 4000 10000 100000; threads: 4000; knn: 100000")
     parser.add_argument("--views", nargs="+", default=None,
-                        help="speed: reference sampled neighbours dense; merfish/integration: sampled neighbours")
+                        help="speed: reference sampled neighbours dense; merfish/integration: sampled neighbours "
+                             f"(also {', '.join(v for v in VIEWS if v.startswith('neighbours-'))}; integration: "
+                             f"{', '.join(DIAGNOSTIC_VIEWS)})")
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES),
                         help="policy sizes (speed: cellgym celltrip; threads: celltrip)")
     parser.add_argument("--rounds", type=int, default=3)

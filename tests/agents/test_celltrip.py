@@ -53,6 +53,21 @@ def test_attention_excludes_self_and_depends_on_others():
     assert not torch.allclose(mean2[1:], mean[1:])
 
 
+def test_global_token_lets_every_neighbour_query_see_a_summary_of_all_cells():
+    torch.manual_seed(0)
+    model = EntityAttentionActorCritic(6, 2, hidden_dim=16, n_heads=2, global_token=True)
+    states = torch.randn(10, 6)
+    index = (torch.arange(10)[:, None] + torch.tensor([1, 2])) % 10  # cell i sees i + 1 and i + 2
+    far = states.clone()
+    far[5] += 3.0  # cell 5 is not in cell 0's view
+    with_token = model.forward_neighbours(states, states, index)[0]
+    assert not torch.allclose(model.forward_neighbours(far, far, index)[0][0], with_token[0])
+    model.global_token = False
+    without = model.forward_neighbours(states, states, index)[0]
+    torch.testing.assert_close(model.forward_neighbours(far, far, index)[0][0], without[0])
+    assert not torch.allclose(with_token, without)
+
+
 def test_dict_and_batched_actions_agree():
     env = world()
     agent = CellTripAgent(**FAST)
@@ -299,6 +314,49 @@ def test_neighbour_attention_equals_shared_attention_when_every_cell_is_a_neighb
         _ppo.ATTENTION_CHUNK_ELEMENTS = old
     torch.testing.assert_close(chunked, mean_n, rtol=1e-5, atol=1e-6)
     assert agent.model.query.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("view", [{"view": "all"}, {"view": "sampled", "view_size": 30},
+                                  {"view": "neighbours", "n_neighbours": 8, "n_random": 2}])
+@pytest.mark.parametrize("size", [{}, {"hidden_dim": 32, "n_heads": 2, "ff_mult": 4, "actor_hidden": 48}])
+def test_reusing_the_input_part_of_the_first_layers_gives_the_same_policy(view, size):
+    """Within an episode only positions and velocities move: the first layers' input-feature part is computed
+    once and reused; a change of inputs (clamping), of weights (an update) or of statistics recomputes it."""
+    env = world(**view)
+    agent = CellTripAgent(**FAST, **size)
+    agent._check_env(env, seed=0)
+    model = agent.model
+    obs = env.reset_batch(seed=0, options={"n_cells": 60})
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.standardiser.update(obs.states * 3 + 1, model.first_layers())  # non-trivial statistics
+        for step in range(4):
+            reused = model.policy(obs.states, obs.view, reuse_inputs=True)
+            if step == 0:
+                constant = model._input_cache[2]
+            assert model._input_cache[2] is constant  # computed once for the episode
+            plain = model.policy(obs.states, obs.view)
+            for a, b in zip(reused, plain, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            obs = env.step_batch(model.act(obs, generator=gen)[0])[0]
+        env.set_inputs(env.inputs + 0.5)  # in-silico clamping: new inputs
+        obs = env._obs()
+        torch.testing.assert_close(model.policy(obs.states, obs.view, reuse_inputs=True)[0],
+                                   model.policy(obs.states, obs.view)[0], rtol=1e-5, atol=1e-6)
+        assert model._input_cache[2] is not constant
+    # an optimiser step changes the first layers: the cached part must not outlive it
+    constant = model._input_cache[2]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.policy(obs.states, obs.view)[0].sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model.policy(obs.states, obs.view, reuse_inputs=True)[0],
+                                   model.policy(obs.states, obs.view)[0], rtol=1e-5, atol=1e-6)
+    assert model._input_cache[2] is not constant
+    model.standardiser.update(obs.states * 2, model.first_layers())
+    with torch.no_grad():
+        torch.testing.assert_close(model.policy(obs.states, obs.view, reuse_inputs=True)[0],
+                                   model.policy(obs.states, obs.view)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_neighbour_view_dict_and_batched_actions_agree():

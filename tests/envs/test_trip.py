@@ -271,6 +271,34 @@ def test_neighbour_rewards_equal_all_pairs_when_every_cell_is_a_neighbour(task):
     torch.testing.assert_close(nbr._phi_dist, ref._phi_dist, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("resample", [False, True])
+def test_neighbour_all_pairs_estimate_is_unbiased_for_the_all_pairs_potential(resample):
+    """distance_pairs="all": neighbour pairs exactly plus random pairs weighted (N - 1) / r estimate the
+    all-pairs distance potential without bias (averaged over many draws of the random cells)."""
+    ref = make(TASKS[0], n_cells=120, view="all")
+    nbr = make(TASKS[0], n_cells=120, view="neighbours", n_neighbours=10, n_random=4, distance_pairs="all",
+               resample_random=resample)
+    nbr.reset_batch(seed=0)
+    cells = nbr.cell_index
+    ref.reset_batch(seed=0, options={"cells": cells})
+    x = torch.randn(120, ref.dim, generator=torch.Generator().manual_seed(0)) * 0.3
+    exact = ref._distance_potential(x)
+    draws = []
+    for seed in range(300):
+        nbr.reset_batch(seed=seed, options={"cells": cells})
+        if resample:
+            nbr._redraw_random()
+        draws.append(nbr._distance_potential(x))
+    draws = torch.stack(draws)
+    stderr = draws.std(0) / len(draws) ** 0.5
+    assert float(((draws.mean(0) - exact) / stderr).abs().max()) < 4.5  # per cell, within sampling error
+    assert abs(float(draws.mean() - exact.mean())) < 0.01 * abs(float(exact.mean()))
+    # the view's own mean (distance_pairs="view") is a different quantity: it over-weights near pairs
+    plain = make(TASKS[0], n_cells=120, view="neighbours", n_neighbours=10, n_random=4, distance_pairs="view")
+    plain.reset_batch(seed=0, options={"cells": cells})
+    assert abs(float(plain._distance_potential(x).mean() - exact.mean())) > 0.1 * abs(float(exact.mean()))
+
+
 def test_neighbour_view_is_the_knn_graph_plus_random_other_cells():
     env = make(TASKS[0], n_cells=120, view="neighbours", n_neighbours=10, n_random=3)
     obs = env.reset_batch(seed=0)
@@ -327,6 +355,8 @@ def test_bad_view_arguments_are_one_clear_error():
         small(TASKS[0], view="nearest")
     with pytest.raises(TripConfigError, match="n_random"):
         small(TASKS[0], view="neighbours", n_random=-1)
+    with pytest.raises(TripConfigError, match="distance_pairs must be"):
+        small(TASKS[0], view="neighbours", distance_pairs="near")
 
 
 def test_cell_pool_restricts_episodes_to_a_data_partition_and_all_rows_change_nothing():
@@ -350,9 +380,10 @@ def test_cell_pool_restricts_episodes_to_a_data_partition_and_all_rows_change_no
         make("CellEnv-Trip-Integration-v0", n_cells=120, cell_pool=pool, max_cells=60)
 
 
-def test_resampled_random_cells_change_every_step_and_keep_rewards_a_difference_of_potentials():
+@pytest.mark.parametrize("pairs", ["all", "view"])
+def test_resampled_random_cells_change_every_step_and_keep_rewards_a_difference_of_potentials(pairs):
     env = make("CellEnv-Trip-Integration-v0", n_cells=120, max_cells=120, view="neighbours", n_neighbours=6,
-               n_random=4, resample_random=True)
+               n_random=4, resample_random=True, distance_pairs=pairs)
     obs = env.reset_batch(seed=0)
     knn = obs.view[:, :6].clone()
     gen = torch.Generator().manual_seed(0)
@@ -363,9 +394,14 @@ def test_resampled_random_cells_change_every_step_and_keep_rewards_a_difference_
     # the step's distance term is the potential change over the new pairs: recompute both ends directly
     ys = [y for _, _, y in env.targets]
 
+    weight, norm = torch.ones(nxt.view.shape), nxt.view.shape[1]
+    if pairs == "all":  # random pairs weigh (N - 1) / r unless they repeat a neighbour; the mean is over N - 1
+        weight[:, 6:] = (~(nxt.view[:, 6:, None] == knn[:, None, :]).any(2)).float() * 119 / 4
+        norm = 119
+
     def phi(x):
         e = (x[:, None] - x[nxt.view]).norm(dim=2)
-        return -sum(((e - (y[:, None] - y[nxt.view]).norm(dim=2)) ** 2).sum(1) for y in ys) / nxt.view.shape[1]
+        return -sum((weight * (e - (y[:, None] - y[nxt.view]).norm(dim=2)) ** 2).sum(1) for y in ys) / norm
 
     torch.testing.assert_close(env._distance_potential(env.positions), phi(env.positions), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(env._distance_potential(x_before), phi(x_before), rtol=1e-4, atol=1e-5)

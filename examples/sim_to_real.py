@@ -299,8 +299,8 @@ def main() -> None:
                 rows.append({"world": name, "lam": penalty, "seed": seed, **r, **d})
                 print(f"  lambda {penalty:.3g} seed {seed}: success {r['success']:.0%} in the learned world, "
                       f"{r['true_success']:.0%} in the true world ({r['true_steps']:.2f} steps; e.g. {r['example']}); "
-                      f"failures with the surer plan chosen {1 - d['exploited']:.0%} "
-                      f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+                      f"{d['n_failed']} failed plan(s) of <= 2 perturbations, {d['exploited']:.0%} of them the less "
+                      f"certain plan [{time.perf_counter() - t0:.0f} s]", flush=True)
 
     print("\nExact planner of each learned world (every plan of <= 2 perturbations, penalised by lambda), replayed "
           "in the true world:\n\n| world | lambda | true-world success | failures where the chosen plan is the less "
@@ -319,7 +319,8 @@ def main() -> None:
             s = np.array([r["true_success"] for r in rs])
             print(f"| {name} | {lam:.3g} | {s.mean():.0%} ± {s.std():.0%} | {' / '.join(f'{v:.0%}' for v in s)} "
                   f"| {np.mean([r['true_steps'] for r in rs]):.2f} | {np.mean([r['success'] for r in rs]):.0%} "
-                  f"| {np.mean([r['exploited'] for r in rs]):.0%} |")
+                  f"| {sum(r['exploited'] * r['n_failed'] for r in rs) / max(sum(r['n_failed'] for r in rs), 1):.0%} "
+                  f"of {sum(r['n_failed'] for r in rs)} |")
 
     if args.plot and rows:
         plot(rows, args.plot, f"MaskablePPO trained in worlds learned from a {args.screen_cells}-cell HSC screen "

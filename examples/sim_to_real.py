@@ -31,6 +31,8 @@ The same from the command line, for one world and lambda::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from pathlib import Path
 
@@ -258,8 +260,17 @@ def main() -> None:
                         help="also train with these multiples of the slope lambda (sensitivity; default none)")
     parser.add_argument("--out", default="runs/fit", help="folder the fitted worlds are saved under")
     parser.add_argument("--plot", default=None, help="figure PNG")
+    parser.add_argument("--json", default=None, help="write the rows (PPO runs and planner) to this JSON file")
+    parser.add_argument("--plot-from", nargs="+", default=None,
+                        help="only plot (--plot) the rows of these --json files (runs of one world each, merged)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.plot_from:
+        loaded = [json.loads(Path(f).read_text()) for f in args.plot_from]
+        plot([r for d in loaded for r in d["rows"]], [p for d in loaded for p in d["planner"]], args.plot,
+             loaded[0]["title"])
+        print(f"plot: {args.plot}")
+        return
 
     screen = hsc_screen(n_cells_per_condition=args.screen_cells, doubles=args.screen_doubles, seed=0)
     validation = hsc_screen(n_cells_per_condition=args.validation_cells, doubles=args.validation_doubles, seed=1)
@@ -288,15 +299,20 @@ def main() -> None:
         model = plan_outcomes(learned0, sources, plans)
         for g in sorted({*grid, lam}):  # the exact planner of the learned world, penalised by g
             chosen = (model["value"] - g * model["disagreement"]).argmax(1)
-            planner.append({"world": name, "lam": g, **diagnose(model, truth, chosen, plans)})
-        for penalty in dict.fromkeys([0.0, lam, *(slope * f for f in args.slope_scales)]):
+            planner.append({"world": name, "lam": g, "chosen": g == lam, **diagnose(model, truth, chosen, plans)})
+        rules = {0.0: "lambda = 0"}
+        rules.setdefault(lam, f"lambda chosen on validation ({'given' if args.lam is not None else args.lam_rule} rule)")
+        for f in args.slope_scales:
+            rules.setdefault(slope * f, "slope rule (previous)" if f == 1 else f"{f:g} x slope rule")
+        for penalty, rule in rules.items():
             env_kwargs = {"predictor": folder, "reward": "uncertainty.penalised", "reward_kwargs": {"lam": penalty}}
             learned = gymnasium.make(TASK, **env_kwargs)
             for seed in range(args.seeds):
                 t0 = time.perf_counter()
                 r = score(train(env_kwargs, seed, args.timesteps), learned, true_env, args.episodes, plans)
                 d = diagnose(model, truth, r.pop("plans"), plans)
-                rows.append({"world": name, "lam": penalty, "seed": seed, **r, **d})
+                rows.append({"world": name, "lam": penalty, "rule": rule + (" = chosen" if penalty == lam and penalty == 0 and
+                                                                               args.seeds else ""), "seed": seed, **r, **d})
                 print(f"  lambda {penalty:.3g} seed {seed}: success {r['success']:.0%} in the learned world, "
                       f"{r['true_success']:.0%} in the true world ({r['true_steps']:.2f} steps; e.g. {r['example']}); "
                       f"{d['n_failed']} failed plan(s) of <= 2 perturbations, {d['exploited']:.0%} of them the less "
@@ -322,39 +338,50 @@ def main() -> None:
                   f"| {sum(r['exploited'] * r['n_failed'] for r in rs) / max(sum(r['n_failed'] for r in rs), 1):.0%} "
                   f"of {sum(r['n_failed'] for r in rs)} |")
 
+    title = (f"MaskablePPO trained in worlds learned from a {args.screen_cells}-cell, {args.screen_doubles}-double HSC "
+             f"screen ({args.seeds} seeds, dots), replayed in the true world ({args.episodes} starts); x: exact planner")
+    if args.json:
+        out = Path(args.json)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"title": title, "args": vars(args), "rows": rows, "planner": planner}, indent=1))
+        os.replace(tmp, out)
     if args.plot and rows:
-        plot(rows, args.plot, f"MaskablePPO trained in worlds learned from a {args.screen_cells}-cell HSC screen "
-             f"({args.seeds} seeds, dots), replayed in the true world ({args.episodes} episodes)")
+        plot(rows, planner, args.plot, title)
         print(f"plot: {args.plot}")
 
 
-def plot(rows: list[dict], path: str, title: str) -> None:
-    """Bars: mean true-world success per world and lambda (0, the chosen one, its multiples); dots: seeds."""
+def plot(rows: list[dict], planner: list[dict], path: str, title: str) -> None:
+    """Bars: mean true-world success of the PPO agents per world and lambda (dots: seeds); x: the exact
+    planner of the same learned world at that lambda."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["world"] for r in rows))
-    n_lams = max(len({r["lam"] for r in rows if r["world"] == n}) for n in names)
-    width = 0.8 / n_lams
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    width = 0.8 / max(len({r["lam"] for r in rows if r["world"] == n}) for n in names)
     fig, ax = plt.subplots(figsize=(9, 4))
-    colors = ["tab:orange", "tab:green", "tab:olive", "tab:cyan"]
+    colors = dict(zip(rules, ["tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:purple"], strict=False))
     for i, name in enumerate(names):
-        lams = list(dict.fromkeys(r["lam"] for r in rows if r["world"] == name))  # 0, chosen, multiples: run order
+        lams = list(dict.fromkeys(r["lam"] for r in rows if r["world"] == name))
         for j, lam in enumerate(lams):
-            v = [r["true_success"] for r in rows if r["world"] == name and r["lam"] == lam]
+            here = [r for r in rows if r["world"] == name and r["lam"] == lam]
+            v = [r["true_success"] for r in here]
             x = i + (j - (len(lams) - 1) / 2) * width
-            label = None if i else ("lambda = 0" if j == 0 else "lambda chosen on validation" if j == 1 else
-                                    f"{lam / lams[1]:g} x chosen lambda")
-            bar = ax.bar(x, np.mean(v), width, color=colors[j % len(colors)], label=label)
+            bar = ax.bar(x, np.mean(v), width, color=colors[here[0]["rule"]], label=here[0]["rule"])
             ax.bar_label(bar, labels=[f"{np.mean(v):.0%}\n(λ={lam:.2g})"], fontsize=7)
             ax.scatter(np.full(len(v), x), v, s=10, c="k", zorder=3)
+            exact = [p["plan_success"] for p in planner if p["world"] == name and p["lam"] == lam]
+            if exact:
+                ax.scatter([x], exact[:1], marker="x", s=40, c="tab:red", zorder=4)
+    handles, labels = ax.get_legend_handles_labels()
+    keep = dict(zip(labels, handles, strict=True))
     ax.set_xticks(np.arange(len(names)), [f"ensemble of\n{n}" for n in names])
-    ax.set_ylim(0, 1.25)
+    ax.set_ylim(0, 1.3)
     ax.set_ylabel("success replayed in the TRUE world")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=9)
+    ax.legend(keep.values(), keep.keys(), fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -9,17 +9,27 @@
    perturbation groups; ``--worlds`` names the member families, ``+`` mixes them), saved to a folder, and
    becomes the transition of the *learned* world (same task, ``predictor=FOLDER``). Its prediction is the
    member mean; its members' disagreement is what ``uncertainty.penalised`` charges for.
-4. lambda is chosen on a *validation screen* (``hsc_screen(seed=1)``: fresh start cells and other doubles),
-   never on the true-world test: per validation condition, the error of the predicted mean state
-   (Euclidean, the goal reward's metric) against the disagreement; lambda is the least-squares slope
-   through the origin, so lambda x disagreement estimates the model's error in the distance the reward
-   differences (MOPO, Yu et al. 2020, NeurIPS: the penalty should bound the model error of the reward).
+4. lambda is chosen on a *validation screen* (``hsc_screen(seed=1)``: fresh start cells, 20 cells x 22
+   singles + 83 doubles, the same 2,100 cells as 50 x 42), never on the true-world test.
+   ``--lam-rule plans`` (default, :func:`choose_lambda_by_plans`): from a grid (0 and 0.03-3 x the slope
+   below), the value whose penalised objective picks, in bootstrap populations of the validation
+   screen, the conditions whose *measured* outcome is best (one-standard-error rule towards smaller
+   lambda). ``--lam-rule slope`` (the previous rule, :func:`choose_lambda`): per validation condition,
+   the error of the predicted mean state against the disagreement; the least-squares slope through
+   the origin, so lambda x disagreement estimates the model's error (MOPO, Yu et al. 2020).
 5. MaskablePPO (the task's tuned hyperparameters) is trained in each world with lambda = 0 and with the
    chosen lambda (``reward="uncertainty.penalised"``), ``--seeds`` training seeds each; every agent's
    deterministic plans (``--episodes`` start populations, seeds 1000+) are replayed open-loop in the
    true world (what ``cellgym enjoy --truth grn.boolean`` does): true-world success and steps.
+6. Diagnosis: every plan of at most 2 perturbations is played from every start in the learned world and
+   in the true one (:func:`plan_outcomes`, one batch per step). The *exact planner* of the learned world
+   (its best plan under the penalised objective, for each lambda of the grid) shows what an optimiser
+   that exploits the world fully would do; :func:`diagnose` says for each failed start whether the
+   world's favourite wrong plan is the *less* certain one (a penalty can reverse the choice) or the
+   surer one (typically stopping early: the world under-rates a second perturbation; a penalty deepens it).
 
-Run: ``OMP_NUM_THREADS=1 python examples/sim_to_real.py --seeds 3 [--timesteps 12000] [--plot docs/sim_to_real.png]``.
+Run: ``OMP_NUM_THREADS=1 python examples/sim_to_real.py --seeds 3 [--timesteps 12000] [--plot docs/sim_to_real.png]``
+(``--seeds 0``: the planner and the lambda choice only, seconds).
 The same from the command line, for one world and lambda::
 
     cellgym fit --predictor ensemble --data screen.h5ad --out fit/hsc_ens --counts none --context-key none \\

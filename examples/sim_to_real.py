@@ -277,8 +277,15 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.plot_from:
         loaded = [json.loads(Path(f).read_text()) for f in args.plot_from]
-        plot([r for d in loaded for r in d["rows"]], [p for d in loaded for p in d["planner"]], args.plot,
-             loaded[0]["title"])
+        screens = {(d["args"]["screen_cells"], d["args"]["screen_doubles"], d["args"]["resampling"]) for d in loaded}
+        for d in loaded:  # runs on different screens: name the screen under each world
+            a = d["args"]
+            tag = f"\n{a['screen_cells']} cells, {a['screen_doubles']} doubles ({a['resampling']})" if len(screens) > 1 else ""
+            for r in d["rows"] + d["planner"]:
+                r["world"] += tag
+        title = loaded[0]["title"] if len(screens) == 1 else loaded[0]["title"].split(" from a ")[0] + " from HSC screens " + \
+            loaded[0]["title"].split(" screen ", 1)[1]
+        plot([r for d in loaded for r in d["rows"]], [p for d in loaded for p in d["planner"]], args.plot, title)
         print(f"plot: {args.plot}")
         return
 
@@ -321,8 +328,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r = score(train(env_kwargs, seed, args.timesteps), learned, true_env, args.episodes, plans)
                 d = diagnose(model, truth, r.pop("plans"), plans)
-                rows.append({"world": name, "lam": penalty, "rule": rule + (" = chosen" if penalty == lam and penalty == 0 and
-                                                                               args.seeds else ""), "seed": seed, **r, **d})
+                rows.append({"world": name, "lam": penalty, "rule": rule + (" (chosen on validation)" if penalty == lam == 0 else ""),
+                             "seed": seed, **r, **d})
                 print(f"  lambda {penalty:.3g} seed {seed}: success {r['success']:.0%} in the learned world, "
                       f"{r['true_success']:.0%} in the true world ({r['true_steps']:.2f} steps; e.g. {r['example']}); "
                       f"{d['n_failed']} failed plan(s) of <= 2 perturbations, {d['exploited']:.0%} of them the less "
@@ -371,7 +378,7 @@ def plot(rows: list[dict], planner: list[dict], path: str, title: str) -> None:
     names = list(dict.fromkeys(r["world"] for r in rows))
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     width = 0.8 / max(len({r["lam"] for r in rows if r["world"] == n}) for n in names)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(max(9.0, 2.4 * len(names)), 4.2))
     colors = dict(zip(rules, ["tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:purple"], strict=False))
     for i, name in enumerate(names):
         lams = list(dict.fromkeys(r["lam"] for r in rows if r["world"] == name))
@@ -387,7 +394,7 @@ def plot(rows: list[dict], planner: list[dict], path: str, title: str) -> None:
                 ax.scatter([x], exact[:1], marker="x", s=40, c="tab:red", zorder=4)
     handles, labels = ax.get_legend_handles_labels()
     keep = dict(zip(labels, handles, strict=True))
-    ax.set_xticks(np.arange(len(names)), [f"ensemble of\n{n}" for n in names])
+    ax.set_xticks(np.arange(len(names)), [f"ensemble of\n{n}" for n in names], fontsize=8)
     ax.set_ylim(0, 1.3)
     ax.set_ylabel("success replayed in the TRUE world")
     ax.legend(keep.values(), keep.keys(), fontsize=8, loc="upper right")

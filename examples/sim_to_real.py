@@ -379,7 +379,8 @@ def plot(rows: list[dict], planner: list[dict], path: str, title: str) -> None:
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     width = 0.8 / max(len({r["lam"] for r in rows if r["world"] == n}) for n in names)
     fig, ax = plt.subplots(figsize=(max(9.0, 2.4 * len(names)), 4.2))
-    colors = dict(zip(rules, ["tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:purple"], strict=False))
+    palette = ["tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+    colors = {rule: palette[i % len(palette)] for i, rule in enumerate(rules)}
     for i, name in enumerate(names):
         lams = list(dict.fromkeys(r["lam"] for r in rows if r["world"] == name))
         for j, lam in enumerate(lams):

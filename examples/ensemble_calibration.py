@@ -66,6 +66,12 @@ def main() -> None:
     print(f"{len(rows)} held-out (cell type, perturbation) groups; members {args.members} x{args.k} (bootstrap), "
           f"unseen={args.unseen!r}")
     print(f"Spearman(disagreement, true error) = {rho.statistic:.3f} (p = {rho.pvalue:.2g})")
+    unseen = np.array([r[1] in extra for r in rows])  # singles no training label contains
+    for name, mask in (("unseen singles", unseen), ("other held-out groups", ~unseen)):
+        if mask.sum() > 2:
+            r = stats.spearmanr(dis[mask], err[mask]).statistic
+            print(f"  {name} ({mask.sum()}): Spearman {r:.3f}, mean disagreement {dis[mask].mean():.3f}, "
+                  f"mean error {err[mask].mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ _WHERE: dict[str, str] = {
     "FORMAT_VERSION": "_checkpoint", "read_checkpoint": "_checkpoint", "write_checkpoint": "_checkpoint",
     "DataSpec": "_data", "Split": "_data", "SplitKind": "_data", "check_genes": "_data", "expression": "_data",
     "has_counts": "_data", "is_count_matrix": "_data", "perturbation_genes": "_data", "raw_counts": "_data",
-    "split": "_data", "validate": "_data",
+    "split": "_data", "target_gene": "_data", "validate": "_data",
     "train_module": "_fit", "validation_rows": "_fit",
     "BATCH": "_keys",
     "Predictor": "_predictor", "PredictorModule": "_predictor", "seeded": "_predictor",

@@ -26,6 +26,7 @@ __all__ = [
     "is_count_matrix",
     "perturbation_genes",
     "split",
+    "target_gene",
     "validate",
 ]
 
@@ -350,6 +351,27 @@ def perturbation_genes(labels: Iterable[str], spec: DataSpec) -> list[str]:
     for label in labels:
         out.update(spec.split_label(str(label)))
     return sorted(out)
+
+
+#: label suffixes that name a perturbation of a gene (``G3_KO``), and the direction each moves the gene
+PERTURBATION_KINDS: dict[str, float] = {"KO": -1.0, "KD": -1.0, "CRISPRi": -1.0, "OE": 1.0, "CRISPRa": 1.0}
+
+
+def target_gene(single: str, genes: Iterable[str]) -> tuple[str | None, float]:
+    """``(gene, sign)``: the measured gene a single perturbation targets, and its direction.
+
+    A label that is itself a measured gene (Norman19's ``"TMSB4X"``) targets that gene with sign +1; a
+    label ``GENE_KIND`` with ``KIND`` in :data:`PERTURBATION_KINDS` (the GRN screens' ``"G3_KO"``,
+    ``"Gata1_OE"``) targets ``GENE`` with the kind's sign (-1 for a loss of function, +1 for a gain).
+    Anything else (a target that is not measured, a drug) gives ``(None, 0.0)``.
+    """
+    names = genes if isinstance(genes, (set, dict, frozenset)) else set(genes)
+    if single in names:
+        return single, 1.0
+    gene, _, kind = str(single).rpartition("_")
+    if gene in names and kind in PERTURBATION_KINDS:
+        return gene, PERTURBATION_KINDS[kind]
+    return None, 0.0
 
 
 def expression(adata: AnnData, spec: DataSpec) -> np.ndarray:

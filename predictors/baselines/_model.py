@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..base import DataSpecError, FitData, FitReport, Predictor
+from ..base import DataSpecError, FitData, FitReport, Predictor, target_gene
 from ._module import AdditiveBaselineModule, LinearBaselineModule, MeanBaselineModule, NoChangeBaselineModule
 
 __all__ = ["AdditiveBaseline", "LinearBaseline", "MeanBaseline", "NoChangeBaseline"]
@@ -210,10 +210,13 @@ class LinearBaseline(_Baseline):
     Perturbation embeddings (``design``)
     ------------------------------------
     ``"gene"``
-        The paper's: the row of ``G`` of each perturbation's target gene (D = K). A target that is not
-        a measured gene has a zero row, so it is predicted as ``b`` (exactly :class:`MeanBaseline`):
-        on Norman19 (1 of 32 targets among the 500 genes) or on GRN screens labelled ``G14_KO`` this
-        design *is* the mean baseline.
+        The paper's: the row of ``G`` of each perturbation's target gene (D = K). The target is the
+        label itself when it is a measured gene (Norman19's ``TMSB4X``), or ``GENE`` of a label
+        ``GENE_KO`` / ``_KD`` / ``_CRISPRi`` (row x -1) / ``GENE_OE`` / ``_CRISPRa`` (row x +1), as on
+        the GRN screens (``G3_KO``, ``Gata1_OE``; :func:`~cellgym.predictors.base.target_gene`), so a
+        knockout and an overexpression of one gene get opposite embeddings. A target that is not a
+        measured gene has a zero row, so it is predicted as ``b`` (exactly :class:`MeanBaseline`): on
+        Norman19 (1 of 32 targets among the 500 genes) this design *is* the mean baseline.
     ``"indicator"``
         Learned from the training data: one indicator column per single perturbation (D = P), a
         combination is the sum of its singles' indicators (the paper's double-perturbation design).
@@ -273,13 +276,14 @@ class LinearBaseline(_Baseline):
         )
 
     def _target_rows(self, labels: Sequence[str]) -> np.ndarray:
-        """(n, G) 0/1 matrix: which measured genes each label targets."""
+        """(n, G) signed matrix: which measured genes each label targets, and in which direction."""
         gene_index = {g: i for i, g in enumerate(self.genes)}
         rows = np.zeros((len(labels), len(self.genes)))
         for r, label in enumerate(labels):
-            for target in self.spec.split_label(label):
-                if target in gene_index:
-                    rows[r, gene_index[target]] = 1.0
+            for single in self.spec.split_label(label):
+                gene, sign = target_gene(single, gene_index)
+                if gene is not None:
+                    rows[r, gene_index[gene]] += sign
         return rows
 
     def _indicator_rows(self, labels: Sequence[str]) -> np.ndarray:
@@ -331,7 +335,7 @@ class LinearBaseline(_Baseline):
         seen = {s for lab in bulk.labels for s in self.spec.split_label(lab)}
         variants = {}
         for p in self.perturbations:
-            gene = design != "indicator" and p in measured
+            gene = design != "indicator" and target_gene(p, measured)[0] is not None
             ind = design != "gene" and p in seen
             variants[p] = (
                 "indicator + gene row" if gene and ind else "indicator" if ind else "gene row" if gene else "mean effect b"

@@ -30,6 +30,7 @@ from ..base import (
     Predictor,
     check_genes,
     expression,
+    target_gene,
     train_module,
 )
 from ._module import CellGenModule
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["CellGen"]
 
 log = logging.getLogger(__name__)
-PERT_SUFFIXES = ("KO", "OE", "KD", "CRISPRi", "CRISPRa")
 CHUNK = 8192
 
 
@@ -180,7 +180,7 @@ class CellGen(Predictor):
         index = {g: i for i, g in enumerate(self.genes)}
         rows = np.zeros((len(self.perturbations), self.config["n_gene_features"]), np.float32)
         for p, name in enumerate(self.perturbations):
-            gene = name if name in index else name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1] in PERT_SUFFIXES else None
+            gene = target_gene(name, index)[0]
             if gene in index:
                 rows[p, :k] = loadings[index[gene]]
         return torch.from_numpy(rows)

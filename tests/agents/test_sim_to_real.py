@@ -163,3 +163,35 @@ def test_lambda_is_chosen_on_the_validation_screen_where_disagreement_tracks_err
     lam, rho = ex.choose_lambda(world, validation)
     assert rho > 0.3 and lam > 0
     assert ex.choose_lambda(world, validation) == (lam, rho)  # deterministic
+
+
+def test_exact_planner_diagnosis_and_lambda_by_plans() -> None:
+    """examples/sim_to_real.py: every plan of <= 2 perturbations played in one batch; the penalty's bookkeeping;
+    lambda by the validation outcome of the plans it picks (a grid value, deterministic)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", Path(__file__).resolve().parents[2] / "examples" / "sim_to_real.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    true_env = gymnasium.make(ex.TASK, predictor="grn.boolean")
+    plans = ex.all_plans(true_env.unwrapped.n_perturbations, 2)
+    assert len(plans) == 1 + 16 + 16 * 15 and plans[0] == ()
+    sources = ex.start_populations(true_env, 8)
+    truth = ex.plan_outcomes(true_env, sources, plans)
+    assert truth["success"].any(1).all() and not truth["success"][:, 0].any()  # the goal needs a plan; stopping fails
+    np.testing.assert_allclose(truth["value"][:, 0], 0.0)
+    world = ex.fit_world(["baseline.linear"], hsc_screen(n_cells_per_condition=20, doubles=5, seed=0), 4)
+    learned = gymnasium.make(ex.TASK, predictor=world, reward="uncertainty.penalised", reward_kwargs={"lam": 0.0})
+    learned.reset(seed=0)
+    model = ex.plan_outcomes(learned, sources, plans)
+    assert (model["disagreement"][:, 1:] > 0).all() and (model["disagreement"][:, 0] == 0).all()
+    assert ((model["value"] - 1e6 * model["disagreement"]).argmax(1) == 0).all()  # a huge penalty: stop at once
+    chosen = model["value"].argmax(1)
+    d = ex.diagnose(model, truth, chosen, plans)
+    assert d["plan_success"] == truth["success"][np.arange(8), chosen].mean()
+    assert d["n_failed"] == int((~truth["success"][np.arange(8), chosen]).sum()) and 0 <= d["exploited"] <= 1
+    validation = hsc_screen(n_cells_per_condition=20, doubles=30, seed=1)
+    grid = [0.0, 0.5, 1e6]
+    lam, curve = ex.choose_lambda_by_plans(world, validation, learned, grid, n_boot=10)
+    assert lam in grid and list(curve) == grid and curve[1e6] > curve[0.0]  # always stopping scores worst
+    assert ex.choose_lambda_by_plans(world, validation, learned, grid, n_boot=10) == (lam, curve)

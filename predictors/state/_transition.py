@@ -420,9 +420,9 @@ class StateTransition(Predictor):
         the direction of the predicted change is the head's context-generic output, an extrapolation to cells
         it never saw perturbed that varies with the initialisation (the mean predicted change of three single
         fits correlated 0.37-0.71 between seeds on A172 and T98G, -0.01-0.46 on U87MG); averaging K members
-        divides that variance by K. Measured (``benchmarks/state_heldout_lines.py``, seeds 0-2): with 3
-        members above ``baseline.mean``'s pearson_delta and below its energy distance on every line and seed,
-        against 6 of 9 (line, seed) pairs on pearson_delta for one member. Training costs K times one fit; data without a
+        divides that variance by K. Measured (``benchmarks/state_heldout_lines.py``): with 3 members above
+        ``baseline.mean``'s pearson_delta and below its energy distance on every line for seeds 0-2 (one
+        member: 6 of 9 on pearson_delta), and on 14 of 15 (line, seed) pairs over seeds 0-4. Training costs K times one fit; data without a
         context of controls only (Norman19 combinations, Papalexi knockouts) train one member by default.
 
     Notes

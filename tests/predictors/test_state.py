@@ -179,6 +179,52 @@ def test_st_trains_for_a_held_out_context_and_keeps_w_of_the_perturbation_specif
     assert model.predict_sets(ctrl.expand(2, -1, -1).contiguous(), pert, ctx).shape == (2, 16, ctrl.shape[1])
 
 
+def test_st_ensemble_averages_independent_members_and_its_spread_over_seeds_falls(tmp_path) -> None:
+    data = simulate(n=30, contexts=("c1", "c2", "c3"))
+    train = data[(data.obs["cell_type"] != "c2") | (data.obs["perturbation"] == "control")].copy()
+    ctrl = torch.from_numpy(np.asarray(train[train.obs["cell_type"] == "c2"].X[:24]))
+    single = StateTransition(**FAST)
+    single.fit(data, SPEC, epochs=1, seed=0)
+    assert single.members == 1 and len(single.module.members) == 0
+
+    def novel_delta(model: StateTransition) -> torch.Tensor:
+        """(G,) mean predicted change of g1 in the held-out context c2."""
+        ctx = torch.full((len(ctrl),), model.contexts.index("c2"))
+        pert = model.encode_perturbations(["g1"] * len(ctrl))
+        return (model.predict_batch(ctrl, pert, ctx) - model.predict_batch(ctrl, pert * 0, ctx)).mean(0)
+
+    # a held-out context (controls only): three independently initialised members by default, averaged
+    runs = {k: [] for k in (1, 3)}
+    for seed in range(4):
+        for k in (1, 3):
+            model = StateTransition(**FAST, n_members=None if k == 3 else 1)
+            model.fit(train, SPEC, epochs=4, seed=seed)
+            assert model.members == k and len(model.module.members) == k - 1
+            runs[k].append(novel_delta(model))
+    # the ensemble's prediction varies less with the seed than one member's
+    spread = {k: torch.stack(v).std(0).mean().item() for k, v in runs.items()}
+    assert spread[3] < 0.8 * spread[1]
+    m = model.module
+    assert not torch.equal(m.basal[0].weight, m.members[0].basal[0].weight)  # independent initialisations
+    ctx = torch.full((1,), model.contexts.index("c2"))
+    pert = model.encode_perturbations(["g1"])
+    prior, novel = m.prior(pert, ctx), m.novel_context[ctx] > 0
+    with torch.no_grad():
+        each = [mm._forward_one(ctrl[None], pert, None, prior, None, None, None, novel)[0] for mm in (m, *m.members)]
+        assert torch.allclose(m(ctrl[None], pert, prior=prior, novel=novel), torch.stack(each).mean(0), atol=1e-6)
+    loaded = Predictor.load(model.save(tmp_path / "ens"))
+    assert loaded.members == 3 and torch.equal(novel_delta(loaded), novel_delta(model))
+    # untrained heads (all members): the held-out context gets exactly the prior
+    for mm in (m, *m.members):
+        torch.nn.init.zeros_(mm.head[-1][-1].weight)
+        torch.nn.init.zeros_(mm.head[-1][-1].bias)
+    x = ctrl[None] + 5.0  # far from 0, so the ReLU does not cut the shift
+    with torch.no_grad():
+        assert torch.allclose(m(x, pert, prior=prior, novel=novel) - x, prior[:, None].expand_as(x), atol=1e-5)
+    with pytest.raises(Exception, match="n_members"):
+        StateTransition(n_members=0)
+
+
 def test_st_predicts_unseen_perturbations_from_coexpression_and_pt_embeddings(tmp_path, data: ad.AnnData) -> None:
     held = ["g2", "g10", "g17"]
     sp_ = split(data, SPEC, "perturbations", holdout=held)

@@ -18,6 +18,7 @@ _WHERE: dict[str, str] = {
     "split": "_data", "target_gene": "_data", "validate": "_data",
     "train_module": "_fit", "validation_rows": "_fit",
     "BATCH": "_keys",
+    "Pseudobulk": "_pseudobulk", "pseudobulk": "_pseudobulk",
     "Predictor": "_predictor", "PredictorModule": "_predictor", "seeded": "_predictor",
     "FitData": "_types", "FitReport": "_types", "LossOutput": "_types",
     "CellgymError": "errors", "CheckpointError": "errors", "DataSpecError": "errors",

@@ -11,68 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from ..base import DataSpecError, FitData, FitReport, Predictor, target_gene
+from ..base import DataSpecError, FitData, FitReport, Predictor, Pseudobulk, pseudobulk, target_gene
 from ._module import AdditiveBaselineModule, LinearBaselineModule, MeanBaselineModule, NoChangeBaselineModule
 
 __all__ = ["AdditiveBaseline", "LinearBaseline", "MeanBaseline", "NoChangeBaseline"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Pseudobulk:
-    """Per-context pseudobulks of a training set.
-
-    Attributes
-    ----------
-    control
-        (C, G) float64 control mean of each context (zeros where a context has no controls).
-    ctx
-        (n,) int64 context of each perturbed group.
-    labels
-        (n,) perturbation label of each group (``"A"`` or ``"A+B"``).
-    delta
-        (n, G) float64 group mean minus its context's control mean.
-    """
-
-    control: np.ndarray
-    ctx: np.ndarray
-    labels: np.ndarray
-    delta: np.ndarray
-
-    def mean_effect(self, n_contexts: int) -> np.ndarray:
-        """(C, G) mean delta over each context's groups; a context without groups gets the pooled mean."""
-        g = self.control.shape[1]
-        pooled = self.delta.mean(0) if len(self.labels) else np.zeros(g)
-        out = np.tile(pooled, (n_contexts, 1))
-        for c in np.unique(self.ctx):
-            out[c] = self.delta[self.ctx == c].mean(0)
-        return out
-
-
-def pseudobulk(data: FitData, n_contexts: int) -> Pseudobulk:
-    """Group means of ``data.x`` by (context, label), as deltas against each context's controls."""
-    labels = np.asarray(data.labels, dtype=str)
-    _, label_code = np.unique(labels, return_inverse=True)
-    key = data.ctx.astype(np.int64) * (label_code.max() + 1) + label_code
-    groups, inverse = np.unique(key, return_inverse=True)
-    indicator = sp.csr_matrix((np.ones(key.size), (inverse, np.arange(key.size))), shape=(groups.size, key.size))
-    sizes = np.asarray(indicator.sum(1)).ravel()
-    means = np.asarray(indicator @ data.x.astype(np.float64)) / sizes[:, None]
-    first = np.zeros(groups.size, dtype=np.int64)
-    first[inverse[::-1]] = np.arange(key.size)[::-1]  # a representative cell of each group
-    g_ctx, g_label, g_ctrl = data.ctx[first].astype(np.int64), labels[first], data.is_control[first]
-    control = np.zeros((n_contexts, data.x.shape[1]))
-    control[g_ctx[g_ctrl]] = means[g_ctrl]
-    pert = ~g_ctrl
-    return Pseudobulk(control, g_ctx[pert], g_label[pert], means[pert] - control[g_ctx[pert]])
 
 
 class _Baseline(Predictor):

@@ -354,7 +354,7 @@ class Gem1Base(Predictor):
         """``module.measured_effect`` (C, G): per context, what ``baseline.mean`` adds there, restricted to the
         single perturbations (the equal-weight mean of their pseudobulk minus the context's control mean); a
         context without measured singles gets the mean over all contexts' singles."""
-        from ..baselines._model import Pseudobulk, pseudobulk
+        from ..base import Pseudobulk, pseudobulk
 
         bulk = pseudobulk(data, len(self.contexts))
         single = np.array([len(self.spec.split_label(lab)) == 1 for lab in bulk.labels], dtype=bool)

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..base import FitData
-from ..baselines._model import pseudobulk
+from ..base import FitData, pseudobulk
 
 
 @dataclass

@@ -24,9 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import FitData, FitReport, LossOutput, Predictor, PredictorModule, seeded, train_module
+from ..base import (
+    FitData,
+    FitReport,
+    LossOutput,
+    Predictor,
+    PredictorModule,
+    pseudobulk,
+    seeded,
+    train_module,
+)
 from ..base.errors import DataSpecError, UnknownPerturbationError
-from ..baselines._model import pseudobulk
 from ..genes import embedding_table, resolve_sources
 from ..metrics import energy_distance_torch
 from ._prior import fit_effect_prior

@@ -53,6 +53,7 @@ from cellgym.predictors.base import (
     Predictor,
     check_genes,
     expression,
+    own_target_columns,
     raw_counts,
     train_module,
     validate,
@@ -354,20 +355,16 @@ class Gem1Base(Predictor):
         """``module.measured_effect`` (C, G): per context, what ``baseline.mean`` adds there, restricted to the
         single perturbations (the equal-weight mean of their pseudobulk minus the context's control mean); a
         context without measured singles gets the mean over all contexts' singles."""
-        from ..base import Pseudobulk, pseudobulk
+        from ..base import Pseudobulk, own_target_change, pseudobulk
 
         bulk = pseudobulk(data, len(self.contexts))
         single = np.array([len(self.spec.split_label(lab)) == 1 for lab in bulk.labels], dtype=bool)
         singles = Pseudobulk(bulk.control, bulk.ctx[single], bulk.labels[single], bulk.delta[single])
         mean = singles.mean_effect(len(self.contexts))
         self.module.measured_effect.copy_(torch.from_numpy(mean.astype(np.float32)))
-        # a knockout's own target: its change there beyond the mean change, averaged over the seen singles whose
-        # target (the single's name) is a measured gene (Papalexi: -1.13 log1p over 8 such knockouts, seed 0)
-        index = {g: j for j, g in enumerate(self.genes)}
-        rows = [(r, index[lab]) for r, lab in enumerate(singles.labels) if lab in index]
-        own = [singles.delta[r, j] - mean[singles.ctx[r], j] for r, j in rows]
-        self.module.target_effect = torch.tensor(float(np.mean(own)) if own else 0.0)
-        self._n_own_targets = len(own)
+        # a knockout's own target: its change there beyond the mean change (shared with state.transition)
+        change, self._n_own_targets = own_target_change(bulk, self.genes, self.spec.split_label)
+        self.module.target_effect = torch.tensor(change)
 
     @torch.no_grad()
     def _map_unseen(self, data: FitData) -> None:
@@ -425,8 +422,8 @@ class Gem1Base(Predictor):
         measured = self.config.get("unseen_effect") == "measured"
         self.from_measured = [e for e in extras if e not in self.mapped] if measured else []
         self.unseen_columns = list(self.mapped) + self.from_measured
-        index = {g: j for j, g in enumerate(self.genes)}
-        self.own_target = [e for e in self.unseen_columns if e in index] if measured else []
+        index = own_target_columns(self.unseen_columns, self.genes) if measured else {}
+        self.own_target = list(index)
         alpha = np.array(self._mapped_alpha + [[1.0 / max(p, 1)] * p] * len(self.from_measured), np.float32)
         module.extra_alpha = torch.from_numpy(alpha.reshape(len(self.unseen_columns), p))
         module.extra_measured = torch.tensor([0.0] * len(self.mapped) + [1.0] * len(self.from_measured))

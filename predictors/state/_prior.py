@@ -18,6 +18,12 @@ ST predicts ``relu(x + prior(c, p) + head(h))``; the prior is
   leave-one-context-out least squares on the training contexts (``dev_{c,s} ~ w * dbar_s^(-c)``); 1 when
   no single was measured in two contexts (then ``dbar`` is 0 anyway).
 
+An unseen single (in ``perturbations`` but never in training) whose target, its name, is a measured gene also
+gets the seen knockouts' mean change at their own target beyond the mean change
+(:func:`cellgym.predictors.base.own_target_change`, as GEM-1 gives it) at that gene: the mean change
+spreads a knockout's drop at its own target over every other gene, and ``dbar`` is 0 for a single
+measured nowhere.
+
 The same rule gives the prior of a training group, with the group itself left out of its context's mean
 (``m_c`` without it), so training sees the prior it will get at prediction time: the transformer learns
 what the prior misses (from the perturbation's features and the context's basal cells), and its head
@@ -26,22 +32,28 @@ starts at zero, so an untrained ST *is* the prior.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..base import FitData, pseudobulk
+from ..base import FitData, own_target_change, own_target_columns, pseudobulk
 
 
 @dataclass
 class EffectPrior:
     """Fitted prior: ``mean_effect`` (C, G), ``transfer`` (C, P, G) = ``w * dbar_s^(-c)``, the shrinkage ``w``,
-    and ``context_transfer`` u (the shrinkage of the mean effect of a context without perturbed cells)."""
+    and ``context_transfer`` u (the shrinkage of the mean effect of a context without perturbed cells);
+    ``own_target`` ``{unseen single: gene index}`` whose ``transfer`` holds ``own_target_change`` at that gene
+    (the mean over ``n_own_targets`` seen singles)."""
 
     mean_effect: np.ndarray
     transfer: np.ndarray
     shrinkage: float
     context_transfer: float = 1.0
+    own_target: dict[str, int] = field(default_factory=dict)
+    own_target_change: float = 0.0
+    n_own_targets: int = 0
 
     def of(self, ctx: np.ndarray, pert: np.ndarray) -> np.ndarray:
         """(n, G) prior of rows with contexts ``ctx`` (n,) and multi-hot ``pert`` (n, P); 0 for controls."""
@@ -50,9 +62,12 @@ class EffectPrior:
 
 
 def fit_effect_prior(
-    data: FitData, perturbations: list[str], n_contexts: int, split_label
+    data: FitData, perturbations: list[str], n_contexts: int, split_label, genes: Sequence[str] = (),
+    unseen: Sequence[str] = (),
 ) -> tuple[EffectPrior, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The prior of a training set, and the leave-group-out priors of its (context, label) groups.
+
+    ``unseen`` (perturbations not in training) named after one of ``genes`` get the own-target change there.
 
     Returns ``(prior, group_ctx (n,), group_labels (n,), group_prior (n, G), novel_prior (n, G) | None)`` over
     perturbed groups; ``novel_prior`` is the prior each group would get were its context without perturbed
@@ -113,4 +128,11 @@ def fit_effect_prior(
     transfer = np.einsum("np,npg->ng", multi, prior.transfer[bulk.ctx].astype(np.float64))
     group_prior = own + transfer
     novel = None if rest_of is None else (u * rest_of[bulk.ctx] + transfer).astype(np.float32)
+    # unseen singles whose target is a measured gene: the knockouts' own-target change there (no training
+    # group has them, so the group priors above are unchanged)
+    prior.own_target = own_target_columns(unseen, genes)
+    if prior.own_target:
+        prior.own_target_change, prior.n_own_targets = own_target_change(bulk, genes, split_label)
+        for name, j in prior.own_target.items():
+            prior.transfer[:, index[name], j] += prior.own_target_change
     return prior, bulk.ctx, bulk.labels, group_prior.astype(np.float32), novel

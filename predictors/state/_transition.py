@@ -367,7 +367,9 @@ class StateTransition(Predictor):
         plus each single's deviation measured in *other* contexts, shrunk by a factor w estimated by
         leave-one-context-out regression (``shrinkage``; see ``cellgym.predictors.state._prior``).
         Training groups get their leave-group-out prior, and the head starts at zero, so an untrained
-        ST predicts the prior. False: ``x + head(h)`` (the previous model).
+        ST predicts the prior. An unseen single whose target is a measured gene also gets the seen
+        knockouts' mean change at their own target beyond the mean change there (:attr:`own_target`,
+        logged; as GEM-1). False: ``x + head(h)`` (the previous model).
     unseen_fallback
         What an unseen perturbation without perturbation features (no gene embedding, or
         ``perturbation_features='onehot'``) gets: ``"prior"`` (default; listed in :attr:`from_prior`,
@@ -521,6 +523,9 @@ class StateTransition(Predictor):
         self.shrinkage: float | None = None
         #: members of the fitted ensemble (``n_members`` resolved at fit time)
         self.members = 1
+        #: unseen singles whose target is a measured gene: their prior holds the seen knockouts' mean own-target
+        #: change at that gene (see ``_prior.py``; as GEM-1's ``own_target``)
+        self.own_target: list[str] = []
 
     # ------------------------------------------------------------------------------------------ building
     def _build_module(self) -> None:
@@ -684,9 +689,17 @@ class StateTransition(Predictor):
             self.module.pert_matrix.copy_(torch.from_numpy(table))
             self.module.learned_mask.copy_(torch.from_numpy(learned))
         group_prior = novel_prior = None
+        self.own_target = []
         if self.config["effect_prior"]:
-            prior, g_ctx, g_labels, g_prior, g_novel = fit_effect_prior(data, self.perturbations, len(self.contexts),
-                                                               self.spec.split_label)
+            seen = set(self.seen)
+            prior, g_ctx, g_labels, g_prior, g_novel = fit_effect_prior(
+                data, self.perturbations, len(self.contexts), self.spec.split_label, genes=self.genes,
+                unseen=[q for q in self.perturbations if q not in seen])
+            self.own_target = list(prior.own_target)
+            if self.own_target:
+                log.info("state.transition: %d unseen single(s) whose target is a measured gene get the knockouts' "
+                         "own-target change %.3f there in the prior (mean over %d seen singles): %s",
+                         len(self.own_target), prior.own_target_change, prior.n_own_targets, self.own_target[:10])
             with torch.no_grad():
                 self.module.mean_effect.copy_(torch.from_numpy(prior.mean_effect))
                 self.module.transfer.copy_(torch.from_numpy(prior.transfer))
@@ -788,7 +801,7 @@ class StateTransition(Predictor):
                 "from_prior": list(self.from_prior), "shrinkage": self.shrinkage, "se_state": self.se_state,
                 "batches": list(self.batches), "trust": self.trust, "max_shift": self.max_shift,
                 "embedding_transfer": self.embedding_transfer, "context_transfer": self.context_transfer,
-                "members": self.members}
+                "members": self.members, "own_target": list(self.own_target)}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.seen = list(extra["seen"])
@@ -803,6 +816,7 @@ class StateTransition(Predictor):
         self.embedding_transfer = extra.get("embedding_transfer")
         self.context_transfer = extra.get("context_transfer")
         self.members = int(extra.get("members", 1))
+        self.own_target = list(extra.get("own_target") or [])  # [] in checkpoints from before it
 
 
 class SetSampler:

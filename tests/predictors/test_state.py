@@ -20,6 +20,7 @@ from cellgym.predictors.genes import (
 )
 from cellgym.predictors.metrics import energy_distance, energy_distance_torch
 from cellgym.predictors.state import StateEmbedding, StateEmbeddingReward, StateTransition, set_layout
+from cellgym.predictors.state._prior import fit_effect_prior
 
 G, MODULE = 40, 8  # 5 co-expression modules of 8 genes
 
@@ -251,7 +252,8 @@ def test_st_predicts_unseen_perturbations_from_coexpression_and_pt_embeddings(tm
     x = torch.from_numpy(data.X[:5] + 5.0)  # far from 0, so the ReLU does not cut the shift
     ctx = torch.zeros(5, dtype=torch.long)
     shift = fallback.predict_batch(x, fallback.encode_perturbations(["g2"] * 5), ctx) - x
-    assert torch.allclose(shift, fallback.module.mean_effect[0].expand(5, -1), atol=1e-5)
+    other = torch.arange(G) != 2  # g2 itself also gets the own-target change (tested below)
+    assert torch.allclose(shift[:, other], fallback.module.mean_effect[0, other].expand(5, -1), atol=1e-5)
 
 
 def test_st_save_load_exact_and_batch_equals_sets(tmp_path, fitted: StateTransition, data: ad.AnnData) -> None:
@@ -525,3 +527,48 @@ def test_st_checkpoint_without_unknown_token_loads(tmp_path, fitted: StateTransi
     x = torch.from_numpy(data.X[:10])
     pert, ctx = fitted.encode_perturbations(["g1"] * 10), torch.zeros(10, dtype=torch.long)
     assert torch.equal(loaded.predict_batch(x, pert, ctx), fitted.predict_batch(x, pert, ctx))
+
+
+def test_unseen_knockout_of_a_measured_gene_gets_the_own_target_change(tmp_path, data: ad.AnnData) -> None:
+    """A held-out knockout whose target is a measured gene lowers it by the seen knockouts' own-target change
+    beyond the mean change, whether predicted from its embedding or from the prior; one whose target is not
+    among the genes gets the prior unchanged."""
+    d = data.copy()
+    d.obs["perturbation"] = d.obs["perturbation"].astype(str).replace({"g17": "KO17"})  # a target not measured
+    held = ["g2", "KO17"]
+    train = d[split(d, SPEC, "perturbations", holdout=held).train].copy()
+    # the measured own-target change, straight from the training cells: each seen knockout's change at its own
+    # gene minus the mean change there of its context's knockouts (simulated: about -1, the extra drop at k)
+    frame = pd.DataFrame(train.X, columns=train.var_names).groupby([train.obs["cell_type"].to_numpy(),
+                                                                    train.obs["perturbation"].to_numpy()]).mean()
+    own = []
+    for ctx in ("c1", "c2"):
+        delta = frame.loc[ctx].drop("control") - frame.loc[(ctx, "control")]
+        own += [delta.loc[k, k] - delta[k].mean() for k in delta.index if k in train.var_names]
+    expected = float(np.mean(own))
+    assert expected < -0.5
+    x = torch.from_numpy(d.X[:8] + 5.0)  # far from 0: no ReLU cut
+    ctx = torch.zeros(8, dtype=torch.long)
+    for features in ("onehot", "genes"):  # g2 from the prior / from its co-expression embedding
+        model = StateTransition(**FAST, perturbation_features=features, extra_perturbations=held)
+        model.fit(train, SPEC, epochs=1, seed=0)
+        assert model.own_target == ["g2"] and "KO17" in model.from_prior
+        assert ("g2" in model.from_prior) == (features == "onehot")
+        torch.nn.init.zeros_(model.module.head[-1][-1].weight)  # the head adds nothing: the prediction is the prior
+        torch.nn.init.zeros_(model.module.head[-1][-1].bias)
+        mean = model.module.mean_effect[0]
+        shift = model.predict_batch(x, model.encode_perturbations(["g2"] * 8), ctx) - x
+        assert abs(float((shift[:, 2] - mean[2]).mean()) - expected) < 1e-3
+        assert torch.allclose(shift[:, 3:], mean[3:].expand(8, -1), atol=1e-4)  # the other genes: the mean change
+        shift_ko = model.predict_batch(x, model.encode_perturbations(["KO17"] * 8), ctx) - x
+        assert torch.allclose(shift_ko, mean.expand(8, -1), atol=1e-4)  # not a measured gene: untouched
+        # the prior without the own-target term: seen knockouts keep theirs; g2 differs at g2 only
+        plain = fit_effect_prior(model.fit_data(train), model.perturbations, 2, model.spec.split_label)[0].transfer
+        diff = model.module.transfer.numpy() - plain
+        cols = [model.perturbations.index(q) for q in model.seen]
+        assert not diff[:, cols].any() and np.flatnonzero(np.abs(diff).sum((0, 1))).tolist() == [2]
+    model.save(tmp_path / "st")
+    loaded = Predictor.load(tmp_path / "st")
+    assert loaded.own_target == ["g2"]
+    assert torch.equal(loaded.predict_batch(x, loaded.encode_perturbations(["g2"] * 8), ctx),
+                       model.predict_batch(x, model.encode_perturbations(["g2"] * 8), ctx))

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+import yaml
 
 from cellgym.predictors import DataSpec, Predictor, evaluate, split
 from cellgym.predictors.base import UnknownPerturbationError
@@ -572,3 +573,7 @@ def test_unseen_knockout_of_a_measured_gene_gets_the_own_target_change(tmp_path,
     assert loaded.own_target == ["g2"]
     assert torch.equal(loaded.predict_batch(x, loaded.encode_perturbations(["g2"] * 8), ctx),
                        model.predict_batch(x, model.encode_perturbations(["g2"] * 8), ctx))
+    config = yaml.safe_load((tmp_path / "st" / "config.yaml").read_text())
+    del config["extra"]["own_target"]  # a checkpoint from before the list
+    (tmp_path / "st" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert Predictor.load(tmp_path / "st").own_target == []

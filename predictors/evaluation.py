@@ -84,18 +84,17 @@ class EvaluationResult:
     split: Split
 
 
-def _make(entry: str | Predictor, extra: list[str]) -> Predictor:
-    """A predictor from a registry name; held-out singles go to ``extra_perturbations`` where accepted."""
+def _make(entry: str | Predictor, extra: list[str], options: dict[str, Any]) -> Predictor:
+    """A predictor from a registry name and constructor ``options``; held-out singles go to
+    ``extra_perturbations`` where accepted."""
     if isinstance(entry, Predictor):
         return entry
-    from cellgym.registry import get
+    from cellgym.registry import make_predictor, predictor_class
 
-    spec = get("predictors", entry)
-    cls = spec.load()
-    kwargs = dict(spec.kwargs)
-    if extra and "extra_perturbations" in inspect.signature(cls.__init__).parameters:
+    kwargs = dict(options)
+    if extra and "extra_perturbations" in inspect.signature(predictor_class(entry).__init__).parameters:
         kwargs["extra_perturbations"] = extra
-    return cls(**kwargs)
+    return make_predictor(entry, **kwargs)
 
 
 def _predict(predictor: Predictor, x: np.ndarray, label: str, context: str) -> np.ndarray:
@@ -120,6 +119,7 @@ def evaluate(
     de_k: int = 20,
     max_cells: int = 500,
     fit_kwargs: dict[str, dict[str, Any]] | None = None,
+    predictor_kwargs: dict[str, dict[str, Any]] | None = None,
     progress: bool = False,
     max_epochs: int | None = None,
 ) -> EvaluationResult:
@@ -146,6 +146,9 @@ def evaluate(
         Cells per side of the energy distance (subsampled above this).
     fit_kwargs
         Extra ``fit`` keyword arguments per registry name (e.g. ``{"gem1.bulk": {"epochs": 5}}``).
+    predictor_kwargs
+        Constructor options per registry name (e.g. ``{"state.transition": {"n_members": 5}}``); an
+        option the predictor does not take fails before any fitting, naming the ones it does.
     progress
         Show a progress bar (stderr) over the held-out groups each predictor predicts.
     max_epochs
@@ -162,7 +165,19 @@ def evaluate(
         raise DataSpecError(f"de_k must be >= 1, got {de_k}.")
     if max_epochs is not None and max_epochs < 1:
         raise DataSpecError(f"max_epochs must be >= 1, got {max_epochs}.")
-    fit_kwargs = fit_kwargs or {}
+    fit_kwargs, predictor_kwargs = fit_kwargs or {}, predictor_kwargs or {}
+    by_name = {p for p in predictors if isinstance(p, str)}
+    names = by_name | {p.name or type(p).__name__ for p in predictors if not isinstance(p, str)}
+    for option, per_name, allowed in (("fit_kwargs", fit_kwargs, names), ("predictor_kwargs", predictor_kwargs, by_name)):
+        stray = sorted(set(per_name) - allowed)
+        if stray:
+            raise DataSpecError(f"{option} names {stray}, which are not among the predictors evaluated by name "
+                                f"({sorted(allowed)}); use one of those names.")
+    if predictor_kwargs:
+        from cellgym.registry import check_options
+
+        for name, options in predictor_kwargs.items():
+            check_options("predictors", name, options)
     x = expression(adata, spec)
     labels = adata.obs[spec.perturbation_key].astype(str).to_numpy()
     contexts = adata.obs[spec.context_key].astype(str).to_numpy() if spec.context_key else np.full(adata.n_obs, "", object)
@@ -202,7 +217,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     budget: dict[str, tuple[float, float]] = {}
     for entry in predictors:
-        predictor = _make(entry, extra)
+        predictor = _make(entry, extra, predictor_kwargs.get(entry, {}) if isinstance(entry, str) else {})
         name = predictor.name or type(predictor).__name__
         if predictor.module is None:
             logger.info("fitting %s on %d cells", name, train.n_obs)

@@ -11,6 +11,8 @@ from . import _builtin  # noqa: F401  (registers the built-in names)
 from ._registry import (
     Spec,
     UnknownNameError,
+    UnknownOptionError,
+    check_options,
     describe_task,
     get,
     is_parallel_task,
@@ -27,7 +29,9 @@ from ._registry import (
 __all__ = [
     "Spec",
     "UnknownNameError",
+    "UnknownOptionError",
     "__version__",
+    "check_options",
     "describe_task",
     "get",
     "is_parallel_task",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -17,6 +18,10 @@ KINDS: tuple[str, ...] = ("predictors", "rewards", "agents", "tasks")
 
 class UnknownNameError(CellgymError, KeyError):
     """A name that no registry holds."""
+
+
+class UnknownOptionError(CellgymError, TypeError):
+    """A keyword option that a registered thing's constructor does not take."""
 
 
 @dataclass(frozen=True)
@@ -139,19 +144,45 @@ def predictor_class(name: str) -> type:
     return get("predictors", name).load()
 
 
+def check_options(kind: Kind, name: str, kwargs: dict[str, Any]) -> None:
+    """One clear error for an option the constructor of ``name`` does not take, naming the ones it does.
+
+    Constructors that take ``**kwargs`` accept anything and are not checked here.
+    """
+    cls = get(kind, name).load()
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no introspectable signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], accepted, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownOptionError(
+            f"{kind[:-1]} {name!r} has no option {unknown[0]!r}.{hint} Its options: {', '.join(accepted) or 'none'}."
+        )
+
+
+def _construct(kind: Kind, name: str, kwargs: dict[str, Any]) -> Any:
+    spec = get(kind, name)
+    kwargs = {**spec.kwargs, **kwargs}
+    check_options(kind, name, kwargs)
+    return spec.load()(**kwargs)
+
+
 def make_predictor(name: str, **kwargs: Any) -> Any:
     """A new (unfitted) predictor by registered name, e.g. ``make_predictor("baseline.linear", n_pcs=10)``."""
-    spec = get("predictors", name)
-    return spec.load()(**{**spec.kwargs, **kwargs})
+    return _construct("predictors", name, kwargs)
 
 
 def make_reward(name: str, **kwargs: Any) -> Any:
     """A reward model by registered name, e.g. ``make_reward("target.energy", target=cells)``."""
-    spec = get("rewards", name)
-    return spec.load()(**{**spec.kwargs, **kwargs})
+    return _construct("rewards", name, kwargs)
 
 
 def make_agent(name: str, **kwargs: Any) -> Any:
     """An agent by registered name."""
-    spec = get("agents", name)
-    return spec.load()(**{**spec.kwargs, **kwargs})
+    return _construct("agents", name, kwargs)

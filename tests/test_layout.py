@@ -48,3 +48,20 @@ def test_unknown_name_suggests_close_match():
     with pytest.raises(UnknownNameError, match=r"Did you mean 'baseline\.linear'"):
         make_predictor("baseline.lineer")
     assert type(make_predictor("baseline.linear", n_pcs=5)).__name__ == "LinearBaseline"
+
+
+def test_unknown_option_is_one_line_naming_the_options():
+    from cellgym.registry import UnknownOptionError, make_predictor
+
+    with pytest.raises(UnknownOptionError, match=r"has no option 'n_pc'\. Did you mean 'n_pcs'\? Its options: n_pcs, ridge"):
+        make_predictor("baseline.linear", n_pc=5)
+    with pytest.raises(TypeError):  # callers that catch the constructor's TypeError still do
+        make_predictor("baseline.mean", foo=1)
+
+
+def test_every_registered_default_option_is_accepted():
+    from cellgym.registry import check_options, get, specs
+
+    for kind in ("predictors", "rewards", "agents"):
+        for name in specs(kind):
+            check_options(kind, name, get(kind, name).kwargs)

@@ -39,16 +39,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, metavar="N", help="cap on the epochs of every trained predictor (default: each predictor's own, with early stopping)")
     p.add_argument("--fit-kwargs", nargs="+", default=[], metavar="NAME:KEY:VALUE",
                    help="fit() options per predictor, VALUE parsed as YAML, e.g. gem1.bulk:epochs:5 state.transition:epochs:50")
+    p.add_argument("--predictor-kwargs", nargs="+", default=[], metavar="NAME:KEY:VALUE",
+                   help="constructor options per predictor, VALUE parsed as YAML, e.g. state.transition:n_members:5 baseline.linear:n_pcs:5")
     add_data_options(p)
     p.set_defaults(run=run)
 
 
-def _fit_kwargs(items: list[str]) -> dict[str, dict]:
+def _per_predictor(items: list[str], flag: str) -> dict[str, dict]:
     """``["gem1.bulk:epochs:5"]`` -> ``{"gem1.bulk": {"epochs": 5}}``."""
     out: dict[str, dict] = {}
     for item in items:
         name, _, rest = item.partition(":")
-        out.setdefault(name, {}).update(parse_kv([rest], f"--fit-kwargs {name}:"))
+        out.setdefault(name, {}).update(parse_kv([rest], f"{flag} {name}:"))
     return out
 
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from cellgym.registry import get
 
     parse_filters(args.subset, "--subset"), parse_filters(args.exclude, "--exclude")  # syntax first
-    fit_kwargs = _fit_kwargs(args.fit_kwargs)
+    fit_kwargs = _per_predictor(args.fit_kwargs, "--fit-kwargs")
+    predictor_kwargs = _per_predictor(args.predictor_kwargs, "--predictor-kwargs")
     for name in args.predictors:
         get("predictors", name)  # unknown names fail before any work, with close matches
     adata = load_data(args)
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     sp = split(adata, spec, args.split, seed=args.seed, holdout=args.holdout, test_fraction=args.test_fraction)
     show_fit_progress()  # per-epoch lines of every trained predictor: epoch, loss, time left
     result = evaluate(adata, spec, sp, args.predictors, seed=args.seed, de_k=args.de_k, progress=True,
-                      max_epochs=args.max_epochs, fit_kwargs=fit_kwargs)
+                      max_epochs=args.max_epochs, fit_kwargs=fit_kwargs, predictor_kwargs=predictor_kwargs)
 
     out = _output_dir(args)
     out.mkdir(parents=True, exist_ok=True)

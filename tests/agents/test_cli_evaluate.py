@@ -67,6 +67,9 @@ def test_evaluate_contexts_with_subset_and_counts(tmp_path, capsys):
         (["--perturbation-key", "pert"], "no column 'pert'"),
         (["--holdout", "G9+G10"], "held-out perturbation(s) ['G9+G10']"),
         (["--predictors", "baseline.addtive"], "Did you mean 'baseline.additive'"),
+        (["--predictor-kwargs", "baseline.additive:foo:1"], "predictor 'baseline.additive' has no option 'foo'"),
+        (["--predictor-kwargs", "baseline.mean:foo:1"], "predictor_kwargs names ['baseline.mean'], which are not among"),
+        (["--fit-kwargs", "gem1.bulk:epochs:2"], "fit_kwargs names ['gem1.bulk'], which are not among"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(h5ad, tmp_path, capsys, args, message):
@@ -99,3 +102,15 @@ def test_evaluate_max_epochs_budget_columns_and_progress(h5ad, tmp_path, capsys)
     metrics = pd.read_csv(tmp_path / "metrics.csv", index_col="predictor")
     assert metrics.loc["gem1.bulk", "fit_epochs"] == 2 and metrics.loc["baseline.mean", "fit_epochs"] == 0
     assert main(["evaluate", "--data", str(h5ad), "--split", "combos", "--predictors", "gem1.bulk", "--max-epochs", "0"]) == 2
+
+
+def test_evaluate_predictor_kwargs_reach_the_constructor(h5ad, tmp_path, capsys):
+    def linear_pearson(*extra: str) -> float:
+        out = tmp_path / str(len(extra))
+        assert main(["evaluate", "--data", str(h5ad), "--split", "combos", "--predictors", "baseline.linear",
+                     "--output", str(out), *extra]) == 0
+        return pd.read_csv(out / "metrics.csv", index_col="predictor").loc["baseline.linear", "pearson_delta"]
+
+    default = linear_pearson()
+    one_pc = linear_pearson("--predictor-kwargs", "baseline.linear:n_pcs:1", "baseline.linear:ridge:0.1")
+    assert one_pc != pytest.approx(default, abs=1e-6)  # n_pcs=1 is a different model

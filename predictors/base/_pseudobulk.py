@@ -33,6 +33,11 @@ class Pseudobulk:
     labels: np.ndarray
     delta: np.ndarray
 
+    def singles(self, split_label: Callable[[str], list[str]]) -> Pseudobulk:
+        """The groups of single perturbations only (``split_label`` splits ``"A+B"`` into its singles)."""
+        keep = np.array([len(split_label(str(lab))) == 1 for lab in self.labels], dtype=bool)
+        return Pseudobulk(self.control, self.ctx[keep], self.labels[keep], self.delta[keep])
+
     def mean_effect(self, n_contexts: int) -> np.ndarray:
         """(C, G) mean delta over each context's groups; a context without groups gets the pooled mean."""
         g = self.control.shape[1]
@@ -70,8 +75,7 @@ def own_target_change(bulk: Pseudobulk, genes: Sequence[str], split_label: Calla
     ``(0.0, 0)`` without one. Papalexi seed 0: -1.13 log1p over 8 seen knockouts. An unseen single whose
     target is a measured gene (:func:`own_target_columns`) gets this change there.
     """
-    single = np.array([len(split_label(str(lab))) == 1 for lab in bulk.labels], dtype=bool)
-    singles = Pseudobulk(bulk.control, bulk.ctx[single], bulk.labels[single], bulk.delta[single])
+    singles = bulk.singles(split_label)
     mean = singles.mean_effect(bulk.control.shape[0])
     index = {g: j for j, g in enumerate(genes)}
     own = [singles.delta[r, index[lab]] - mean[singles.ctx[r], index[lab]]

@@ -355,12 +355,10 @@ class Gem1Base(Predictor):
         """``module.measured_effect`` (C, G): per context, what ``baseline.mean`` adds there, restricted to the
         single perturbations (the equal-weight mean of their pseudobulk minus the context's control mean); a
         context without measured singles gets the mean over all contexts' singles."""
-        from ..base import Pseudobulk, own_target_change, pseudobulk
+        from ..base import own_target_change, pseudobulk
 
         bulk = pseudobulk(data, len(self.contexts))
-        single = np.array([len(self.spec.split_label(lab)) == 1 for lab in bulk.labels], dtype=bool)
-        singles = Pseudobulk(bulk.control, bulk.ctx[single], bulk.labels[single], bulk.delta[single])
-        mean = singles.mean_effect(len(self.contexts))
+        mean = bulk.singles(self.spec.split_label).mean_effect(len(self.contexts))
         self.module.measured_effect.copy_(torch.from_numpy(mean.astype(np.float32)))
         # a knockout's own target: its change there beyond the mean change (shared with state.transition)
         change, self._n_own_targets = own_target_change(bulk, self.genes, self.spec.split_label)

@@ -55,10 +55,7 @@ VIEWS = {"reference": {"view": "sampled", "view_size": 1000}, "sampled": {"view"
          "neighbours": {"view": "neighbours", "n_neighbours": 32, "n_random": 8},
          "neighbours-view-pairs": {"view": "neighbours", "n_neighbours": 32, "n_random": 8, "distance_pairs": "view"},
          "neighbours-redrawn": {"view": "neighbours", "n_neighbours": 32, "n_random": 8, "resample_random": True},
-         "neighbours-16-random": {"view": "neighbours", "n_neighbours": 32, "n_random": 16},
-         "neighbours-global-token": {"view": "neighbours", "n_neighbours": 32, "n_random": 8}}
-VIEW_AGENTS = {"neighbours-global-token": {"global_token": True}}
-"""Agent settings of a view in ``integration`` (default: CellTripAgent's)."""
+         "neighbours-16-random": {"view": "neighbours", "n_neighbours": 32, "n_random": 16}}
 """Views of the benchmarks. ``neighbours`` is the world's default neighbour reward (the all-pairs estimate);
 ``neighbours-view-pairs`` the mean over the view's own pairs (the reward before this estimate)."""
 SIZES = {"cellgym": {}, "celltrip": CELLTRIP_SIZE}
@@ -491,9 +488,9 @@ def integration(steps: int, seed: int = 0, views: tuple[str, ...] = ("sampled",)
         if not results:
             results = {f"modality {m.name} (processed)": knn_label_agreement(f.numpy(), labels)
                        for m, f in zip(env.modalities, env.features, strict=True)}
-        untrained = CellTripAgent(**VIEW_AGENTS.get(view, {}))
+        untrained = CellTripAgent()
         untrained._check_env(env)
-        agent = CellTripAgent(**VIEW_AGENTS.get(view, {})).learn(env, steps, seed=seed)
+        agent = CellTripAgent().learn(env, steps, seed=seed)
         full = env.for_cells([env.raw[0], env.raw[1]])  # every cell, same preprocessing and view
         full.labels = labels
         for name, policy in (("untrained policy", untrained), (f"trained policy ({steps} steps)", agent)):

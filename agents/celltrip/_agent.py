@@ -70,7 +70,7 @@ class CellTripAgent(Agent):
     def _build(self, state_size: int, action_dim: int) -> EntityAttentionActorCritic:
         c = self.config
         return EntityAttentionActorCritic(state_size, action_dim, c.hidden_dim, c.n_heads, c.log_std_init,
-                                          c.popart_beta, c.ff_mult, c.actor_hidden, c.global_token).to(self.device)
+                                          c.popart_beta, c.ff_mult, c.actor_hidden).to(self.device)
 
     def _check_env(self, env: TripParallelEnv, seed: int | None = None) -> None:
         env.to(self.device)  # the world's state follows the agent's device (no-op when already there)

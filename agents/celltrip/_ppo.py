@@ -61,9 +61,6 @@ class CellTripConfig:
     projection, residual + LayerNorm, a ``ff_mult``-times-wide MLP, residual + LayerNorm."""
     actor_hidden: int = 0
     """0: a linear actor head; >0: one hidden ReLU layer this wide (CellTRIP: 256)."""
-    global_token: bool = False
-    """Neighbour view: every cell also attends to the mean of all cells' token embeddings (O(N), no
-    parameters), a summary of the whole population next to its k cells."""
     log_std_init: float = -1.0
     """Initial log standard deviation of the Gaussian policy."""
     popart_beta: float = 0.1
@@ -196,9 +193,8 @@ class EntityAttentionActorCritic(nn.Module):
 
     def __init__(self, state_size: int, action_dim: int, hidden_dim: int = 64, n_heads: int = 1,
                  log_std_init: float = -0.5, popart_beta: float = 0.1, ff_mult: int = 0,
-                 actor_hidden: int = 0, global_token: bool = False) -> None:
+                 actor_hidden: int = 0) -> None:
         super().__init__()
-        self.global_token = global_token
         if hidden_dim % n_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by n_heads ({n_heads}).")
         self.n_heads = n_heads
@@ -366,7 +362,6 @@ class EntityAttentionActorCritic(nn.Module):
         q_e = torch.einsum("nhc,hcd->nhd", q.view(n, heads, head), w_k * head ** -0.5)
         rows = max(1, ATTENTION_CHUNK_ELEMENTS // (hd * k))
         chunks: dict[int, torch.Tensor] = {}
-        summary = e.mean(0) if self.global_token else None  # one more token every cell sees
 
         def chunk(start: int, stop: int) -> None:
             ec = gather_rows(e, index[start:stop].reshape(-1)).view(stop - start, k, hd)
@@ -374,11 +369,7 @@ class EntityAttentionActorCritic(nn.Module):
             # 1.5-1.7x faster than F.scaled_dot_product_attention on the rows expanded over the heads (one
             # thread; 4,000 cells at CellTRIP's size, 100,000 at cellgym's)
             scores = torch.bmm(q_e[start:stop], ec.transpose(1, 2))  # (c, H, k)
-            if summary is None:
-                chunks[start] = torch.bmm(scores.softmax(-1), ec)  # (c, H, hidden)
-                return
-            weights = torch.cat([scores, (q_e[start:stop] @ summary)[..., None]], -1).softmax(-1)
-            chunks[start] = torch.bmm(weights[..., :k], ec) + weights[..., k:] * summary
+            chunks[start] = torch.bmm(scores.softmax(-1), ec)  # (c, H, hidden)
 
         for_chunks(n, rows, chunk)
         parts = [chunks[start] for start in sorted(chunks)]

@@ -53,21 +53,6 @@ def test_attention_excludes_self_and_depends_on_others():
     assert not torch.allclose(mean2[1:], mean[1:])
 
 
-def test_global_token_lets_every_neighbour_query_see_a_summary_of_all_cells():
-    torch.manual_seed(0)
-    model = EntityAttentionActorCritic(6, 2, hidden_dim=16, n_heads=2, global_token=True)
-    states = torch.randn(10, 6)
-    index = (torch.arange(10)[:, None] + torch.tensor([1, 2])) % 10  # cell i sees i + 1 and i + 2
-    far = states.clone()
-    far[5] += 3.0  # cell 5 is not in cell 0's view
-    with_token = model.forward_neighbours(states, states, index)[0]
-    assert not torch.allclose(model.forward_neighbours(far, far, index)[0][0], with_token[0])
-    model.global_token = False
-    without = model.forward_neighbours(states, states, index)[0]
-    torch.testing.assert_close(model.forward_neighbours(far, far, index)[0][0], without[0])
-    assert not torch.allclose(with_token, without)
-
-
 def test_dict_and_batched_actions_agree():
     env = world()
     agent = CellTripAgent(**FAST)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cellgym.predictors.base._atomic import atomic_write_text
 from cellgym.predictors.base.errors import CellgymError
 
 from ._options import make_baseline, parse_kv
@@ -61,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
     print(table)
-    out.with_suffix(".md").write_text(table + "\n")
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(out.with_suffix(".md"), table + "\n")  # a kill leaves the old files or the new ones
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out.with_suffix(".csv"), buffer.getvalue())
     print(f"\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
     return 0
 

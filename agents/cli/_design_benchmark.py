@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cellgym.predictors.base._atomic import atomic_write_text
 from cellgym.predictors.base.errors import CellgymError
 
 __all__ = ["add_parser", "markdown", "run"]
@@ -83,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     from dataclasses import asdict
 
-    _atomic_write(out.with_suffix(".md"), table + "\n")
-    _atomic_write(out.with_suffix(".csv"), summary.to_csv(index=False))
-    _atomic_write(out.with_name(out.name + "_targets.csv"), pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False))
+    atomic_write_text(out.with_suffix(".md"), table + "\n")
+    atomic_write_text(out.with_suffix(".csv"), summary.to_csv(index=False))
+    atomic_write_text(out.with_name(out.name + "_targets.csv"), pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False))
     print(f"\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_name(out.name + '_targets.csv')}")
     return 0
 
@@ -106,9 +107,3 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cellgym.predictors import split, validate
+    from cellgym.predictors.base._atomic import atomic_write_text
     from cellgym.predictors.evaluation import FIT_COLUMNS, METRICS, discrimination_note, evaluate
     from cellgym.registry import get
 
@@ -88,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = _output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
-    result.metrics.to_csv(out / "metrics.csv")
-    result.per_perturbation.to_csv(out / "per_perturbation.csv", index=False)
+    atomic_write_text(out / "metrics.csv", result.metrics.to_csv())  # a kill leaves the old file or the new one
+    atomic_write_text(out / "per_perturbation.csv", result.per_perturbation.to_csv(index=False))
     n_test = len(sp.test)
     print(
         f"{Path(args.data).name}: {adata.n_obs} cells x {adata.n_vars} genes; split={args.split} seed={args.seed}; "
